@@ -1,0 +1,125 @@
+"""The asyncio Majordomo client: many requests in flight from one process.
+
+MDP allows one outstanding request per client connection, so the client keeps a pool of
+connections and gives each request its own. ``max_in_flight`` caps the pool; requests
+beyond it wait for a free connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from . import protocol as p
+from .client import check_reply, encode_body, encode_service
+from .errors import RequestTimeout
+
+
+class AsyncClient:
+    def __init__(self, endpoint: str, *, max_in_flight: int = 64, timeout: float = 60.0,
+                 retries: int = 2, dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
+                 context: zmq.asyncio.Context | None = None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self.dialect = dialect
+        self.copy = copy
+        self.context = context or zmq.asyncio.Context.instance()
+        self._free: list[zmq.asyncio.Socket] = []
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._all: set[zmq.asyncio.Socket] = set()
+
+    async def request(self, service: str | bytes, *frames: Any, timeout: float | None = None,
+                      retries: int | None = None) -> list:
+        """Send one request and return the reply's frames (streamed parts joined)."""
+        body: list = []
+        async for part in self.stream(service, *frames, timeout=timeout, retries=retries):
+            body.extend(part)
+        return body
+
+    async def stream(self, service: str | bytes, *frames: Any, timeout: float | None = None,
+                     retries: int | None = None) -> AsyncIterator[list]:
+        service = encode_service(service)
+        message = p.client_request(self.dialect, service, encode_body(frames))
+        timeout = self.timeout if timeout is None else timeout
+        attempts = 1 + (self.retries if retries is None else retries)
+        async with self._slots:
+            sock, reply = await self._first_reply(service, message, timeout, attempts)
+            finished = False
+            try:
+                while True:
+                    finished = reply.final
+                    yield check_reply(reply, service)
+                    if finished:
+                        break
+                    reply = await self._receive(sock, timeout)
+                    if reply is None:
+                        raise RequestTimeout(f"'{service.decode()}' stopped sending parts "
+                                             f"of its reply: none came for {timeout:g} s")
+            finally:
+                if finished:
+                    self._free.append(sock)
+                else:
+                    self._discard(sock)
+
+    async def _first_reply(self, service: bytes, message: list, timeout: float,
+                           attempts: int) -> tuple[zmq.asyncio.Socket, p.ClientReply]:
+        for _ in range(attempts):
+            sock = self._take_socket()
+            await sock.send_multipart(message, copy=False)
+            try:
+                reply = await self._receive(sock, timeout)
+            except BaseException:
+                self._discard(sock)
+                raise
+            if reply is not None:
+                return sock, reply
+            self._discard(sock)
+        raise RequestTimeout(
+            f"no reply from '{service.decode()}' via {self.endpoint} after {attempts} "
+            f"attempt(s) of {timeout:g} s each; is a broker running there and a worker "
+            f"serving '{service.decode()}'?")
+
+    async def _receive(self, sock: zmq.asyncio.Socket, timeout: float) -> p.ClientReply | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                frames = await asyncio.wait_for(sock.recv_multipart(copy=self.copy), remaining)
+            except asyncio.TimeoutError:
+                return None
+            try:
+                return p.parse_client_reply(self.dialect, frames)
+            except p.ProtocolError:
+                continue
+
+    def _take_socket(self) -> zmq.asyncio.Socket:
+        if self._free:
+            return self._free.pop()
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self._all.add(sock)
+        return sock
+
+    def _discard(self, sock: zmq.asyncio.Socket) -> None:
+        self._all.discard(sock)
+        sock.close(linger=0)
+
+    def close(self) -> None:
+        for sock in list(self._all):
+            self._discard(sock)
+        self._free.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,266 @@
+"""The broker's socket loop: owns the ROUTER sockets, feeds ``BrokerCore``, sends its output.
+
+The loop never blocks on anything but ``poll``. Work from other threads (and signals)
+reaches it through ``call_soon``, which wakes the poll through a pipe; timed work of
+layers above (e.g. checking on a worker that is starting) goes through ``call_later``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import zmq
+
+from .core import BrokerConfig, BrokerCore, Event, Outgoing
+
+log = logging.getLogger("mdp.broker")
+
+BATCH = 256  # messages taken from one socket before the loop looks at timers again
+CLIENT_SIDE = b"c"
+WORKER_SIDE = b"w"
+
+
+class Broker:
+    """A Majordomo broker on one ROUTER socket, or on a client and a worker socket.
+
+    ``bind`` endpoints serve clients and workers alike; ``worker_bind`` endpoints, when
+    given, are a second socket for workers, so the two can be secured or placed apart.
+    """
+
+    def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
+                 config: BrokerConfig | None = None, context: zmq.Context | None = None):
+        self.endpoints = [bind] if isinstance(bind, str) else list(bind)
+        self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
+        if not self.endpoints:
+            raise ValueError("a broker needs at least one endpoint to bind")
+        self.core = BrokerCore(config, time.monotonic())
+        self.context = context or zmq.Context.instance()
+        self.hooks: list[Callable[[Event], None]] = []
+        self.ready = threading.Event()  # set once every endpoint is bound
+        self._calls: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sockets: dict[bytes, zmq.Socket] = {}
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ control
+
+    def add_hook(self, hook: Callable[[Event], None]) -> None:
+        """``hook(event)`` runs in the loop's thread after each event; it must not block."""
+        self.hooks.append(hook)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the loop's thread. Safe from any thread."""
+        self._calls.append(fn)
+        self._wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the loop's thread after ``delay`` seconds. Loop thread only."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), fn))
+
+    def send(self, out: Outgoing) -> None:
+        """Send what a call into ``self.core`` returned. Loop thread only."""
+        for peer, frames in out:
+            self._send(peer, frames)
+
+    def stop(self) -> None:
+        """Ask the loop to disconnect its workers and end. Safe from any thread."""
+        self._stopping = True
+        self._wake()
+
+    def start(self) -> threading.Thread:
+        """Run the broker in a daemon thread; returns once it is bound."""
+        self._thread = threading.Thread(target=self.run, name="mdp-broker", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("the broker did not bind within 10 s")
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Bind, serve until ``stop()`` or SIGINT/SIGTERM, then shut down cleanly."""
+        self._bind()
+        restore = self._install_signal_handlers()
+        try:
+            self.ready.set()
+            self._loop()
+        finally:
+            restore()
+            self._shutdown()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        sides = {sock: side for side, sock in self._sockets.items()}
+        core = self.core
+        while not self._stopping:
+            timeout = max(0.0, self._next_deadline() - time.monotonic())
+            for sock, _ in poller.poll(timeout * 1000):
+                if sock == self._wake_r:
+                    self._run_calls()
+                else:
+                    self._drain(sock, sides[sock])
+            now = time.monotonic()
+            if now >= core.next_deadline():
+                self.send(core.tick(now))
+            self._run_timers(now)
+            self._deliver_events()
+
+    def _drain(self, sock: zmq.Socket, side: bytes) -> None:
+        core = self.core
+        now = time.monotonic()
+        prefix = side if len(self._sockets) > 1 else b""
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = prefix + frames[0].bytes
+            for target, out in core.handle(peer, frames[1:], now):
+                self._send(target, out)
+
+    def _send(self, peer: bytes, frames: list) -> None:
+        if len(self._sockets) > 1:
+            sock, identity = self._sockets[peer[:1]], peer[1:]
+        else:
+            sock, identity = self._sockets[CLIENT_SIDE], peer
+        send = sock.send
+        send(identity, zmq.SNDMORE)
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            send(frame, zmq.SNDMORE if i < last else 0, copy=False)
+
+    def _next_deadline(self) -> float:
+        deadline = self.core.next_deadline()
+        if self._timers:
+            deadline = min(deadline, self._timers[0][0])
+        return deadline
+
+    def _run_calls(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._calls:
+            self._guarded(self._calls.popleft())
+
+    def _run_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            self._guarded(fn)
+
+    def _deliver_events(self) -> None:
+        events = self.core.events
+        if not events:
+            return
+        self.core.events = []
+        for event in events:
+            for hook in self.hooks:
+                self._guarded(lambda hook=hook, event=event: hook(event))
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """Code from layers above must never take the loop down."""
+        try:
+            fn()
+        except Exception:
+            log.exception("a broker hook or callback raised; the broker goes on")
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending anyway) or closed
+
+    # ------------------------------------------------------------ sockets
+
+    def _bind(self) -> None:
+        sides = [(CLIENT_SIDE, self.endpoints)]
+        if self.worker_endpoints:
+            sides.append((WORKER_SIDE, self.worker_endpoints))
+        for side, endpoints in sides:
+            sock = self.context.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 500)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            self._sockets[side] = sock
+            for endpoint in endpoints:
+                _prepare_ipc_dir(endpoint)
+                try:
+                    sock.bind(endpoint)
+                except zmq.ZMQError as error:
+                    self._close_sockets()
+                    raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
+        log.info("broker bound to %s", ", ".join(self.endpoints + self.worker_endpoints))
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            log.info("broker got signal %s, shutting down", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _shutdown(self) -> None:
+        self.send(self.core.shutdown())
+        self._deliver_events()
+        self._close_sockets()
+        for endpoint in self.endpoints + self.worker_endpoints:
+            _remove_ipc_file(endpoint)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("broker stopped")
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets = {}
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def _prepare_ipc_dir(endpoint: str) -> None:
+    path = ipc_path(endpoint)
+    if path is not None and not path.name.startswith("@"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_ipc_file(endpoint: str) -> None:
+    path = ipc_path(endpoint)
+    if path is not None:
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass

@@ -1,0 +1,322 @@
+"""What MDP messages look like on the wire, for every dialect this package speaks.
+
+Pure code: frames in, typed messages out, and the reverse. Body frames are never
+inspected or copied, so zmq.Frame objects pass straight through to the other side.
+
+Three dialects share one broker socket, told apart by the first frames (see
+protocol/mdp.md): MDP/0.2 (RFC 18), MDP/0.1 (RFC 7, a leading empty frame) and
+majortomo's variant of 0.2 (a leading empty frame, client commands numbered like the
+worker's, no service frame in replies to clients).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Frame = Any  # bytes, or a zmq.Frame / memoryview carried opaquely
+
+CLIENT_V01 = b"MDPC01"
+CLIENT_V02 = b"MDPC02"
+WORKER_V01 = b"MDPW01"
+WORKER_V02 = b"MDPW02"
+EMPTY = b""
+MMI_PREFIX = b"mmi."
+MMI_ERROR = b"mmi.error"
+
+
+class Dialect(enum.Enum):
+    V02 = "MDP/0.2"
+    V01 = "MDP/0.1"
+    MAJORTOMO = "majortomo"
+
+
+# Command bytes, by dialect and role.
+C_REQUEST_V02 = b"\x01"
+C_PARTIAL_V02 = b"\x02"
+C_FINAL_V02 = b"\x03"
+C_REQUEST_MT = b"\x02"
+C_PARTIAL_MT = b"\x03"
+C_FINAL_MT = b"\x04"
+
+W_READY = b"\x01"  # same in every dialect
+W_REQUEST = b"\x02"  # same in every dialect
+W_PARTIAL_V02 = b"\x03"
+W_FINAL_V02 = b"\x04"
+W_HEARTBEAT_V02 = b"\x05"
+W_DISCONNECT_V02 = b"\x06"
+W_REPLY_V01 = b"\x03"
+W_HEARTBEAT_V01 = b"\x04"
+W_DISCONNECT_V01 = b"\x05"
+
+
+class ProtocolError(ValueError):
+    """A message that no dialect of MDP allows."""
+
+
+# ---------------------------------------------------------------- typed messages
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    dialect: Dialect
+    service: bytes
+    body: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """What a client receives: a PARTIAL (final=False) or FINAL/REPLY part."""
+
+    service: bytes | None  # None in the majortomo dialect, which sends none
+    body: list
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class Ready:
+    dialect: Dialect
+    service: bytes
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    dialect: Dialect
+    address: bytes
+    body: list
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    dialect: Dialect
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    dialect: Dialect
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What a worker receives for each request it must answer."""
+
+    address: bytes
+    body: list
+
+
+FromPeer = ClientRequest | Ready | WorkerReply | Heartbeat | Disconnect
+ToWorker = WorkerRequest | Heartbeat | Disconnect
+
+
+def _b(frame: Frame) -> bytes:
+    """Control frames are short; reading them as bytes is cheap and keeps bodies opaque."""
+    return frame if type(frame) is bytes else bytes(frame)
+
+
+# ------------------------------------------------------- broker side: peer -> broker
+
+
+def parse_peer_message(frames: Sequence[Frame]) -> FromPeer:
+    """Decode what a client or worker sent to the broker (routing identity removed)."""
+    if not frames:
+        raise ProtocolError("empty message")
+    first = _b(frames[0])
+    if first == EMPTY:
+        if len(frames) < 2:
+            raise ProtocolError("only an empty frame")
+        header = _b(frames[1])
+        rest = frames[2:]
+        if header == CLIENT_V01:
+            return _client_v01(rest)
+        if header == WORKER_V01:
+            return _worker_message(Dialect.V01, rest)
+        if header == CLIENT_V02:
+            return _client_with_command(Dialect.MAJORTOMO, C_REQUEST_MT, rest)
+        if header == WORKER_V02:
+            return _worker_message(Dialect.MAJORTOMO, rest)
+        raise ProtocolError(f"unknown protocol header {header[:16]!r}")
+    rest = frames[1:]
+    if first == CLIENT_V02:
+        return _client_with_command(Dialect.V02, C_REQUEST_V02, rest)
+    if first == WORKER_V02:
+        return _worker_message(Dialect.V02, rest)
+    raise ProtocolError(f"unknown protocol header {first[:16]!r}")
+
+
+def _client_v01(rest: Sequence[Frame]) -> ClientRequest:
+    if not rest:
+        raise ProtocolError("MDP/0.1 request without a service frame")
+    return ClientRequest(Dialect.V01, _service(rest[0]), list(rest[1:]))
+
+
+def _client_with_command(dialect: Dialect, request: bytes, rest: Sequence[Frame]) -> ClientRequest:
+    if len(rest) < 2:
+        raise ProtocolError(f"{dialect.value} client message is too short")
+    command = _b(rest[0])
+    if command != request:
+        raise ProtocolError(f"{dialect.value} client command {command!r} is not REQUEST")
+    return ClientRequest(dialect, _service(rest[1]), list(rest[2:]))
+
+
+def _service(frame: Frame) -> bytes:
+    service = _b(frame)
+    if not service:
+        raise ProtocolError("empty service name")
+    return service
+
+
+_WORKER_REPLY_CODES = {
+    Dialect.V02: {W_PARTIAL_V02: False, W_FINAL_V02: True},
+    Dialect.MAJORTOMO: {W_PARTIAL_V02: False, W_FINAL_V02: True},
+    Dialect.V01: {W_REPLY_V01: True},
+}
+_HEARTBEAT = {Dialect.V02: W_HEARTBEAT_V02, Dialect.MAJORTOMO: W_HEARTBEAT_V02,
+              Dialect.V01: W_HEARTBEAT_V01}
+_DISCONNECT = {Dialect.V02: W_DISCONNECT_V02, Dialect.MAJORTOMO: W_DISCONNECT_V02,
+               Dialect.V01: W_DISCONNECT_V01}
+
+
+def _worker_message(dialect: Dialect, rest: Sequence[Frame]) -> FromPeer:
+    if not rest:
+        raise ProtocolError(f"{dialect.value} worker message without a command")
+    command = _b(rest[0])
+    final = _WORKER_REPLY_CODES[dialect].get(command)
+    if final is not None:
+        return _worker_reply(dialect, rest[1:], final)
+    if command == _HEARTBEAT[dialect]:
+        return Heartbeat(dialect)
+    if command == W_READY:
+        if len(rest) < 2:
+            raise ProtocolError("READY without a service frame")
+        return Ready(dialect, _service(rest[1]))
+    if command == _DISCONNECT[dialect]:
+        return Disconnect(dialect)
+    raise ProtocolError(f"{dialect.value} worker command {command!r} is unknown")
+
+
+def _worker_reply(dialect: Dialect, rest: Sequence[Frame], final: bool) -> WorkerReply:
+    if len(rest) < 2 or _b(rest[1]) != EMPTY:
+        raise ProtocolError("worker reply needs a client address and an empty frame")
+    return WorkerReply(dialect, _b(rest[0]), list(rest[2:]), final)
+
+
+# ------------------------------------------------------- broker side: broker -> peer
+
+
+def to_worker_request(dialect: Dialect, address: bytes, body: list) -> list:
+    if dialect is Dialect.V02:
+        return [WORKER_V02, W_REQUEST, address, EMPTY, *body]
+    header = WORKER_V01 if dialect is Dialect.V01 else WORKER_V02
+    return [EMPTY, header, W_REQUEST, address, EMPTY, *body]
+
+
+def to_worker_heartbeat(dialect: Dialect) -> list:
+    return _worker_command(dialect, _HEARTBEAT[dialect])
+
+
+def to_worker_disconnect(dialect: Dialect) -> list:
+    return _worker_command(dialect, _DISCONNECT[dialect])
+
+
+def _worker_command(dialect: Dialect, command: bytes) -> list:
+    if dialect is Dialect.V02:
+        return [WORKER_V02, command]
+    header = WORKER_V01 if dialect is Dialect.V01 else WORKER_V02
+    return [EMPTY, header, command]
+
+
+def to_client_reply(dialect: Dialect, service: bytes, body: list, final: bool = True) -> list:
+    """A reply part for a client. MDP/0.1 has no PARTIAL: callers must not ask for one."""
+    if dialect is Dialect.V02:
+        return [CLIENT_V02, C_FINAL_V02 if final else C_PARTIAL_V02, service, *body]
+    if dialect is Dialect.V01:
+        if not final:
+            raise ValueError("MDP/0.1 clients cannot receive partial replies")
+        return [EMPTY, CLIENT_V01, service, *body]
+    return [EMPTY, CLIENT_V02, C_FINAL_MT if final else C_PARTIAL_MT, *body]
+
+
+# ------------------------------------------------------- client and worker side
+
+
+def client_request(dialect: Dialect, service: bytes, body: Sequence[Frame]) -> list:
+    if dialect is Dialect.V02:
+        return [CLIENT_V02, C_REQUEST_V02, service, *body]
+    if dialect is Dialect.V01:
+        return [EMPTY, CLIENT_V01, service, *body]
+    return [EMPTY, CLIENT_V02, C_REQUEST_MT, service, *body]
+
+
+def parse_client_reply(dialect: Dialect, frames: Sequence[Frame]) -> ClientReply:
+    """Decode what a client received from its broker."""
+    rest = list(frames)
+    if dialect is not Dialect.V02:
+        if not rest or _b(rest[0]) != EMPTY:
+            raise ProtocolError(f"{dialect.value} reply must start with an empty frame")
+        rest = rest[1:]
+    header = CLIENT_V01 if dialect is Dialect.V01 else CLIENT_V02
+    if not rest or _b(rest[0]) != header:
+        raise ProtocolError(f"reply header is not {header!r}")
+    if dialect is Dialect.V01:
+        if len(rest) < 2:
+            raise ProtocolError("MDP/0.1 reply without a service frame")
+        return ClientReply(_b(rest[1]), rest[2:], True)
+    if len(rest) < 2:
+        raise ProtocolError("reply without a command")
+    codes = ({C_PARTIAL_V02: False, C_FINAL_V02: True} if dialect is Dialect.V02
+             else {C_PARTIAL_MT: False, C_FINAL_MT: True})
+    final = codes.get(_b(rest[1]))
+    if final is None:
+        raise ProtocolError(f"reply command {_b(rest[1])!r} is neither PARTIAL nor FINAL")
+    if dialect is Dialect.MAJORTOMO:
+        return ClientReply(None, rest[2:], final)
+    if len(rest) < 3:
+        raise ProtocolError("reply without a service frame")
+    return ClientReply(_b(rest[2]), rest[3:], final)
+
+
+def worker_ready(dialect: Dialect, service: bytes) -> list:
+    return _worker_command(dialect, W_READY) + [service]
+
+
+def worker_reply(dialect: Dialect, address: bytes, body: Sequence[Frame], final: bool) -> list:
+    if dialect is Dialect.V01:
+        if not final:
+            raise ValueError("MDP/0.1 workers cannot send partial replies")
+        command = W_REPLY_V01
+    else:
+        command = W_FINAL_V02 if final else W_PARTIAL_V02
+    return _worker_command(dialect, command) + [address, EMPTY, *body]
+
+
+def worker_heartbeat(dialect: Dialect) -> list:
+    return to_worker_heartbeat(dialect)
+
+
+def worker_disconnect(dialect: Dialect) -> list:
+    return to_worker_disconnect(dialect)
+
+
+def parse_worker_message(dialect: Dialect, frames: Sequence[Frame]) -> ToWorker:
+    """Decode what a worker received from its broker."""
+    rest = list(frames)
+    if dialect is not Dialect.V02:
+        if not rest or _b(rest[0]) != EMPTY:
+            raise ProtocolError(f"{dialect.value} message must start with an empty frame")
+        rest = rest[1:]
+    header = WORKER_V01 if dialect is Dialect.V01 else WORKER_V02
+    if len(rest) < 2 or _b(rest[0]) != header:
+        raise ProtocolError(f"worker message header is not {header!r}")
+    command = _b(rest[1])
+    if command == W_REQUEST:
+        if len(rest) < 4 or _b(rest[3]) != EMPTY:
+            raise ProtocolError("REQUEST needs a client address and an empty frame")
+        return WorkerRequest(_b(rest[2]), rest[4:])
+    if command == _HEARTBEAT[dialect]:
+        return Heartbeat(dialect)
+    if command == _DISCONNECT[dialect]:
+        return Disconnect(dialect)
+    raise ProtocolError(f"worker command {command!r} is unknown")

@@ -1,0 +1,288 @@
+"""A Majordomo worker: serves one service with a handler function.
+
+The socket lives in the thread that calls ``run``; the handler runs in a second thread,
+so heartbeats go on while a calculation takes minutes. Results come back through a
+queue and a wake-up pipe that the socket thread polls beside the socket.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .errors import WORKER_ERROR_MARKER, worker_error_body
+
+log = logging.getLogger("mdp.worker")
+
+Handler = Callable[[list], Any]
+
+
+def as_frames(result: Any) -> list:
+    """What a handler may return: bytes-like or str (one frame), or a list/tuple of them."""
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return [result.encode()]
+    if isinstance(result, (bytes, bytearray, memoryview, zmq.Frame)):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [f.encode() if isinstance(f, str) else f for f in result]
+    raise TypeError(f"a handler must return bytes, str or a list of them, not "
+                    f"{type(result).__name__}")
+
+
+class Worker:
+    """Serve ``service`` at the broker at ``endpoint`` by calling ``handler(frames)``.
+
+    A generator handler streams: each item it yields goes out as a PARTIAL, the last one
+    as the FINAL. A handler that raises sends the client an error naming the exception
+    and the worker goes on. With ``idle_timeout`` the worker leaves after that many
+    seconds without a request.
+    """
+
+    def __init__(self, endpoint: str, service: str | bytes, handler: Handler, *,
+                 heartbeat_interval: float = 2.5, heartbeat_liveness: int = 3,
+                 idle_timeout: float | None = None, reconnect_max: float = 5.0,
+                 dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.service = service.encode() if isinstance(service, str) else service
+        if self.service.startswith(p.MMI_PREFIX):
+            raise ValueError("service names starting with 'mmi.' are reserved for the broker")
+        self.handler = handler
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_liveness = heartbeat_liveness
+        self.idle_timeout = idle_timeout
+        self.reconnect_max = reconnect_max
+        self.dialect = dialect
+        self.copy = copy
+        self.context = context or zmq.Context.instance()
+        self.served = 0
+        self.connected = threading.Event()  # set while registered with a broker
+        self._socket: zmq.Socket | None = None
+        self._stopping = False
+        self._busy: bytes | None = None  # address of the request the handler is on
+        self._pending: list[p.WorkerRequest] = []
+        self._results: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mdp-handler")
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Finish the request in hand, send DISCONNECT and return from ``run``."""
+        self._stopping = True
+        self._wake()
+
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread (for tests and embedding)."""
+        self._thread = threading.Thread(target=self.run, name="mdp-worker", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        restore = self._install_signal_handlers()
+        try:
+            self._serve()
+        finally:
+            restore()
+            self._close()
+
+    def _serve(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            self._connect()
+            outcome = self._session()
+            if outcome == "stop":
+                break
+            log.info("lost the broker at %s (%s); reconnecting in %.1f s",
+                     self.endpoint, outcome, backoff)
+            self._disconnect_socket()
+            self._sleep(backoff)
+            backoff = min(backoff * 2, self.reconnect_max)
+
+    def _session(self) -> str:
+        """Serve on one connection; returns why it ended."""
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        now = time.monotonic()
+        broker_expires = now + self.heartbeat_interval * self.heartbeat_liveness
+        next_heartbeat = now + self.heartbeat_interval
+        idle_since = now
+        while True:
+            if self._stopping and self._busy is None:
+                self._send(p.worker_disconnect(self.dialect))
+                return "stop"
+            now = time.monotonic()
+            deadline = min(next_heartbeat, broker_expires)
+            if self.idle_timeout is not None and self._busy is None:
+                deadline = min(deadline, idle_since + self.idle_timeout)
+            for sock, _ in poller.poll(max(0.0, deadline - now) * 1000):
+                if sock == self._wake_r:
+                    self._drain_wake()
+                    if self._send_results():
+                        idle_since = time.monotonic()
+                    continue
+                frames = self._socket.recv_multipart(copy=self.copy)
+                broker_expires = time.monotonic() + \
+                    self.heartbeat_interval * self.heartbeat_liveness
+                try:
+                    message = p.parse_worker_message(self.dialect, frames)
+                except p.ProtocolError as error:
+                    log.warning("ignored a malformed message from the broker: %s", error)
+                    continue
+                if isinstance(message, p.Disconnect):
+                    return "the broker sent DISCONNECT"
+                if isinstance(message, p.WorkerRequest):
+                    self._accept(message)
+            now = time.monotonic()
+            if now >= broker_expires:
+                return "no heartbeat from the broker"
+            if now >= next_heartbeat:
+                self._send(p.worker_heartbeat(self.dialect))
+                next_heartbeat = now + self.heartbeat_interval
+            if (self.idle_timeout is not None and self._busy is None and not self._pending
+                    and now - idle_since >= self.idle_timeout):
+                log.info("no request for %.0f s; leaving", self.idle_timeout)
+                self._stopping = True
+
+    # ------------------------------------------------------------ requests
+
+    def _accept(self, request: p.WorkerRequest) -> None:
+        if self._busy is not None:
+            self._pending.append(request)  # a broker should not do this; keep it anyway
+            return
+        self._busy = request.address
+        self._pool.submit(self._call_handler, request)
+
+    def _call_handler(self, request: p.WorkerRequest) -> None:
+        """Runs in the handler thread: every outcome becomes parts in the results queue."""
+        try:
+            result = self.handler(request.body)
+            if inspect.isgenerator(result):
+                self._stream(request.address, result)
+            else:
+                self._results.put((request.address, _checked(as_frames(result)), True))
+        except Exception as error:
+            log.warning("handler raised %s: %s\n%s", type(error).__name__, error,
+                        traceback.format_exc())
+            body = worker_error_body(type(error).__name__, str(error))
+            self._results.put((request.address, body, True))
+        self._wake()
+
+    def _stream(self, address: bytes, parts: Iterable) -> None:
+        previous = None
+        for part in parts:
+            if previous is not None:
+                self._results.put((address, previous, False))
+                self._wake()
+            previous = _checked(as_frames(part))
+        self._results.put((address, previous or [], True))
+
+    def _send_results(self) -> bool:
+        """Send what the handler produced; True when a request was finished."""
+        finished = False
+        while True:
+            try:
+                address, body, final = self._results.get_nowait()
+            except queue.Empty:
+                return finished
+            if not final and self.dialect is p.Dialect.V01:
+                log.warning("MDP/0.1 has no PARTIAL; a streamed part was not sent")
+                continue
+            self._send(p.worker_reply(self.dialect, address, body, final))
+            if final:
+                finished = True
+                self.served += 1
+                self._busy = None
+                if self._pending:
+                    self._accept(self._pending.pop(0))
+
+    # ------------------------------------------------------------ socket
+
+    def _connect(self) -> None:
+        self._socket = self.context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.connect(self.endpoint)
+        self._send(p.worker_ready(self.dialect, self.service))
+        self.connected.set()
+        log.info("worker for '%s' registered at %s", self.service.decode(), self.endpoint)
+
+    def _disconnect_socket(self) -> None:
+        self.connected.clear()
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _send(self, frames: list) -> None:
+        self._socket.send_multipart(frames, copy=False)
+
+    def _close(self) -> None:
+        self.connected.clear()
+        if self._socket is not None:
+            self._socket.close(linger=1000)
+            self._socket = None
+        self._pool.shutdown(wait=False)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off that ``stop()`` cuts short."""
+        zmq.select([self._wake_r], [], [], seconds)
+        self._drain_wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            log.info("got %s: finishing the current request, then leaving",
+                     signal.Signals(signum).name)
+            self.stop()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+
+def _checked(frames: list) -> list:
+    if frames and len(frames[0]) == len(WORKER_ERROR_MARKER) and \
+            bytes(frames[0]) == WORKER_ERROR_MARKER:
+        raise ValueError("a reply may not start with the frame reserved for worker errors")
+    return frames
