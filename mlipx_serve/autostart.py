@@ -1,0 +1,174 @@
+"""Start model workers on demand, from inside the broker's loop without ever blocking it.
+
+The broker reports a request that found no idle worker as a "demand" event; this module
+starts ``mlipx serve NAME`` for it (``Popen`` returns at once) and checks on the starting
+process with timers. When a start fails, every client waiting for that model gets an
+error carrying the worker's last lines of output, such as what uv could not install.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdp.broker import Broker
+from mdp.core import Event
+from mdp.errors import ServiceStartFailed
+
+from .registry import model_extras
+
+log = logging.getLogger("mlipx_serve.autostart")
+
+CHECK_INTERVAL = 0.25
+LOG_TAIL_LINES = 20
+
+
+def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
+    """Start one more worker? One start at a time per model, up to ``max_workers``."""
+    if event.kind != "demand" or starting:
+        return False
+    if event.workers == 0:
+        return True
+    idle = event.workers - event.busy
+    return event.queued > idle and event.workers < max_workers
+
+
+@dataclass
+class Start:
+    process: subprocess.Popen
+    started_at: float
+    log_path: Path
+
+
+@dataclass
+class AutostartConfig:
+    worker_endpoint: str
+    log_dir: Path
+    start_timeout: float = 60.0
+    worker_timeout: float = 300.0
+    max_workers: int = 1
+    models_files: list[str] = field(default_factory=list)
+
+
+class Autostarter:
+    def __init__(self, broker: Broker, registry: Mapping[str, object], config: AutostartConfig):
+        self.broker = broker
+        self.registry = registry
+        self.config = config
+        self.starting: dict[str, Start] = {}
+        self.processes: list[subprocess.Popen] = []
+        self._checking = False
+        broker.add_hook(self.on_event)
+        broker.core.mmi_handlers[b"mmi.mlipx"] = self.mmi_status
+
+    # ------------------------------------------------------------ events
+
+    def on_event(self, event: Event) -> None:
+        if event.kind == "worker-ready":
+            start = self.starting.pop(event.service, None)
+            if start is not None:
+                log.info("worker for '%s' came up in %.1f s", event.service,
+                         time.monotonic() - start.started_at)
+        elif event.service in self.registry and wants_worker(
+                event, event.service in self.starting, self.config.max_workers):
+            self.start(event.service)
+
+    def start(self, name: str) -> None:
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.config.log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        with open(log_path, "ab") as output:
+            process = subprocess.Popen(self.worker_command(name), stdin=subprocess.DEVNULL,
+                                       stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        log.info("starting a worker for '%s' (pid %d, output in %s)", name, process.pid,
+                 log_path)
+        self.processes.append(process)
+        self.starting[name] = Start(process, time.monotonic(), log_path)
+        self._schedule_check()
+
+    def worker_command(self, name: str) -> list[str]:
+        command = [sys.executable, "-m", "mlipx_serve.cli", "serve", name,
+                   "--broker", self.config.worker_endpoint,
+                   "--timeout", str(self.config.worker_timeout)]
+        for path in self.config.models_files:
+            command += ["--models", str(path)]
+        return command
+
+    # ------------------------------------------------------------ checks
+
+    def _schedule_check(self) -> None:
+        if not self._checking:
+            self._checking = True
+            self.broker.call_later(CHECK_INTERVAL, self._check)
+
+    def _check(self) -> None:
+        self._checking = False
+        now = time.monotonic()
+        for name, start in list(self.starting.items()):
+            code = start.process.poll()
+            if code is not None:
+                self._failed(name, start, f"the worker exited with code {code} before it "
+                                          f"registered")
+            elif now - start.started_at > self.config.start_timeout:
+                start.process.kill()
+                self._failed(name, start, f"the worker did not register within "
+                                          f"{self.config.start_timeout:g} s")
+        self.processes = [proc for proc in self.processes if proc.poll() is None]
+        if self.starting or self.processes:
+            self._schedule_check()
+
+    def _failed(self, name: str, start: Start, why: str) -> None:
+        del self.starting[name]
+        service = self.broker.core.services.get(name.encode())
+        if service is not None and service.workers:
+            log.warning("an extra worker for '%s' failed to start: %s", name, why)
+            return
+        message = (f"could not start model '{name}': {why}. Last lines of its output "
+                   f"({start.log_path}):\n{tail(start.log_path)}")
+        log.error(message)
+        self.broker.send(self.broker.core.fail_queued(name.encode(),
+                                                      ServiceStartFailed(message, name)))
+
+    # ------------------------------------------------------------ status and stop
+
+    def mmi_status(self, body: list) -> list[bytes]:
+        now = time.monotonic()
+        models = {name: {"extras": model_extras(model), "autostart": True}
+                  for name, model in self.registry.items()}
+        status = {
+            "autostart": True,
+            "models": models,
+            "starting": {name: now - s.started_at for name, s in self.starting.items()},
+            "started_pids": [proc.pid for proc in self.processes if proc.poll() is None],
+            "start_timeout": self.config.start_timeout,
+            "worker_timeout": self.config.worker_timeout,
+            "max_workers": self.config.max_workers,
+        }
+        return [json.dumps(status).encode()]
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        """End every worker this broker started; called after the broker's loop ends."""
+        alive = [proc for proc in self.processes if proc.poll() is None]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in alive:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"(no output: {error})"
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(no output)"

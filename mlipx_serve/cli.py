@@ -1,0 +1,179 @@
+"""The ``mlipx`` command: serve-broker, serve, serve-status; anything else goes to mlipx."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mdp.broker import Broker, ipc_path
+from mdp.client import Client
+from mdp.core import BrokerConfig
+from mdp.errors import MDPError
+
+from . import paths
+
+app = typer.Typer(help="Serve machine-learned interatomic potentials to ASE over a "
+                       "Majordomo bus.", add_completion=False, no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+OUR_COMMANDS = {"serve-broker", "serve", "serve-status"}
+
+MODELS_HELP = "A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
+              "models and $MLIPX_SERVE_MODELS)."
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _registry(models: list[Path]) -> dict:
+    from .registry import RegistryError, load_registry
+
+    try:
+        return load_registry([str(p) for p in models] or None)
+    except RegistryError as error:
+        _fail(str(error))
+
+
+@app.command("serve-broker")
+def serve_broker(
+    path: str = typer.Option(None, "--path", help="Client endpoint, e.g. "
+                             "ipc:///tmp/my-broker.ipc (default: a private per-user socket, "
+                             "or $MLIPX_SERVE_BROKER). Workers also get <path>-workers.ipc."),
+    autostart: bool = typer.Option(False, "--autostart", help="Start a worker when a model "
+                                   "with none is requested."),
+    models: list[Path] = typer.Option([], "--models", help=MODELS_HELP),
+    worker_timeout: float = typer.Option(300.0, help="Idle seconds after which a started "
+                                         "worker leaves."),
+    worker_start_timeout: float = typer.Option(60.0, help="Seconds a started worker may "
+                                               "take to register before waiting clients get "
+                                               "an error."),
+    max_workers_per_model: int = typer.Option(1, help="Workers autostart may run per model "
+                                              "while requests queue."),
+    expiry: float = typer.Option(900.0, help="Seconds a request may wait for a worker."),
+    heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the model broker until Ctrl-C or SIGTERM."""
+    _logging(verbose)
+    endpoint = paths.normalise(path) if path else paths.default_broker()
+    workers = paths.worker_endpoint(endpoint)
+    if _broker_answers(endpoint):
+        _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
+    config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
+    binds = [endpoint] if workers == endpoint else [endpoint, workers]
+    broker = Broker(binds, config=config)
+    starter = None
+    if autostart:
+        from .autostart import AutostartConfig, Autostarter
+
+        registry = _registry(models)
+        starter = Autostarter(broker, registry, AutostartConfig(
+            worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
+            start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
+            max_workers=max_workers_per_model, models_files=[str(p) for p in models]))
+    err.print(f"model broker at {endpoint} (workers: {workers}); autostart "
+              f"{'on for ' + str(len(starter.registry)) + ' models' if starter else 'off'}. "
+              f"Ctrl-C stops it.")
+    try:
+        broker.run()
+    except OSError as error:
+        _fail(str(error))
+    finally:
+        if starter is not None:
+            starter.stop_all()
+
+
+def _broker_answers(endpoint: str) -> bool:
+    ipc = ipc_path(endpoint)
+    if ipc is not None and not ipc.exists():
+        return False
+    try:
+        with Client(endpoint, timeout=0.5, retries=0) as client:
+            client.request("mmi.service", "mmi.status")
+        return True
+    except MDPError:
+        return False
+
+
+@app.command()
+def serve(
+    name: str = typer.Argument(..., help="Model name, e.g. emt, lj, chgnet, mace-mpa-0."),
+    broker: str = typer.Option(None, "--broker", help="Broker endpoint (its client or "
+                               "worker path; default: the private per-user broker)."),
+    models: list[Path] = typer.Option([], "--models", help=MODELS_HELP),
+    timeout: float = typer.Option(300.0, "--timeout", help="Leave after this many idle "
+                                  "seconds (0: never)."),
+    no_uv: bool = typer.Option(False, "--no-uv", help="Never re-run under `uv run` to get "
+                               "the model's extras."),
+    heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Load one model and serve it until idle for --timeout seconds."""
+    from .generic import ModelUnavailableError
+    from .serve import ServeError, find_model, reexec_under_uv
+    from .serve import serve as run_worker
+
+    _logging(verbose)
+    endpoint = paths.normalise(broker) if broker else \
+        paths.worker_endpoint(paths.default_broker())
+    try:
+        model = find_model(name, _registry(models))
+        if not no_uv:
+            reexec_under_uv(model, sys.argv[1:])
+        err.print(f"loading model '{name}' ...")
+        run_worker(name, model, endpoint, timeout or None, heartbeat)
+    except (ServeError, ModelUnavailableError) as error:
+        _fail(str(error))
+
+
+@app.command("serve-status")
+def serve_status(
+    broker: str = typer.Option(None, "--broker", help="Broker endpoint (default: the "
+                               "private per-user broker)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Show the broker, its models, workers and queues (exit 1 if no broker answers)."""
+    from .calculator import get_broker_status
+    from .status import render
+
+    status = get_broker_status(paths.normalise(broker) if broker else None)
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        console.print(render(status))
+    if not status["running"]:
+        raise typer.Exit(1)
+
+
+def _hand_to_mlipx(argv: list[str]) -> None:
+    try:
+        from mlipx.cli.main import app as mlipx_app
+    except ImportError:
+        err.print(f"[bold red]error:[/] '{argv[0]}' is not one of {', '.join(sorted(OUR_COMMANDS))}"
+                  f"; other mlipx commands need the full mlipx package: pip install mlipx")
+        sys.exit(2)
+    mlipx_app(argv)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and not argv[0].startswith("-") and argv[0] not in OUR_COMMANDS:
+        _hand_to_mlipx(argv)
+        return
+    app()
+
+
+if __name__ == "__main__":
+    main()

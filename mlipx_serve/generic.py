@@ -1,0 +1,297 @@
+"""Model definitions that build ASE calculators, locally or through the bus.
+
+`GenericASECalculator` keeps the fields mlipx users already write in their
+``models.py`` files, so those files work unchanged. On top of that it knows the
+model's service name and the extras that provide it, which lets
+``get_calculator()`` hand back a calculator that talks to a served worker
+(``MLIPX_USE_SERVE=1``) and lets a missing dependency say how to install it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ase.calculators.calculator import Calculator
+
+logger = logging.getLogger(__name__)
+
+USE_SERVE_ENV = "MLIPX_USE_SERVE"
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+class ModelUnavailableError(ImportError):
+    """A model's Python package is not installed here.
+
+    An ImportError, so code that already guards model imports with
+    ``except ImportError`` keeps working; the message carries the fix.
+    """
+
+    def __init__(self, message: str, *, module: str, extras: list[str], model: str | None):
+        super().__init__(message, name=module)
+        self.module = module
+        self.extras = extras
+        self.model = model
+
+
+class Device:
+    """Device names as mlipx spells them (``mlipx.nodes.generic_ase.Device``).
+
+    A plain class with string constants, like mlipx's, so models files that compare
+    ``self.device == Device.AUTO`` or call ``Device.resolve_auto()`` run unchanged.
+    """
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+    @staticmethod
+    def resolve_auto() -> str:
+        """Unlike mlipx's, answers "cpu" without torch instead of raising."""
+        return resolve_device(Device.AUTO) or Device.CPU
+
+
+def resolve_device(device: str | None) -> str | None:
+    """Turn "auto" into a concrete device; torch is imported only for "auto".
+
+    Other values ("cpu", "cuda", "cuda:1", "mps", ...) pass through, and None stays
+    None so that calculators with their own device logic are left alone.
+    """
+    if device != Device.AUTO:
+        return device
+    try:
+        import torch
+    except ImportError:
+        logger.debug("device 'auto' resolved to 'cpu': torch is not importable")
+        return Device.CPU
+    return Device.CUDA if torch.cuda.is_available() else Device.CPU
+
+
+def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Read MLIPX_USE_SERVE; an unrecognised value is reported, not guessed at."""
+    env = os.environ if environ is None else environ
+    value = env.get(USE_SERVE_ENV, "").strip().lower()
+    if value in _TRUE_WORDS:
+        return True
+    if value not in _FALSE_WORDS:
+        logger.warning(
+            "%s=%r is not understood (use 1/true/yes/on or 0/false/no/off); not serving",
+            USE_SERVE_ENV,
+            value,
+        )
+    return False
+
+
+def _served_calculator(name: str, **kwargs: Any) -> Calculator | None:
+    """Hook to the bus client, imported lazily so this module stays socket-free."""
+    try:
+        from mlipx_serve.calculator import served_calculator_or_none
+    except ImportError as exc:
+        logger.warning("cannot serve model %r: the bus client failed to import: %s", name, exc)
+        return None
+    return served_calculator_or_none(name, **kwargs)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """Split "package.module:Attribute", the one-string form used for wrappers."""
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"expected 'module:Attribute', got {target!r}")
+    return module, attr
+
+
+@dataclasses.dataclass
+class GenericASECalculator:
+    """Any ASE calculator given by module and class (or factory function) name.
+
+    Field names and meanings follow ``mlipx.GenericASECalculator``. Added: ``name``
+    (the MDP service name; a registry fills it in from the ``ALL_MODELS`` key) and
+    ``extra`` (the optional-dependency groups that install ``module``).
+    """
+
+    module: str
+    class_name: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str | None = None
+    spec: str | None = None
+    name: str | None = None
+    extra: list[str] = dataclasses.field(default_factory=list)
+
+    def get_calculator(self, use_serve: bool | None = None, **kwargs: Any) -> Calculator:
+        """Served calculator when asked for and reachable, else a local one.
+
+        Falling back rather than failing keeps scripts running when no broker is up;
+        the warning says so, because the run is then slower or uses local memory.
+        """
+        if use_serve is None:
+            use_serve = use_serve_from_env()
+        if use_serve:
+            served = self._try_served(**kwargs)
+            if served is not None:
+                return served
+        return self.build_local_calculator(**kwargs)
+
+    def _try_served(self, **kwargs: Any) -> Calculator | None:
+        if self.name is None:
+            logger.warning(
+                "serving was requested for %s.%s but it has no name, so no service to ask "
+                "for; computing locally. Give it name=... or load it from a models file.",
+                self.module,
+                self.class_name,
+            )
+            return None
+        served = _served_calculator(self.name, **kwargs)
+        if served is None:
+            logger.warning(
+                "model %r could not be served over the bus (reason logged above); computing "
+                "with a local calculator in this process instead. To fix, start it with "
+                "`mlipx serve %s`, or set %s=0 to run locally without this warning.",
+                self.name,
+                self.name,
+                USE_SERVE_ENV,
+            )
+        return served
+
+    def build_local_calculator(self, **kwargs: Any) -> Calculator:
+        """Build the calculator in this process; a served worker calls this too.
+
+        Precedence: ``self.kwargs`` < ``self.device`` < call-time kwargs. mlipx lets
+        ``self.kwargs`` win over call-time ones; we let the caller win, which is what
+        an explicit argument is expected to do. ``spec`` is metadata only (see
+        ``get_spec``), never a calculator argument, as in mlipx.
+        """
+        factory = self._import_attr(self.module, self.class_name)
+        return self._construct(factory, self._merged_kwargs(kwargs))
+
+    def _merged_kwargs(self, call_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        merged = dict(self.kwargs or {})
+        device = resolve_device(self.device)
+        if device is not None:
+            merged["device"] = device
+        merged.update(call_kwargs)
+        return merged
+
+    def _construct(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Calculator:
+        """One step for plain calculators; subclasses wrap a loaded model here."""
+        return factory(**kwargs)
+
+    def _import_attr(self, module_name: str, attr: str) -> Any:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise self._unavailable(module_name, exc) from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise AttributeError(
+                f"model {self.name!r}: module {module_name!r} has no {attr!r}; the installed "
+                "version may be too old or too new for this model definition"
+            ) from None
+
+    def _unavailable(self, module_name: str, exc: ImportError) -> ModelUnavailableError:
+        from mlipx_serve.registry import model_extras
+
+        extras = model_extras(self)
+        message = unavailable_message(self.name, module_name, extras, exc)
+        return ModelUnavailableError(message, module=module_name, extras=extras, model=self.name)
+
+    @property
+    def available(self) -> bool:
+        """Whether ``module`` imports here; mirrors mlipx's property of the same name."""
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return True
+
+    def get_spec(self) -> dict[str, Any] | None:
+        """Metadata for ``spec`` from ``mlips.yaml``, looked up where mlipx looks.
+
+        mlipx reads ``<top-level package>/spec/mlips.yaml`` and then its own copy.
+        It returns a pydantic model; we return the plain mapping (no pydantic here).
+        """
+        if self.spec is None:
+            return None
+        for path in _spec_files(self.module):
+            entry = _read_spec_entry(path, self.spec)
+            if entry is not None:
+                return entry
+        return None
+
+
+@dataclasses.dataclass
+class PretrainedASECalculator(GenericASECalculator):
+    """A model loaded by one call and wrapped by an ASE calculator class.
+
+    orb-models, matgl and fairchem split "load the network" from "make a
+    calculator"; this keeps them declarative like the rest instead of needing a
+    hand-written class per model. ``module``/``class_name`` name the loader (it gets
+    ``kwargs`` and the device); ``calculator`` ("module:Class") gets the loaded
+    model, ``calculator_kwargs``, and the device when ``calculator_takes_device``.
+    """
+
+    calculator: str = ""
+    calculator_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calculator_takes_device: bool = False
+
+    def _construct(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Calculator:
+        wrapper = self._import_attr(*_split_target(self.calculator))
+        wrapper_kwargs = dict(self.calculator_kwargs)
+        if self.calculator_takes_device and "device" in kwargs:
+            wrapper_kwargs["device"] = kwargs["device"]
+        return wrapper(factory(**kwargs), **wrapper_kwargs)
+
+
+def unavailable_message(model: str | None, module: str, extras: list[str], exc: ImportError) -> str:
+    """The fix belongs in the message: users meet it far from any documentation."""
+    who = f"model {model!r}" if model else "this model"
+    head = f"{who} needs the Python module {module!r}, which cannot be imported ({exc})."
+    if not extras:
+        return f"{head} Install the package that provides {module!r} into this environment."
+    return f"{head} {_install_hint(model, extras)}"
+
+
+def _install_hint(model: str | None, extras: list[str]) -> str:
+    from mlipx_serve.registry import EXTRAS
+
+    spec = ",".join(extras)
+    requirements = [req for extra in extras for req in EXTRAS.get(extra, [])]
+    hint = f"It is provided by the extra {spec!r}: run `uv pip install 'mlipx-serve[{spec}]'`"
+    if requirements:
+        hint += f" (or `pip install {' '.join(map(shlex.quote, requirements))}`)"
+    if model:
+        hint += f", or run `mlipx serve {model}`, which installs it with uv automatically"
+    return hint + "."
+
+
+def _spec_files(module: str) -> list[Path]:
+    """Candidate mlips.yaml files: the model's package first, then mlipx's."""
+    paths = []
+    for package in (module.split(".")[0], "mlipx"):
+        try:
+            found = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for location in (found.submodule_search_locations or []) if found else []:
+            paths.append(Path(location) / "spec" / "mlips.yaml")
+    return paths
+
+
+def _read_spec_entry(path: Path, key: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+    except ImportError:
+        logger.info("cannot read %s: PyYAML is not installed", path)
+        return None
+    entry = (yaml.safe_load(path.read_text()) or {}).get(key)
+    return entry if isinstance(entry, dict) else None

@@ -1,0 +1,141 @@
+"""A model worker: load the calculator once, then answer ASE requests for it on the bus."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from ase.calculators.calculator import Calculator
+
+from mdp.worker import Worker
+
+from .generic import USE_SERVE_ENV
+from .payload import PayloadError, decode_request, encode_error, encode_results
+from .registry import EXTRAS, model_extras
+
+log = logging.getLogger("mlipx_serve.serve")
+
+WRAPPED_ENV = "MLIPX_SERVE_UV_WRAPPED"
+
+
+class ServeError(RuntimeError):
+    """The worker cannot start; the message says why and what to do."""
+
+
+def find_model(name: str, registry: Mapping[str, object]) -> object:
+    try:
+        return registry[name]
+    except KeyError:
+        raise ServeError(f"unknown model '{name}'. Known models: {', '.join(sorted(registry))}. "
+                         f"Add it to a models.py file (ALL_MODELS) and pass --models") from None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_handler(calc: Calculator, name: str) -> Callable[[list], list]:
+    """Requests in, results (or the error, as data) out; the worker never dies of a request."""
+    me = worker_id()
+
+    def handle(frames: list) -> list:
+        try:
+            atoms, properties = decode_request(frames)
+        except PayloadError as error:
+            return encode_error("PayloadError", f"{error} (worker {me})")
+        try:
+            for prop in properties:
+                calc.get_property(prop, atoms)
+            return encode_results(calc.results)
+        except Exception as error:
+            log.warning("model '%s' failed on a request: %s: %s", name,
+                        type(error).__name__, error)
+            return encode_error(type(error).__name__, f"{error} (worker {me})",
+                                traceback.format_exc())
+
+    return handle
+
+
+def build_calculator(model: object) -> Calculator:
+    """The model's local calculator; a worker must never try to be served itself."""
+    os.environ[USE_SERVE_ENV] = "false"
+    build = getattr(model, "build_local_calculator", None)
+    return build() if build is not None else model.get_calculator()
+
+
+def serve(name: str, model: object, broker: str, idle_timeout: float | None,
+          heartbeat: float = 2.5) -> None:
+    log.info("loading model '%s'", name)
+    calc = build_calculator(model)
+    log.info("model '%s' loaded; serving it at %s", name, broker)
+    Worker(broker, name, make_handler(calc, name), idle_timeout=idle_timeout,
+           heartbeat_interval=heartbeat, copy=False).run()
+
+
+# ------------------------------------------------------------ running under uv
+
+
+def missing_modules(model: object) -> list[str]:
+    """Top-level modules the model imports that this interpreter cannot find."""
+    module = getattr(model, "module", None)
+    if not module:
+        return []
+    top = module.split(".")[0]
+    return [] if importlib.util.find_spec(top) is not None else [top]
+
+
+def uv_command(extras: list[str], argv: list[str], cwd: Path | None = None) -> list[str]:
+    """``uv run`` with the model's extras: from the project that defines them, or by name."""
+    uv = shutil.which("uv")
+    if uv is None:
+        requirements = " ".join(f"'{r}'" for extra in extras for r in EXTRAS.get(extra, []))
+        raise ServeError(f"this model needs the extra(s) {', '.join(extras)}, which are not "
+                         f"installed, and uv is not on PATH to install them. Install them "
+                         f"with `pip install {requirements}` (or install uv), then run again")
+    module_args = ["-m", "mlipx_serve.cli", *argv]
+    if project_defines(extras, cwd or Path.cwd()):
+        extra_args = [a for extra in extras for a in ("--extra", extra)]
+        return [uv, "run", *extra_args, "--", "python", *module_args]
+    requirements = [r for extra in extras for r in EXTRAS.get(extra, [extra])]
+    with_args = [a for r in requirements for a in ("--with", r)]
+    # "python" after "--" is the interpreter of uv's environment, which has the extras.
+    return [uv, "run", "--no-project", "--python", sys.executable, *with_args, "--",
+            "python", *module_args]
+
+
+def project_defines(extras: list[str], start: Path) -> bool:
+    """Is there a pyproject.toml above ``start`` whose optional dependencies name them all?"""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: fall back to naming the requirements
+        return False
+    for directory in (start, *start.parents):
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                data = tomllib.loads(pyproject.read_text())
+            except (OSError, tomllib.TOMLDecodeError):
+                return False
+            defined = data.get("project", {}).get("optional-dependencies", {})
+            return all(extra in defined for extra in extras)
+    return False
+
+
+def reexec_under_uv(model: object, argv: list[str]) -> None:
+    """Replace this process with ``uv run ...`` when the model's packages are missing."""
+    extras = model_extras(model)
+    if not extras or os.environ.get(WRAPPED_ENV) or not missing_modules(model):
+        return
+    command = uv_command(extras, argv)
+    log.info("model needs %s; running under uv: %s", ", ".join(extras), " ".join(command))
+    os.environ[WRAPPED_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)

@@ -1,0 +1,57 @@
+"""``mlipx serve-status`` as rich tables: the broker, its models, and what to do next."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from .calculator import available_models
+
+
+def render(status: dict) -> Group:
+    if not status["running"]:
+        return Group(
+            Text(f"No model broker answers at {status['broker']}.", style="bold red"),
+            Text("Start one with:  mlipx serve-broker --autostart\n"
+                 "or serve a model by hand beside it:  mlipx serve emt"))
+    parts = [broker_table(status), models_table(status)]
+    if not available_models(status):
+        parts.append(Text("No models yet. Start a worker with `mlipx serve emt`, or restart "
+                          "the broker with --autostart to start workers on demand."))
+    return Group(*parts)
+
+
+def broker_table(status: dict) -> Table:
+    data, autostart = status["status"], status["autostart"]
+    table = Table(title="Broker", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("running", "yes")
+    table.add_row("path", status["broker"])
+    table.add_row("autostart", "on" if autostart.get("autostart") else "off")
+    table.add_row("uptime", _duration(data["uptime"]))
+    table.add_row("version", data["version"])
+    table.add_row("workers", str(len(data["workers"])))
+    return table
+
+
+def models_table(status: dict) -> Table:
+    table = Table(title="Models")
+    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    starting = status["autostart"].get("starting", {})
+    for name, info in available_models(status).items():
+        services = status["status"]["services"].get(name, {})
+        note = f"starting ({starting[name]:.0f} s)" if name in starting else \
+            ("yes" if info["autostart"] else "no")
+        table.add_row(name, str(info["idle"]), str(info["busy"]), str(info["queued"]),
+                      str(services.get("served", 0)), str(services.get("failed", 0)), note)
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
