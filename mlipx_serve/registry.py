@@ -16,11 +16,13 @@ import importlib.util
 import itertools
 import logging
 import os
+import re
 import sys
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +37,27 @@ logger = logging.getLogger(__name__)
 
 MODELS_ENV = "MLIPX_SERVE_MODELS"
 
-# Optional-dependency groups: the same names and lower bounds as mlipx's own extras,
-# so `mlipx-serve[mace]` and `mlipx[mace]` mean the same thing. Used to install a
-# model's packages when running outside a project that declares these extras.
-EXTRAS: dict[str, list[str]] = {
-    "mace": ["mace-torch>=0.3.12"],
-    "sevenn": ["sevenn>=0.11.0"],
-    "orb": ["orb-models>=0.5.0"],
-    "chgnet": ["chgnet>=0.4.0"],
-    "mattersim": ["mattersim>=1.1.2"],
-    "grace": ["tensorpotential>=0.5.1"],
-    "matpes": ["matgl>=1.2.7"],
-    "fairchem": ["fairchem-core>=2.3.0"],
-    "pet-mad": ["pet-mad>=1.2.0"],
-}
+
+def _declared_extras() -> dict[str, list[str]]:
+    """The extras pyproject.toml declares, read back from the installed metadata.
+
+    One list to keep up to date: a model's packages are installed by these names when
+    running outside a project that declares the extras.
+    """
+    try:
+        requirements = metadata.requires("mlipx-serve") or []
+    except metadata.PackageNotFoundError:
+        return {}
+    extras: dict[str, list[str]] = {}
+    for line in requirements:
+        requirement, _, marker = line.partition(";")
+        match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        if match and match.group(1) != "test":
+            extras.setdefault(match.group(1), []).append(requirement.strip())
+    return extras
+
+
+EXTRAS: dict[str, list[str]] = _declared_extras()
 
 # Top-level import name -> extra, so an entry written without ``extra=`` (every
 # mlipx models file) still gets a useful install hint.
