@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import zmq
 
 from .core import BrokerConfig, BrokerCore, Event, Outgoing
+from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.broker")
 
@@ -50,9 +50,7 @@ class Broker:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = Wakeup()
         self._sockets: dict[bytes, zmq.Socket] = {}
         self._thread: threading.Thread | None = None
 
@@ -65,7 +63,7 @@ class Broker:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread. Safe from any thread."""
         self._calls.append(fn)
-        self._wake()
+        self._wakeup.wake()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread after ``delay`` seconds. Loop thread only."""
@@ -79,7 +77,7 @@ class Broker:
     def stop(self) -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
         self._stopping = True
-        self._wake()
+        self._wakeup.wake()
 
     def start(self) -> threading.Thread:
         """Run the broker in a daemon thread; returns once it is bound."""
@@ -110,13 +108,13 @@ class Broker:
         poller = zmq.Poller()
         for sock in self._sockets.values():
             poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fileno(), zmq.POLLIN)
         sides = {sock: side for side, sock in self._sockets.items()}
         core = self.core
         while not self._stopping:
             timeout = max(0.0, self._next_deadline() - time.monotonic())
             for sock, _ in poller.poll(timeout * 1000):
-                if sock == self._wake_r:
+                if sock == self._wakeup.fileno():
                     self._run_calls()
                 else:
                     self._drain(sock, sides[sock])
@@ -130,13 +128,14 @@ class Broker:
         core = self.core
         now = time.monotonic()
         prefix = side if len(self._sockets) > 1 else b""
+        recv = sock.recv
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                identity = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            peer = prefix + frames[0].bytes
-            for target, out in core.handle(peer, frames[1:], now):
+            peer = prefix + identity.bytes
+            for target, out in core.handle(peer, _rest_of_message(recv, identity), now):
                 self._send(target, out)
 
     def _send(self, peer: bytes, frames: list) -> None:
@@ -148,7 +147,9 @@ class Broker:
         send(identity, zmq.SNDMORE)
         last = len(frames) - 1
         for i, frame in enumerate(frames):
-            send(frame, zmq.SNDMORE if i < last else 0, copy=False)
+            # copy=True is right for both kinds: zmq.Frames from the wire (bodies, however
+            # large) are always sent by reference; bytes are the broker's own short frames.
+            send(frame, zmq.SNDMORE if i < last else 0)
 
     def _next_deadline(self) -> float:
         deadline = self.core.next_deadline()
@@ -157,11 +158,7 @@ class Broker:
         return deadline
 
     def _run_calls(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wakeup.drain()
         while self._calls:
             self._guarded(self._calls.popleft())
 
@@ -185,12 +182,6 @@ class Broker:
             fn()
         except Exception:
             log.exception("a broker hook or callback raised; the broker goes on")
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"!")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending anyway) or closed
 
     # ------------------------------------------------------------ sockets
 
@@ -237,14 +228,26 @@ class Broker:
         self._close_sockets()
         for endpoint in self.endpoints + self.worker_endpoints:
             _remove_ipc_file(endpoint)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()
         log.info("broker stopped")
 
     def _close_sockets(self) -> None:
         for sock in self._sockets.values():
             sock.close()
         self._sockets = {}
+
+
+def _rest_of_message(recv: Callable[..., zmq.Frame], frame: zmq.Frame) -> list:
+    """The frames that follow ``frame`` in its message, received without copies.
+
+    One plain ``recv`` per frame, reading ``Frame.more``: recv_multipart's getsockopt
+    call per frame cost the broker more than everything else it does with a message.
+    """
+    frames = []
+    while frame.more:
+        frame = recv(0, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import queue
 import signal
 import threading
@@ -23,6 +22,7 @@ import zmq
 
 from . import protocol as p
 from .errors import WORKER_ERROR_MARKER, worker_error_body
+from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.worker")
 
@@ -74,11 +74,10 @@ class Worker:
         self._socket: zmq.Socket | None = None
         self._stopping = False
         self._busy: bytes | None = None  # address of the request the handler is on
+        self._heard_from_broker = False  # in this session; resets the reconnect back-off
         self._pending: list[p.WorkerRequest] = []
         self._results: queue.Queue = queue.Queue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = Wakeup()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mdp-handler")
         self._thread: threading.Thread | None = None
 
@@ -87,7 +86,7 @@ class Worker:
     def stop(self) -> None:
         """Finish the request in hand, send DISCONNECT and return from ``run``."""
         self._stopping = True
-        self._wake()
+        self._wakeup.wake()
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread (for tests and embedding)."""
@@ -120,17 +119,18 @@ class Worker:
                      self.endpoint, outcome, backoff)
             self._disconnect_socket()
             self._sleep(backoff)
-            backoff = min(backoff * 2, self.reconnect_max)
+            backoff = 0.1 if self._heard_from_broker else min(backoff * 2, self.reconnect_max)
 
     def _session(self) -> str:
         """Serve on one connection; returns why it ended."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fileno(), zmq.POLLIN)
         now = time.monotonic()
         broker_expires = now + self.heartbeat_interval * self.heartbeat_liveness
         next_heartbeat = now + self.heartbeat_interval
         idle_since = now
+        self._heard_from_broker = False
         while True:
             if self._stopping and self._busy is None:
                 self._send(p.worker_disconnect(self.dialect))
@@ -140,12 +140,13 @@ class Worker:
             if self.idle_timeout is not None and self._busy is None:
                 deadline = min(deadline, idle_since + self.idle_timeout)
             for sock, _ in poller.poll(max(0.0, deadline - now) * 1000):
-                if sock == self._wake_r:
-                    self._drain_wake()
+                if sock == self._wakeup.fileno():
+                    self._wakeup.drain()
                     if self._send_results():
                         idle_since = time.monotonic()
                     continue
                 frames = self._socket.recv_multipart(copy=self.copy)
+                self._heard_from_broker = True
                 broker_expires = time.monotonic() + \
                     self.heartbeat_interval * self.heartbeat_liveness
                 try:
@@ -186,18 +187,18 @@ class Worker:
             else:
                 self._results.put((request.address, _checked(as_frames(result)), True))
         except Exception as error:
-            log.warning("handler raised %s: %s\n%s", type(error).__name__, error,
-                        traceback.format_exc())
+            log.warning("handler raised %s: %s", type(error).__name__, error)
+            log.debug("%s", traceback.format_exc())
             body = worker_error_body(type(error).__name__, str(error))
             self._results.put((request.address, body, True))
-        self._wake()
+        self._wakeup.wake()
 
     def _stream(self, address: bytes, parts: Iterable) -> None:
         previous = None
         for part in parts:
             if previous is not None:
                 self._results.put((address, previous, False))
-                self._wake()
+                self._wakeup.wake()
             previous = _checked(as_frames(part))
         self._results.put((address, previous or [], True))
 
@@ -245,26 +246,12 @@ class Worker:
             self._socket.close(linger=1000)
             self._socket = None
         self._pool.shutdown(wait=False)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wakeup.close()
 
     def _sleep(self, seconds: float) -> None:
         """A back-off that ``stop()`` cuts short."""
-        zmq.select([self._wake_r], [], [], seconds)
-        self._drain_wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"!")
-        except OSError:
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+        zmq.select([self._wakeup.fileno()], [], [], seconds)
+        self._wakeup.drain()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
