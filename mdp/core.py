@@ -306,7 +306,7 @@ class BrokerCore:
 
     def _heartbeat(self, now: float) -> None:
         interval = self.config.heartbeat_interval
-        self._next_heartbeat = max(self._next_heartbeat + interval, now)
+        self._next_heartbeat = max(self._next_heartbeat + interval, now + interval)
         for worker in list(self.workers.values()):
             if now >= worker.expires_at:
                 self._send(worker.peer, p.to_worker_disconnect(worker.dialect))
@@ -364,7 +364,7 @@ class BrokerCore:
             "services": {_text(name): self._service_status(state)
                          for name, state in sorted(self.services.items())},
             "workers": [
-                {"id": worker.peer.hex(), "service": _text(worker.service),
+                {"id": peer_name(worker.peer), "service": _text(worker.service),
                  "dialect": worker.dialect.value,
                  "state": "busy" if worker.request is not None else "idle",
                  "served": worker.served, "since": now - worker.since}
@@ -393,7 +393,7 @@ class BrokerCore:
                             detail: str = "") -> None:
         busy = len(state.workers) - len(state.idle)
         self.events.append(Event(kind, _text(state.name),
-                                 worker.peer.hex() if worker else None,
+                                 peer_name(worker.peer) if worker else None,
                                  len(state.queue), len(state.workers), busy, detail))
 
     def _send(self, peer: Peer, frames: list) -> None:
@@ -426,6 +426,19 @@ def _expired_error(state: Service, request: Request, now: float) -> RequestExpir
            else f"all {len(state.workers)} workers stayed busy")
     return RequestExpired(f"request to '{_text(state.name)}' expired after {waited:.1f} s "
                           f"in the queue: {why}", _text(state.name))
+
+
+def peer_name(peer: Peer) -> str:
+    """A worker's routing identity as text when it chose a printable one, else hex.
+
+    A leading control byte is a socket tag added by the broker loop, not part of it.
+    """
+    identity = peer[1:] if peer[:1] and peer[0] < 0x20 else peer
+    try:
+        text = identity.decode("ascii")
+    except UnicodeDecodeError:
+        return peer.hex()
+    return text if text.isprintable() else peer.hex()
 
 
 def _text(name: bytes) -> str:

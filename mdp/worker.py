@@ -8,9 +8,12 @@ queue and a wake-up pipe that the socket thread polls beside the socket.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+import os
 import queue
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -27,6 +30,7 @@ from .wakeup import Wakeup
 log = logging.getLogger("mdp.worker")
 
 Handler = Callable[[list], Any]
+_CONNECTIONS = itertools.count(1)  # numbers every worker connection this process makes
 
 
 def as_frames(result: Any) -> list:
@@ -75,6 +79,7 @@ class Worker:
         self._stopping = False
         self._busy: bytes | None = None  # address of the request the handler is on
         self._heard_from_broker = False  # in this session; resets the reconnect back-off
+        self.identity = ""
         self._pending: list[p.WorkerRequest] = []
         self._results: queue.Queue = queue.Queue()
         self._wakeup = Wakeup()
@@ -156,6 +161,10 @@ class Worker:
                     continue
                 if isinstance(message, p.Disconnect):
                     return "the broker sent DISCONNECT"
+                if isinstance(message, p.Heartbeat):
+                    # Answer at once, so a broker that expects beats more often than we
+                    # send them still hears from us in time.
+                    next_heartbeat = time.monotonic()
                 if isinstance(message, p.WorkerRequest):
                     self._accept(message)
             now = time.monotonic()
@@ -226,6 +235,9 @@ class Worker:
     def _connect(self) -> None:
         self._socket = self.context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 1000)
+        # A readable identity lets `mdp status` name the process behind each worker.
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{next(_CONNECTIONS)}"
+        self._socket.setsockopt(zmq.IDENTITY, self.identity.encode()[-255:])
         self._socket.connect(self.endpoint)
         self._send(p.worker_ready(self.dialect, self.service))
         self.connected.set()

@@ -53,6 +53,7 @@ class AutostartConfig:
     start_timeout: float = 60.0
     worker_timeout: float = 300.0
     max_workers: int = 1
+    heartbeat: float = 2.5  # the broker's: a worker must heartbeat as often as it expects
     models_files: list[str] = field(default_factory=list)
 
 
@@ -95,7 +96,8 @@ class Autostarter:
     def worker_command(self, name: str) -> list[str]:
         command = [sys.executable, "-m", "mlipx_serve.cli", "serve", name,
                    "--broker", self.config.worker_endpoint,
-                   "--timeout", str(self.config.worker_timeout)]
+                   "--timeout", str(self.config.worker_timeout),
+                   "--heartbeat", str(self.config.heartbeat)]
         for path in self.config.models_files:
             command += ["--models", str(path)]
         return command

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import typer
@@ -82,7 +83,8 @@ def serve_broker(
         starter = Autostarter(broker, registry, AutostartConfig(
             worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
             start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-            max_workers=max_workers_per_model, models_files=[str(p) for p in models]))
+            max_workers=max_workers_per_model, models_files=[str(p) for p in models],
+            heartbeat=heartbeat))
     err.print(f"model broker at {endpoint} (workers: {workers}); autostart "
               f"{'on for ' + str(len(starter.registry)) + ' models' if starter else 'off'}. "
               f"Ctrl-C stops it.")
@@ -136,6 +138,9 @@ def serve(
         run_worker(name, model, endpoint, timeout or None, heartbeat)
     except (ServeError, ModelUnavailableError) as error:
         _fail(str(error))
+    except Exception as error:
+        traceback.print_exc()
+        _fail(f"model '{name}' failed: {type(error).__name__}: {error}")  # the last line
 
 
 @app.command("serve-status")

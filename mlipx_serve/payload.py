@@ -122,9 +122,13 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
     return [_dump(header), *(_raw(array) for _, array in arrays)]
 
 
-def encode_error(exc_type_name: str, message: str, traceback_text: str = "") -> list[bytes]:
-    """The one-frame reply for a failed calculation."""
+def encode_error(
+    exc_type_name: str, message: str, traceback_text: str = "", worker: str | None = None
+) -> list[bytes]:
+    """The one-frame reply for a failed calculation; ``worker`` names who failed."""
     error = {"type": str(exc_type_name), "message": str(message), "traceback": traceback_text}
+    if worker is not None:
+        error["worker"] = str(worker)
     return [_dump({"v": FORMAT_VERSION, "ok": False, "error": error})]
 
 
@@ -396,7 +400,10 @@ def _remote_error(error: Any) -> RemoteCalculationError:
     traceback = error.get("traceback", "")
     if not all(isinstance(text, str) for text in (kind, message, traceback)):
         raise PayloadError("error reply: 'type', 'message' and 'traceback' must be strings")
-    return RemoteCalculationError(kind, message, traceback)
+    remote = RemoteCalculationError(kind, message, traceback)
+    if isinstance(error.get("worker"), str):
+        remote.worker = error["worker"]
+    return remote
 
 
 def _build_atoms(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> Atoms:
@@ -430,6 +437,8 @@ def _numbers(arrays: dict[str, np.ndarray]) -> np.ndarray:
 def _field(
     arrays: dict[str, np.ndarray], name: str, kinds: str, shapes: list[tuple[int, ...]]
 ) -> np.ndarray:
+    """A request array checked for kind, shape and finiteness: a NaN or infinite cell can
+    send a model's neighbour search into a useless or unbounded computation."""
     if name not in arrays:
         raise PayloadError(f"request: required array {name!r} is missing")
     array = arrays[name]
@@ -438,4 +447,6 @@ def _field(
     if array.shape not in shapes:
         allowed = " or ".join(str(list(shape)) for shape in shapes)
         raise PayloadError(f"array {name!r}: shape {list(array.shape)}, expected {allowed}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise PayloadError(f"array {name!r}: values must be finite (no NaN or infinity)")
     return array

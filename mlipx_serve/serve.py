@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from mdp.worker import Worker
@@ -49,18 +50,33 @@ def make_handler(calc: Calculator, name: str) -> Callable[[list], list]:
         try:
             atoms, properties = decode_request(frames)
         except PayloadError as error:
-            return encode_error("PayloadError", f"{error} (worker {me})")
+            return encode_error("PayloadError", str(error), worker=me)
         try:
-            for prop in properties:
-                calc.get_property(prop, atoms)
+            compute(calc, atoms, properties)
             return encode_results(calc.results)
         except Exception as error:
             log.warning("model '%s' failed on a request: %s: %s", name,
                         type(error).__name__, error)
-            return encode_error(type(error).__name__, f"{error} (worker {me})",
-                                traceback.format_exc())
+            return encode_error(type(error).__name__, str(error), traceback.format_exc(), me)
 
     return handle
+
+
+def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> None:
+    """Fill ``calc.results`` for a request's atoms, skipping ASE's change checks.
+
+    Every request brings atoms of its own, so comparing them with the last ones (ASE's
+    ``check_state``, a tolerance test over every array, per property asked) only costs
+    time: milliseconds for a large cell. So the calculator forgets the last atoms, as
+    ``get_property`` does on a change; the first property computes on these atoms, and
+    a later one is only asked for when the results lack it (``get_property`` returns a
+    copy of each array, thrown away here).
+    """
+    calc.atoms = None
+    calc.results = {}
+    for prop in properties:
+        if prop not in calc.results:
+            calc.get_property(prop, atoms if calc.atoms is None else None)
 
 
 def build_calculator(model: object) -> Calculator:

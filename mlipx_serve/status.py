@@ -16,6 +16,8 @@ def render(status: dict) -> Group:
             Text("Start one with:  mlipx serve-broker --autostart\n"
                  "or serve a model by hand beside it:  mlipx serve emt"))
     parts = [broker_table(status), models_table(status)]
+    if status["status"]["workers"]:
+        parts.append(workers_table(status))
     if not available_models(status):
         parts.append(Text("No models yet. Start a worker with `mlipx serve emt`, or restart "
                           "the broker with --autostart to start workers on demand."))
@@ -42,12 +44,25 @@ def models_table(status: dict) -> Table:
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     starting = status["autostart"].get("starting", {})
-    for name, info in available_models(status).items():
+    models = available_models(status)
+    running_first = sorted(models, key=lambda name: (models[name]["workers"] == 0, name))
+    for name in running_first:
+        info = models[name]
         services = status["status"]["services"].get(name, {})
         note = f"starting ({starting[name]:.0f} s)" if name in starting else \
             ("yes" if info["autostart"] else "no")
         table.add_row(name, str(info["idle"]), str(info["busy"]), str(info["queued"]),
                       str(services.get("served", 0)), str(services.get("failed", 0)), note)
+    return table
+
+
+def workers_table(status: dict) -> Table:
+    table = Table(title="Workers")
+    for column in ("worker", "model", "state", "served", "up"):
+        table.add_column(column, justify="right" if column in ("served", "up") else "left")
+    for worker in status["status"]["workers"]:
+        table.add_row(worker["id"], worker["service"], worker["state"], str(worker["served"]),
+                      _duration(worker["since"]))
     return table
 
 

@@ -1,0 +1,163 @@
+"""Regenerate ase_payload.json, the byte-exact test vectors of the ASE payload.
+
+Run from anywhere: ``python protocol/vectors/make_ase_payload_vectors.py``. The vectors are
+produced by the codec itself, so a diff after running this is a wire format change and
+must come with a spec change (and, if incompatible, a version bump).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from mlipx_serve.payload import encode_error, encode_request, encode_results  # noqa: E402
+
+OUTPUT = Path(__file__).with_name("ase_payload.json")
+
+# Every float below is a small multiple of a power of two, so it is exact in binary and
+# its JSON text is the same in every language.
+CASES: list[dict[str, Any]] = [
+    {
+        "name": "request-molecule-charge-spin",
+        "kind": "request",
+        "description": "O2 molecule, not periodic, with charge and spin multiplicity in info",
+        "meaning": {
+            "properties": ["energy", "forces"],
+            "numbers": [8, 8],
+            "positions": [[0.0, 0.0, 0.0], [0.0, 0.0, 1.25]],
+            "cell": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+            "pbc": [False, False, False],
+            "info": {"charge": 0, "spin": 3},
+        },
+    },
+    {
+        "name": "request-periodic-one-atom",
+        "kind": "request",
+        "description": "fcc Cu primitive cell, one atom, periodic, asking for stress too",
+        "meaning": {
+            "properties": ["energy", "forces", "stress"],
+            "numbers": [29],
+            "positions": [[0.0, 0.0, 0.0]],
+            "cell": [[0.0, 1.75, 1.75], [1.75, 0.0, 1.75], [1.75, 1.75, 0.0]],
+            "pbc": [True, True, True],
+            "info": {},
+        },
+    },
+    {
+        "name": "request-magmoms-charges-info",
+        "kind": "request",
+        "description": "two Fe atoms, slab periodicity, initial magmoms and charges, "
+        "string, bool and float scalars in info",
+        "meaning": {
+            "properties": ["energy", "forces", "magmoms"],
+            "numbers": [26, 26],
+            "positions": [[0.0, 0.0, 0.0], [1.5, 1.5, 1.5]],
+            "cell": [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 20.0]],
+            "pbc": [True, True, False],
+            "info": {"charge": 0, "spin": 1, "label": "afm", "relaxed": False, "T": 300.5},
+            "initial_magmoms": [2.5, -2.5],
+            "initial_charges": [0.25, -0.25],
+        },
+    },
+    {
+        "name": "reply-energy-forces-stress-energies",
+        "kind": "reply",
+        "description": "successful reply for two atoms: scalars in the header, arrays as frames",
+        "meaning": {
+            "scalars": {"energy": -7.25, "free_energy": -7.25},
+            "arrays": {
+                "forces": {
+                    "dtype": "<f8",
+                    "shape": [2, 3],
+                    "data": [[0.5, -0.25, 0.0], [-0.5, 0.25, 0.0]],
+                },
+                "stress": {
+                    "dtype": "<f8",
+                    "shape": [6],
+                    "data": [0.125, 0.125, 0.125, 0.0, 0.0, -0.0625],
+                },
+                "energies": {"dtype": "<f8", "shape": [2], "data": [-3.625, -3.625]},
+            },
+        },
+    },
+    {
+        "name": "reply-error",
+        "kind": "error",
+        "description": "failed calculation: the error travels as type name and text",
+        "meaning": {
+            "error": {
+                "type": "ValueError",
+                "message": "cell is singular",
+                "traceback": "Traceback (most recent call last):\n"
+                '  File "model.py", line 7, in calculate\n'
+                "ValueError: cell is singular\n",
+            }
+        },
+    },
+]
+
+
+def atoms_from_meaning(meaning: dict[str, Any]) -> Atoms:
+    atoms = Atoms(
+        numbers=meaning["numbers"],
+        positions=meaning["positions"],
+        cell=meaning["cell"],
+        pbc=meaning["pbc"],
+        info=meaning["info"],
+    )
+    if "initial_magmoms" in meaning:
+        atoms.set_initial_magnetic_moments(meaning["initial_magmoms"])
+    if "initial_charges" in meaning:
+        atoms.set_initial_charges(meaning["initial_charges"])
+    return atoms
+
+
+def results_from_meaning(meaning: dict[str, Any]) -> dict[str, Any]:
+    results: dict[str, Any] = dict(meaning["scalars"])
+    for name, array in meaning["arrays"].items():
+        values = np.array(array["data"], dtype=array["dtype"])
+        results[name] = values.reshape(array["shape"])
+    return results
+
+
+def frames_for(case: dict[str, Any]) -> list[Any]:
+    meaning = case["meaning"]
+    if case["kind"] == "request":
+        return encode_request(atoms_from_meaning(meaning), meaning["properties"])
+    if case["kind"] == "reply":
+        return encode_results(results_from_meaning(meaning))
+    error = meaning["error"]
+    return encode_error(error["type"], error["message"], error["traceback"])
+
+
+def with_frames(case: dict[str, Any]) -> dict[str, Any]:
+    """The case with its frames as hex, plus the header as text for human readers."""
+    frames = [bytes(frame) for frame in frames_for(case)]
+    return {**case, "header_text": frames[0].decode("utf-8"), "frames": [f.hex() for f in frames]}
+
+
+def build() -> dict[str, Any]:
+    cases = [with_frames(case) for case in CASES]
+    return {
+        "format": "mlipx-serve ASE payload test vectors",
+        "payload_version": 1,
+        "spec": "protocol/ase-payload.md",
+        "cases": cases,
+    }
+
+
+def main() -> None:
+    OUTPUT.write_text(json.dumps(build(), indent=2) + "\n")
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""A models.py whose models cannot start: for the autostart error tests.
+
+Written the way users write custom entries for mlipx: dataclasses with ``get_calculator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from ase.calculators.emt import EMT
+
+
+@dataclasses.dataclass
+class MissingWeights:
+    """Fails the way a model with a wrong weights path fails: while loading."""
+
+    path: str = "/nonexistent/model.pt"
+
+    def get_calculator(self, **kwargs):
+        raise RuntimeError(f"weights not found: {self.path}")
+
+
+@dataclasses.dataclass
+class SlowToLoad:
+    """Loads for far longer than the broker's start timeout in the tests."""
+
+    seconds: float = 120.0
+
+    def get_calculator(self, **kwargs):
+        time.sleep(self.seconds)
+        return EMT()
+
+
+ALL_MODELS = {"broken": MissingWeights(), "slow": SlowToLoad()}

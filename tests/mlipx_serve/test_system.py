@@ -1,0 +1,428 @@
+"""System tests of mlipx_serve: brokers, workers and clients as real processes.
+
+Everything goes over real ZeroMQ IPC sockets to real ``mlipx serve`` workers running ASE's
+EMT, and is compared with EMT computed here. Processes are started and ended by the
+fixtures in ``conftest.py``; every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.filters import FrechetCellFilter
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.mep import NEB
+from ase.optimize import BFGS
+from ase.units import fs
+
+from mdp.errors import RequestTimeout, ServiceStartFailed
+from mlipx_serve import (
+    Models,
+    RemoteCalculationError,
+    RemoteCalculator,
+    served_calculator_or_none,
+)
+from mlipx_serve.registry import BUILTIN_MODELS
+
+if TYPE_CHECKING:
+    from conftest import ServeSystem
+
+pytestmark = pytest.mark.timeout(120)
+
+HELPERS = Path(__file__).parent / "helpers"
+MODELS_FILE = HELPERS / "models.py"
+MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
+EXACT = 1e-12  # same code on the same numbers: the bus must not change a bit of them
+SAME_PATH = 1e-10
+
+
+def load_helper(name: str):
+    spec = importlib.util.spec_from_file_location(f"mlipx_serve_helper_{name}",
+                                                  HELPERS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rattled_cu = load_helper("client").rattled_cu
+
+
+def remote(broker: str, model: str = "emt", timeout: float = 60.0) -> RemoteCalculator:
+    return RemoteCalculator(model, broker, timeout=timeout)
+
+
+def results_with(atoms: Atoms, calc) -> dict:
+    """Energy, forces (and stress when periodic) of a copy of ``atoms`` under ``calc``."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    found = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.any():
+        found["stress"] = atoms.get_stress()
+    return found
+
+
+def assert_same_results(served: dict, local: dict) -> None:
+    assert served.keys() == local.keys()
+    for key, value in local.items():
+        np.testing.assert_allclose(served[key], value, rtol=0, atol=EXACT, err_msg=key)
+
+
+def assert_same_path(served: list, local: list) -> None:
+    assert len(served) == len(local) > 1
+    for step, (a, b) in enumerate(zip(served, local, strict=True)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=SAME_PATH, err_msg=f"step {step}")
+
+
+def ethanol() -> Atoms:
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+def strained_cu() -> Atoms:
+    atoms = rattled_cu(11)
+    atoms.set_cell(atoms.cell * [1.03, 0.98, 1.01], scale_atoms=True)
+    return atoms
+
+
+def emt_pid(system: ServeSystem, broker: str) -> int:
+    found = system.wait_until(lambda: system.started_pids(broker), "an autostarted worker")
+    return found[0]
+
+
+# ------------------------------------------------------------ results and dynamics
+
+
+def test_first_request_autostarts_emt_with_exact_results(serve_system: ServeSystem):
+    system = serve_system
+    broker = system.broker("--autostart")
+    assert system.service(broker, "emt")["workers"] == 0 and system.started_pids(broker) == []
+    calc = remote(broker)
+    for atoms in (rattled_cu(1), ethanol()):
+        assert_same_results(results_with(atoms, calc), results_with(atoms, EMT()))
+    assert system.service(broker, "emt")["workers"] == 1
+    assert "stress" not in calc.results  # the molecule: no stress asked for, none sent
+    code, pids = system.stop_broker(broker)
+    assert code == 0 and len(pids) == 1
+    assert system.wait_gone(pids) == [], "the broker left its autostarted worker running"
+
+
+def record_positions(atoms: Atoms, calc, run: Callable[[Atoms], object]) -> list:
+    """Run dynamics on a copy of ``atoms`` and return the positions after every step."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    dynamics = run(atoms)
+    path = []
+    dynamics.attach(lambda: path.append(atoms.get_positions()))
+    dynamics.run(**dynamics.run_args)
+    return path
+
+
+def bfgs(atoms: Atoms):
+    optimizer = BFGS(atoms, logfile=None)
+    optimizer.run_args = {"fmax": 0.01, "steps": 40}
+    return optimizer
+
+
+def langevin(atoms: Atoms):
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(5))
+    dynamics = Langevin(atoms, 2 * fs, temperature_K=300, friction=0.02, fixcm=False,
+                        logfile=None, rng=np.random.default_rng(6))
+    dynamics.run_args = {"steps": 50}
+    return dynamics
+
+
+@pytest.mark.parametrize("run", [bfgs, langevin])
+def test_dynamics_follow_the_local_trajectory(bus: str, run):
+    served = record_positions(rattled_cu(2), remote(bus), run)
+    local = record_positions(rattled_cu(2), EMT(), run)
+    assert_same_path(served, local)
+    if run is langevin:
+        assert len(served) == 51  # the start and 50 steps
+
+
+def relax_cell(atoms: Atoms, calc) -> list:
+    """Positions and cell after each of a few steps of a cell relaxation."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    optimizer = BFGS(FrechetCellFilter(atoms), logfile=None)
+    path = []
+    optimizer.attach(lambda: path.append(np.vstack([atoms.positions, atoms.cell[:]])))
+    optimizer.run(fmax=0.02, steps=8)
+    return path
+
+
+def test_cell_relaxation_through_a_filter(bus: str):
+    assert_same_path(relax_cell(strained_cu(), remote(bus)), relax_cell(strained_cu(), EMT()))
+
+
+def vacancy_hop() -> list[Atoms]:
+    """Three images of a Cu atom hopping into a neighbouring vacancy."""
+    start = bulk("Cu", cubic=True).repeat(2)
+    del start[0]
+    end = start.copy()
+    end.positions[0] = bulk("Cu", cubic=True).positions[0]
+    middle = start.copy()
+    middle.positions = (start.positions + end.positions) / 2
+    return [start, middle, end]
+
+
+def neb_path(make_calc: Callable[[], object]) -> list:
+    images = vacancy_hop()
+    for image in images:
+        image.calc = make_calc()
+    optimizer = BFGS(NEB(images, method="improvedtangent"), logfile=None)
+    path = []
+    optimizer.attach(lambda: path.append(images[1].get_positions()))
+    optimizer.run(fmax=0.1, steps=8)
+    return path
+
+
+def test_neb_with_one_calculator_per_image(bus: str):
+    assert_same_path(neb_path(lambda: remote(bus)), neb_path(EMT))
+
+
+# ------------------------------------------------------------ sharing
+
+
+def test_two_client_processes_share_one_worker(bus: str, shared_system: ServeSystem):
+    results_with(rattled_cu(0), remote(bus))  # the worker is up before the clients start
+    [worker] = shared_system.workers_of(bus, "emt")
+    clients = [shared_system.spawn("client", [sys.executable, str(HELPERS / "client.py"),
+                                              bus, str(first), "20"]) for first in (100, 200)]
+    for client in clients:
+        assert client.popen.wait(60) == 0, client.log()
+    printed = [json.loads(client.log().splitlines()[-1]) for client in clients]
+    served = {int(seed): energy for energies in printed for seed, energy in energies.items()}
+    assert sorted(served) == [*range(100, 120), *range(200, 220)]
+    for seed, energy in served.items():
+        assert energy == pytest.approx(results_with(rattled_cu(seed), EMT())["energy"],
+                                       abs=EXACT)
+    [after] = shared_system.workers_of(bus, "emt")
+    assert after["id"] == worker["id"] and after["served"] == worker["served"] + 40
+
+
+def energies_in_thread(broker: str, seeds: range) -> list[float]:
+    calc = remote(broker)
+    try:
+        return [results_with(rattled_cu(seed), calc)["energy"] for seed in seeds]
+    finally:
+        calc.close()
+
+
+def test_two_hand_started_workers_share_a_queue(serve_system: ServeSystem):
+    broker = serve_system.broker()
+    workers_path = broker.replace("broker.ipc", "broker-workers.ipc")
+    for _ in range(2):
+        serve_system.worker("emt", workers_path)
+    serve_system.wait_workers(broker, "emt", 2)
+    batches = [range(first, first + 10) for first in range(0, 40, 10)]
+    with ThreadPoolExecutor(len(batches)) as pool:
+        energies = list(pool.map(lambda seeds: energies_in_thread(broker, seeds), batches))
+    assert [len(batch) for batch in energies] == [10] * 4
+    counts = [worker["served"] for worker in serve_system.workers_of(broker, "emt")]
+    assert len(counts) == 2 and min(counts) > 0 and sum(counts) == 40, counts
+
+
+# ------------------------------------------------------------ worker lifetime
+
+
+def test_idle_worker_leaves_and_next_request_starts_a_new_one(serve_system: ServeSystem):
+    system = serve_system
+    broker = system.broker("--autostart", "--worker-timeout", "1")
+    results_with(rattled_cu(0), remote(broker))
+    first_pid, [first] = emt_pid(system, broker), system.workers_of(broker, "emt")
+    system.wait_until(lambda: system.service(broker, "emt")["workers"] == 0,
+                      "the idle worker to leave")
+    assert system.wait_gone([first_pid]) == []
+    system.wait_until(lambda: first_pid not in system.started_pids(broker),
+                      "the broker to reap the worker")
+    local = results_with(rattled_cu(1), EMT())
+    assert_same_results(results_with(rattled_cu(1), remote(broker)), local)
+    second_pid, [second] = emt_pid(system, broker), system.workers_of(broker, "emt")
+    assert second_pid != first_pid and second["id"] != first["id"]
+
+
+def failing_bus(system: ServeSystem, start_timeout: str) -> str:
+    """An autostart broker that also offers the models of helpers/models.py, which fail."""
+    return system.broker("--autostart", "--models", str(MODELS_FILE),
+                         "--worker-start-timeout", start_timeout)
+
+
+def start_failure(broker: str, model: str) -> ServiceStartFailed:
+    with pytest.raises(ServiceStartFailed) as caught:
+        results_with(rattled_cu(0), remote(broker, model, timeout=60))
+    return caught.value
+
+
+def test_a_model_that_fails_to_load_reaches_the_client(serve_system: ServeSystem):
+    error = start_failure(failing_bus(serve_system, "60"), "broken")
+    assert "could not start model 'broken'" in str(error)
+    assert "exited with code" in str(error)
+    assert "RuntimeError: weights not found: /nonexistent/model.pt" in str(error)
+    assert error.service == "broken"
+
+
+def test_a_model_that_loads_too_long_times_out_for_the_client(serve_system: ServeSystem):
+    broker = failing_bus(serve_system, "2")
+    error = start_failure(broker, "slow")
+    assert "did not register within 2 s" in str(error)
+    assert "Last lines of its output" in str(error)  # may be none yet after 2 s
+    assert "/run/mlipx/logs/slow-" in str(error)
+    serve_system.wait_until(lambda: serve_system.started_pids(broker) == [],
+                            "the broker to kill the slow worker")
+
+
+# ------------------------------------------------------------ serve or local
+
+
+def use_serve_script(system: ServeSystem, use: str, broker: str):
+    script = [sys.executable, str(HELPERS / "use_serve.py")]
+    return system.run(*script, MLIPX_USE_SERVE=use, MLIPX_SERVE_BROKER=broker)
+
+
+def test_mlipx_use_serve_toggles_a_script(bus: str, shared_system: ServeSystem):
+    nowhere = shared_system.ipc("nobody-here.ipc")
+    cases = [("true", bus), ("false", bus), ("true", nowhere)]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        runs = list(pool.map(lambda case: use_serve_script(shared_system, *case), cases))
+    local = results_with(bulk("Cu", cubic=True), EMT())["energy"]
+    kinds = []
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        kind, energy = run.stdout.split()
+        assert float(energy) == pytest.approx(local, abs=EXACT)
+        kinds.append(kind)
+    assert kinds == ["RemoteCalculator", "EMT", "EMT"]
+    assert f"no model broker answers at {nowhere}" in runs[2].stderr
+    assert "computing with a local calculator" in runs[2].stderr
+
+
+# ------------------------------------------------------------ clear errors
+
+
+def test_unknown_model_is_a_clear_error(bus: str, shared_system: ServeSystem):
+    run = shared_system.run(*MLIPX, "serve", "nosuchmodel", "--broker", bus, "--no-uv")
+    assert run.returncode != 0
+    assert "unknown model 'nosuchmodel'" in run.stderr and "emt" in run.stderr
+    with pytest.raises(KeyError, match="offers no model 'nosuch'.*emt"):
+        Models(bus)["nosuch"]
+    assert served_calculator_or_none("nosuch", broker=bus) is None
+
+
+def test_a_broker_that_is_not_running_is_a_clear_error(serve_system: ServeSystem):
+    nowhere = serve_system.ipc("nobody-here.ipc")
+    with pytest.raises(RequestTimeout, match=re.escape(nowhere)):
+        results_with(rattled_cu(0), remote(nowhere, timeout=0.3))
+    run = serve_system.run(*MLIPX, "serve-status", "--broker", nowhere)
+    assert run.returncode == 1
+    assert f"No model broker answers at {nowhere}" in run.stdout
+    assert "mlipx serve-broker --autostart" in run.stdout
+
+
+def test_a_rejected_structure_is_a_clear_error_and_the_worker_goes_on(
+        bus: str, shared_system: ServeSystem):
+    system = shared_system
+    calc = remote(bus)
+    uranium = Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]])
+    with pytest.raises(RemoteCalculationError) as caught:
+        results_with(uranium, calc)
+    error = caught.value
+    assert error.error_type == "NotImplementedError" and error.model == "emt"
+    assert "NotImplementedError: No EMT-potential for U" in str(error)
+    assert "'emt'" in str(error)
+    assert f"worker '{error.worker}'" in str(error)
+    pid = int(error.worker.split(":")[1])
+    assert pid in system.started_pids(bus) and system.worker_alive(pid)
+    assert_same_results(results_with(rattled_cu(4), calc), results_with(rattled_cu(4), EMT()))
+    assert pid in system.started_pids(bus) and len(system.workers_of(bus, "emt")) == 1
+
+
+# ------------------------------------------------------------ what the broker offers
+
+
+def test_models_lists_running_and_autostartable_models(bus: str):
+    models = Models(bus)
+    assert set(models) == set(BUILTIN_MODELS) and len(models) == len(BUILTIN_MODELS)
+    assert "emt" in models and "lj" in models and "nosuch" not in models
+    calc = models["emt"].get_calculator(timeout=60)
+    assert_same_results(results_with(ethanol(), calc), results_with(ethanol(), EMT()))
+
+
+def table_row(text: str, first_cell: str) -> list[str]:
+    """The cells of the rich table row that starts with ``first_cell``."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in:\n{text}")
+
+
+def test_serve_status_tables(bus: str, shared_system: ServeSystem):
+    results_with(rattled_cu(0), remote(bus))
+    served = str(shared_system.service(bus, "emt")["served"])
+    run = shared_system.run(*MLIPX, "serve-status", "--broker", bus)
+    assert run.returncode == 0, run.stderr
+    assert "Broker" in run.stdout and "Models" in run.stdout
+    assert table_row(run.stdout, "path")[1] == bus
+    assert table_row(run.stdout, "autostart")[1] == "on"
+    columns = ["model", "idle", "busy", "queued", "served", "failed", "autostart"]
+    assert table_row(run.stdout, "model") == columns
+    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", served, "0", "yes"]
+    assert table_row(run.stdout, "mace-mpa-0") == ["mace-mpa-0", *"00000", "yes"]
+
+
+def test_serve_status_json(bus: str, shared_system: ServeSystem):
+    results_with(rattled_cu(0), remote(bus))
+    run = shared_system.run(*MLIPX, "serve-status", "--broker", bus, "--json")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert {"running", "broker", "status", "autostart"} <= data.keys()
+    assert data["running"] is True and data["broker"] == bus
+    emt = data["status"]["services"]["emt"]
+    assert emt["workers"] == emt["idle"] == 1 and emt["served"] >= 1
+    workers = [worker["service"] for worker in data["status"]["workers"]]
+    assert workers.count("emt") == 1
+    assert len(workers) == sum(s["workers"] for s in data["status"]["services"].values())
+    assert set(data["autostart"]["models"]) == set(BUILTIN_MODELS)
+    assert data["autostart"]["started_pids"] == shared_system.started_pids(bus)
+
+
+# ------------------------------------------------------------ the command line
+
+
+def test_the_issue_example_verbatim(serve_system: ServeSystem):
+    directory = serve_system.directory
+    broker = serve_system.broker(path="my-broker.ipc", heartbeat=False)
+    assert broker == f"ipc://{directory}/my-broker.ipc"
+    serve_system.worker("emt", f"ipc://{directory}/my-broker-workers.ipc", heartbeat=False)
+    serve_system.worker("emt", broker, heartbeat=False)  # the broker's own path works too
+    serve_system.wait_workers(broker, "emt", 2)
+    run = serve_system.run(*MLIPX, "serve-status", "--broker", f"ipc://{directory}/my-broker.ipc")
+    assert run.returncode == 0, run.stderr
+    assert table_row(run.stdout, "emt")[:4] == ["emt", "2", "0", "0"]
+    assert list(Models(broker)) == ["emt"]
+    via_worker_path = remote(f"ipc://{directory}/my-broker-workers.ipc")
+    assert_same_results(results_with(ethanol(), via_worker_path), results_with(ethanol(), EMT()))
+
+
+def test_other_subcommands_need_the_full_mlipx(serve_system: ServeSystem):
+    if importlib.util.find_spec("mlipx") is not None:
+        pytest.skip("mlipx is installed: other subcommands go to it")
+    run = serve_system.run(*MLIPX, "foo")
+    assert run.returncode != 0
+    assert "'foo' is not one of serve, serve-broker, serve-status" in run.stderr
+    assert "full mlipx package" in run.stderr
