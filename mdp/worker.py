@@ -241,12 +241,18 @@ class Worker:
         self._socket.connect(self.endpoint)
         self._send(p.worker_ready(self.dialect, self.service))
         self.connected.set()
-        log.info("worker for '%s' registered at %s", self.service.decode(), self.endpoint)
+        log.info("worker for '%s' sent READY to %s", self.service.decode(), self.endpoint)
 
     def _disconnect_socket(self) -> None:
         self.connected.clear()
         if self._socket is not None:
-            self._socket.close(linger=0)
+            # Our READY may still reach a broker that comes up late; a DISCONNECT right
+            # behind it on the same pipe cancels it instead of leaving a ghost worker.
+            try:
+                self._socket.send_multipart(p.worker_disconnect(self.dialect), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            self._socket.close(linger=100)
             self._socket = None
 
     def _send(self, frames: list) -> None:

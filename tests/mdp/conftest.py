@@ -1,0 +1,224 @@
+"""Fixtures for tests that run brokers and workers as real processes.
+
+``mdp_system`` hands a test a ``System``: it starts brokers (``python -m mdp.cli broker``)
+and workers (``helpers/worker.py`` or ``mdp echo``) on endpoints in a short temporary
+directory, waits on the broker's own status rather than on sleeps, and ends every process
+it started, by pid, when the test is over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+import pytest
+
+from mdp.client import Client
+from mdp.errors import MDPError
+
+HELPERS = Path(__file__).parent / "helpers"
+WORKER_SCRIPT = HELPERS / "worker.py"
+MDP = [sys.executable, "-m", "mdp.cli"]
+WAIT = 20.0  # seconds any condition may take on a busy machine before a test fails
+HEARTBEAT = 0.2
+LIVENESS = 5  # a little slack for a loaded machine; tests that care pass their own
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT,
+               interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def broker_status(endpoint: str, timeout: float = 0.5) -> dict | None:
+    """The broker's ``mmi.status``, or None if it does not answer in time."""
+    try:
+        with Client(endpoint, timeout=timeout, retries=0) as client:
+            return json.loads(bytes(client.request("mmi.status")[0]))
+    except MDPError:
+        return None
+
+
+def service_status(endpoint: str, service: str) -> dict:
+    """One service's counters (all zero if the broker has not heard of it yet)."""
+    status = broker_status(endpoint) or {"services": {}}
+    return status["services"].get(service, {"workers": 0, "idle": 0, "busy": 0,
+                                             "queued": 0, "served": 0, "failed": 0,
+                                             "expired": 0, "rejected": 0})
+
+
+def service_workers(endpoint: str, service: str) -> list[dict]:
+    status = broker_status(endpoint) or {"workers": []}
+    return [w for w in status["workers"] if w["service"] == service]
+
+
+class Proc:
+    """A child process with its output in a log file."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path):
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def pid_bytes(self) -> bytes:
+        return str(self.pid).encode()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.popen.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def end(self) -> None:
+        """Terminate, then kill if it does not go; always reap it."""
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid={self.pid}>"
+
+
+class System:
+    """Brokers and workers of one test, on endpoints inside ``directory``."""
+
+    # Helpers for tests, here so that test modules need not import this conftest.
+    status = staticmethod(broker_status)
+    service = staticmethod(service_status)
+    service_workers = staticmethod(service_workers)
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.procs: list[Proc] = []
+
+    def wait_until(self, condition: Callable[[], T], what: str, timeout: float = WAIT) -> T:
+        """``wait_until``, with the tail of every process's log when it gives up."""
+        try:
+            return wait_until(condition, what, timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None
+
+    def logs(self, lines: int = 15) -> str:
+        return "\n".join(f"--- {proc} exit={proc.popen.poll()}\n"
+                         + "\n".join(proc.log().splitlines()[-lines:]) for proc in self.procs)
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.directory}/{name}"
+
+    def tcp(self) -> str:
+        return free_tcp_endpoint()
+
+    def spawn(self, name: str, args: Sequence[str]) -> Proc:
+        proc = Proc(name, args, self.directory / f"{name}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def serve(self, endpoint: str, service: str, count: int, worker_options: dict | None = None,
+              **broker_options: object) -> tuple[Proc, list[Proc]]:
+        """A broker, then ``count`` workers; returns once all have registered.
+
+        The workers start only once the broker answers: a worker that gives up on a broker
+        that is not there yet may leave its READY behind, a ghost registration that takes
+        requests until it expires, and the tests that count workers would count it.
+        """
+        broker = self.broker(endpoint, **broker_options)
+        workers = [self.worker(endpoint, service, **(worker_options or {}))
+                   for _ in range(count)]
+        self.wait_workers(endpoint, service, count)
+        return broker, workers
+
+    def broker(self, *binds: str, worker_bind: Sequence[str] = (),
+               heartbeat: float = HEARTBEAT, liveness: int = LIVENESS,
+               expiry: float | None = None, queue_limit: int | None = None,
+               max_attempts: int | None = None, wait: bool = True) -> Proc:
+        args = [*MDP, "broker", "--heartbeat", str(heartbeat), "--liveness", str(liveness)]
+        args += [a for bind in binds for a in ("--bind", bind)]
+        args += [a for bind in worker_bind for a in ("--worker-bind", bind)]
+        for option, value in (("--expiry", expiry), ("--queue-limit", queue_limit),
+                              ("--max-attempts", max_attempts)):
+            if value is not None:
+                args += [option, str(value)]
+        proc = self.spawn("broker", args)
+        if wait:
+            self.wait_until(lambda: broker_status(binds[0]), f"a broker at {binds[0]}")
+        return proc
+
+    def worker(self, endpoint: str, service: str, *, heartbeat: float = HEARTBEAT,
+               liveness: int = LIVENESS, idle_timeout: float | None = None,
+               dialect: str = "0.2") -> Proc:
+        args = [sys.executable, str(WORKER_SCRIPT), endpoint, service,
+                "--heartbeat", str(heartbeat), "--liveness", str(liveness),
+                "--dialect", dialect]
+        if idle_timeout is not None:
+            args += ["--idle-timeout", str(idle_timeout)]
+        return self.spawn(f"worker-{service}", args)
+
+    def wait_workers(self, endpoint: str, service: str, count: int) -> dict:
+        return self.wait_until(lambda: _with_workers(endpoint, service, count),
+                               f"{count} worker(s) for '{service}' at {endpoint}")
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):  # workers before the brokers they talk to
+            proc.end()
+
+
+def _with_workers(endpoint: str, service: str, count: int) -> dict | None:
+    state = service_status(endpoint, service)
+    return state if state["workers"] == count else None
+
+
+@pytest.fixture
+def mdp_system() -> Iterator[System]:
+    directory = Path(tempfile.mkdtemp(prefix="mdp-", dir="/tmp"))
+    system = System(directory)
+    try:
+        yield system
+    finally:
+        system.close()
+        print(system.logs(lines=40))  # pytest shows it when the test failed
+        shutil.rmtree(directory, ignore_errors=True)
+
