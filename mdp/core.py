@@ -335,7 +335,7 @@ class BrokerCore:
     def _answer_mmi(self, peer: Peer, message: p.ClientRequest, now: float) -> None:
         handler = self.mmi_handlers.get(message.service)
         if handler is not None:
-            body = handler(message.body)
+            body = self._call_mmi_handler(handler, message)
         elif message.service == b"mmi.service":
             body = [self._mmi_service(message.body)]
         elif message.service == b"mmi.services":
@@ -348,6 +348,14 @@ class BrokerCore:
         else:
             body = [b"501"]
         self._send(peer, p.to_client_reply(message.dialect, message.service, body))
+
+    def _call_mmi_handler(self, handler: MMIHandler, message: p.ClientRequest) -> list:
+        """A layer above's handler must not take the broker down: it answers 500."""
+        try:
+            return handler(message.body)
+        except Exception:
+            log.exception("the MMI handler for %r raised", message.service)
+            return [b"500"]
 
     def _mmi_service(self, body: list) -> bytes:
         if not body:

@@ -286,8 +286,11 @@ class Worker:
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
+RESERVED_FIRST_FRAMES = (WORKER_ERROR_MARKER, p.MMI_ERROR)
+
+
 def _checked(frames: list) -> list:
-    if frames and len(frames[0]) == len(WORKER_ERROR_MARKER) and \
-            bytes(frames[0]) == WORKER_ERROR_MARKER:
-        raise ValueError("a reply may not start with the frame reserved for worker errors")
+    """Replies may not start like an error, or a client would take them for one."""
+    if frames and len(frames[0]) < 32 and bytes(frames[0]) in RESERVED_FIRST_FRAMES:
+        raise ValueError(f"a reply may not start with the reserved frame {bytes(frames[0])!r}")
     return frames

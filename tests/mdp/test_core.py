@@ -1,0 +1,915 @@
+"""Tests of the broker's sans-IO bookkeeping (mdp/core.py) with an explicit clock, no
+sockets: routing, queues, heartbeats, retries, expiry, MMI, errors and events, the
+recorded exchanges of protocol/vectors/mdp.json, and a random-interleaving state machine
+that checks the broker's invariants after every step."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import Counter, deque
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from mdp import __version__
+from mdp import protocol as p
+from mdp.core import BrokerConfig, BrokerCore, Event, peer_name
+from mdp.errors import (
+    AttemptsExhausted,
+    BrokerError,
+    QueueFull,
+    RequestExpired,
+    ServiceStartFailed,
+    decode_broker_error,
+    worker_error_body,
+)
+
+V02, V01, MT = p.Dialect.V02, p.Dialect.V01, p.Dialect.MAJORTOMO
+DIALECTS = list(p.Dialect)
+VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "mdp.json"
+ID1, ID2, ID3 = (i.to_bytes(8, "big") for i in (1, 2, 3))
+
+
+class Bus:
+    """A BrokerCore with named peers of known role and dialect; decodes what it sends.
+
+    Decoding every outgoing message with the receiver's own parser also checks that the
+    broker always answers a peer in that peer's dialect.
+    """
+
+    def __init__(self, now: float = 0.0, **config: object):
+        self.core = BrokerCore(BrokerConfig(**config), now)
+        self.now = now
+        self.roles: dict[bytes, tuple[str, p.Dialect]] = {}
+
+    def at(self, now: float) -> Bus:
+        self.now = now
+        return self
+
+    def send(self, peer: bytes, frames: list) -> list[tuple[bytes, object]]:
+        return self.decode(self.core.handle(peer, frames, self.now))
+
+    def request(self, client: bytes, service: bytes = b"echo", *body: bytes,
+                d: p.Dialect = V02) -> list:
+        self.roles[client] = ("client", d)
+        return self.send(client, p.client_request(d, service, list(body)))
+
+    def ready(self, worker: bytes, service: bytes = b"echo", d: p.Dialect = V02) -> list:
+        self.roles[worker] = ("worker", d)
+        return self.send(worker, p.worker_ready(d, service))
+
+    def reply(self, worker: bytes, address: bytes, *body: bytes, final: bool = True) -> list:
+        return self.send(worker, p.worker_reply(self.dialect(worker), address, list(body), final))
+
+    def heartbeat(self, worker: bytes) -> list:
+        return self.send(worker, p.worker_heartbeat(self.dialect(worker)))
+
+    def disconnect(self, worker: bytes) -> list:
+        return self.send(worker, p.worker_disconnect(self.dialect(worker)))
+
+    def tick(self, now: float) -> list:
+        self.now = now
+        return self.decode(self.core.tick(now))
+
+    def dialect(self, peer: bytes) -> p.Dialect:
+        return self.roles[peer][1]
+
+    def decode(self, out: list) -> list[tuple[bytes, object]]:
+        decoded = []
+        for peer, frames in out:
+            role, d = self.roles[peer]
+            parse = p.parse_client_reply if role == "client" else p.parse_worker_message
+            decoded.append((peer, parse(d, frames)))
+        return decoded
+
+    def kinds(self) -> list[str]:
+        return [event.kind for event in self.core.events]
+
+
+def only(out: list) -> tuple[bytes, object]:
+    assert len(out) == 1, out
+    return out[0]
+
+
+def request_to(out: list, worker: bytes) -> p.WorkerRequest:
+    peer, message = only(out)
+    assert peer == worker and isinstance(message, p.WorkerRequest)
+    return message
+
+
+def broker_error(reply: p.ClientReply) -> BrokerError:
+    """The broker error a reply carries, by the convention of protocol/mdp.md 8.1."""
+    assert reply.final
+    if reply.service is None:
+        assert bytes(reply.body[0]) == p.MMI_ERROR
+        return decode_broker_error(reply.body[1:])
+    assert reply.service == p.MMI_ERROR
+    return decode_broker_error(reply.body)
+
+
+def status(bus: Bus) -> dict:
+    return bus.core.status(bus.now)
+
+
+# ------------------------------------------------------------ routing
+
+
+def test_workers_are_used_least_recently_used_first():
+    bus = Bus()
+    for worker in (b"w1", b"w2", b"w3"):
+        assert bus.ready(worker) == []
+    assert request_to(bus.request(b"a", b"echo", b"A"), b"w1").body == [b"A"]
+    assert request_to(bus.request(b"b", b"echo", b"B"), b"w2").body == [b"B"]
+    bus.reply(b"w1", ID1, b"A")
+    assert request_to(bus.request(b"c", b"echo", b"C"), b"w3").body == [b"C"]
+    assert request_to(bus.request(b"d", b"echo", b"D"), b"w1").body == [b"D"]
+    bus.reply(b"w2", ID2, b"B")
+    bus.reply(b"w3", ID3, b"C")
+    assert request_to(bus.request(b"e", b"echo", b"E"), b"w2").body == [b"E"]
+
+
+def test_requests_wait_in_fifo_order_per_service():
+    bus = Bus()
+    for n in range(3):
+        assert bus.request(b"c%d" % n, b"echo", b"%d" % n) == []
+    assert bus.request(b"o", b"other", b"o") == []
+    assert status(bus)["services"]["echo"]["queued"] == 3
+    assert request_to(bus.ready(b"w"), b"w") == p.WorkerRequest(ID1, [b"0"])
+    out = bus.reply(b"w", ID1, b"r")
+    assert out[0][0] == b"c0" and out[1] == (b"w", p.WorkerRequest(ID2, [b"1"]))
+    out = bus.reply(b"w", ID2, b"r")
+    assert out[0][0] == b"c1" and out[1] == (b"w", p.WorkerRequest(ID3, [b"2"]))
+    assert only(bus.reply(b"w", ID3, b"r"))[0] == b"c2"
+    assert status(bus)["services"]["other"]["queued"] == 1
+
+
+def test_a_request_waits_for_a_worker_and_goes_to_the_first_that_registers():
+    bus = Bus()
+    assert bus.request(b"c", b"echo", b"hi") == []
+    assert bus.kinds() == ["demand"]
+    assert bus.core.events[0] == Event("demand", "echo", None, queued=1, workers=0, busy=0)
+    bus.at(4.0)
+    assert bus.ready(b"other", b"other") == []
+    message = request_to(bus.ready(b"w"), b"w")
+    assert message == p.WorkerRequest(ID1, [b"hi"])
+    peer, reply = only(bus.reply(b"w", ID1, b"ho"))
+    assert (peer, reply) == (b"c", p.ClientReply(b"echo", [b"ho"], True))
+
+
+def test_request_ids_are_eight_bytes_and_fresh_per_request():
+    bus = Bus()
+    bus.ready(b"w")
+    seen = set()
+    for _ in range(5):
+        message = request_to(bus.request(b"c", b"echo", b"x"), b"w")
+        assert len(message.address) == 8
+        seen.add(message.address)
+        bus.reply(b"w", message.address, b"y")
+    assert len(seen) == 5
+
+
+@pytest.mark.parametrize("client_d", DIALECTS, ids=lambda d: d.value)
+@pytest.mark.parametrize("worker_d", DIALECTS, ids=lambda d: d.value)
+def test_every_client_dialect_reaches_every_worker_dialect(client_d, worker_d):
+    bus = Bus()
+    bus.ready(b"w", b"echo", worker_d)
+    message = request_to(bus.request(b"c", b"echo", b"x", b"", b"\xff", d=client_d), b"w")
+    assert message.body == [b"x", b"", b"\xff"]
+    peer, reply = only(bus.reply(b"w", message.address, b"y", b"z"))
+    service = None if client_d is MT else b"echo"
+    assert (peer, reply) == (b"c", p.ClientReply(service, [b"y", b"z"], True))
+
+
+@pytest.mark.parametrize("worker_d", [V02, MT], ids=lambda d: d.value)
+@pytest.mark.parametrize("client_d", [V02, MT], ids=lambda d: d.value)
+def test_partials_are_relayed_as_they_come_to_streaming_clients(client_d, worker_d):
+    bus = Bus()
+    bus.ready(b"w", b"echo", worker_d)
+    bus.request(b"c", b"echo", b"x", d=client_d)
+    service = None if client_d is MT else b"echo"
+    for part in (b"1", b"2"):
+        assert bus.reply(b"w", ID1, part, final=False) == \
+            [(b"c", p.ClientReply(service, [part], False))]
+    assert bus.reply(b"w", ID1, b"3") == [(b"c", p.ClientReply(service, [b"3"], True))]
+    assert status(bus)["workers"][0]["state"] == "idle"
+
+
+@pytest.mark.parametrize("worker_d", [V02, MT], ids=lambda d: d.value)
+def test_partials_are_buffered_and_joined_for_v01_clients(worker_d):
+    bus = Bus()
+    bus.ready(b"w", b"echo", worker_d)
+    bus.request(b"c", b"echo", b"x", d=V01)
+    assert bus.reply(b"w", ID1, b"a", b"b", final=False) == []
+    assert bus.reply(b"w", ID1, final=False) == []
+    assert bus.reply(b"w", ID1, b"c", final=False) == []
+    reply = only(bus.reply(b"w", ID1, b"d", b"e"))[1]
+    assert reply == p.ClientReply(b"echo", [b"a", b"b", b"c", b"d", b"e"], True)
+    bus.request(b"c", b"echo", b"again", d=V01)
+    assert only(bus.reply(b"w", ID2, b"f"))[1].body == [b"f"]  # the buffer was emptied
+
+
+def test_a_worker_holds_one_request_at_a_time():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"a", b"echo", b"1")
+    assert bus.request(b"b", b"echo", b"2") == []
+    assert bus.reply(b"w", ID1, b"1", final=False) == [(b"a", p.ClientReply(b"echo", [b"1"],
+                                                                            False))]
+    out = bus.reply(b"w", ID1, b"done")
+    assert [peer for peer, _ in out] == [b"a", b"w"]
+
+
+# ------------------------------------------------------------ expiry and queue limit
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_a_request_nobody_takes_expires_with_504(d):
+    bus = Bus(request_expiry=5.0, heartbeat_interval=100.0)
+    bus.request(b"c", b"echo", b"x", d=d)
+    assert bus.core.next_deadline() == 5.0
+    assert bus.tick(4.99) == []
+    peer, reply = only(bus.tick(5.0))
+    error = broker_error(reply)
+    assert peer == b"c" and type(error) is RequestExpired
+    assert (error.code, error.reason, error.service) == (504, "expired", "echo")
+    assert "no worker offers it" in error.message
+    assert status(bus)["services"]["echo"] == {
+        "workers": 0, "idle": 0, "busy": 0, "queued": 0, "served": 0, "failed": 0,
+        "expired": 1, "rejected": 0}
+    assert bus.ready(b"w") == []  # nothing left to hand out
+    assert bus.tick(50.0) == []
+
+
+def test_expiry_is_per_request_and_the_reason_names_busy_workers():
+    bus = Bus(request_expiry=5.0, heartbeat_interval=100.0, heartbeat_liveness=10)
+    bus.ready(b"w")
+    bus.request(b"a")  # taken by w, never expires
+    bus.at(1.0).request(b"b")
+    bus.at(3.0).request(b"c")
+    assert bus.tick(5.5) == []
+    peer, reply = only(bus.tick(6.0))
+    assert peer == b"b" and "all 1 workers stayed busy" in broker_error(reply).message
+    assert bus.core.next_deadline() == 8.0
+    assert only(bus.tick(8.0))[0] == b"c"
+    assert bus.tick(99.0) == []
+
+
+def test_a_requeued_request_waits_a_full_expiry_again():
+    bus = Bus(request_expiry=5.0, heartbeat_interval=100.0)
+    bus.ready(b"w")
+    bus.request(b"c")
+    bus.at(4.0).disconnect(b"w")
+    assert bus.tick(5.0) == []
+    assert bus.tick(8.99) == []
+    peer, reply = only(bus.tick(9.0))
+    assert peer == b"c" and type(broker_error(reply)) is RequestExpired
+
+
+def test_requests_never_expire_without_a_request_expiry():
+    bus = Bus(request_expiry=None, heartbeat_interval=1000.0)
+    bus.request(b"c")
+    assert bus.tick(999.0) == []
+    assert request_to(bus.ready(b"w"), b"w").address == ID1
+
+
+def test_fail_queued_answers_every_waiting_request_with_the_error():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"held")
+    bus.request(b"a", d=V01)
+    bus.request(b"b", d=MT)
+    bus.request(b"o", b"other")
+    error = ServiceStartFailed("the worker exited with status 1", "echo")
+    out = bus.decode(bus.core.fail_queued(b"echo", error))
+    assert [peer for peer, _ in out] == [b"a", b"b"]
+    for _, reply in out:
+        decoded = broker_error(reply)
+        assert type(decoded) is ServiceStartFailed and decoded.code == 502
+        assert decoded.message == "the worker exited with status 1"
+    assert status(bus)["services"]["echo"]["failed"] == 2
+    assert status(bus)["services"]["other"]["queued"] == 1
+    assert bus.core.fail_queued(b"nothing-here", error) == []
+    assert only(bus.reply(b"w", ID1, b"ok"))[0] == b"held"
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_a_full_queue_refuses_with_503(d):
+    bus = Bus(queue_limit=2)
+    bus.ready(b"w")
+    bus.request(b"held")  # with the worker: does not count
+    assert bus.request(b"a") == []
+    assert bus.request(b"b") == []
+    peer, reply = only(bus.request(b"c", b"echo", b"x", d=d))
+    error = broker_error(reply)
+    assert peer == b"c" and type(error) is QueueFull
+    assert (error.code, error.service) == (503, "echo")
+    assert status(bus)["services"]["echo"]["rejected"] == 1
+    assert status(bus)["services"]["echo"]["queued"] == 2
+    assert bus.request(b"o", b"other") == []  # the limit is per service
+    bus.reply(b"w", ID1, b"r")  # a takes the free place...
+    assert bus.request(b"d") == []  # ...so d is accepted
+    assert status(bus)["services"]["echo"]["queued"] == 2
+
+
+def test_a_queue_limit_of_zero_refuses_even_what_an_idle_worker_could_take():
+    bus = Bus(queue_limit=0)
+    bus.ready(b"w")
+    assert type(broker_error(only(bus.request(b"c"))[1])) is QueueFull
+    assert status(bus)["workers"][0]["state"] == "idle"
+
+
+def test_no_queue_limit():
+    bus = Bus(queue_limit=None)
+    for n in range(50):
+        assert bus.request(b"c%d" % n) == []
+    assert status(bus)["services"]["echo"]["queued"] == 50
+
+
+# ------------------------------------------------------------ heartbeats and dead workers
+
+
+def test_heartbeats_go_to_every_worker_each_interval_in_its_dialect():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=100)
+    bus.ready(b"a", b"echo", V02)
+    bus.ready(b"b", b"echo", V01)
+    bus.ready(b"c", b"other", MT)
+    bus.request(b"client")  # a is busy: it gets heartbeats too
+    assert bus.core.next_deadline() == 1.0
+    assert bus.tick(0.5) == []
+    out = bus.tick(1.0)
+    assert sorted(out) == [(b"a", p.Heartbeat(V02)), (b"b", p.Heartbeat(V01)),
+                           (b"c", p.Heartbeat(MT))]
+    assert bus.tick(1.9) == []
+    assert len(bus.tick(2.0)) == 3
+
+
+def test_a_late_tick_sends_one_round_of_heartbeats_not_several():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=100)
+    bus.ready(b"a")
+    assert bus.tick(5.5) == [(b"a", p.Heartbeat(V02))]
+    assert bus.core.next_deadline() > 5.5
+    assert bus.tick(5.5) == []
+
+
+def test_a_silent_worker_is_removed_after_interval_times_liveness():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=3)
+    bus.ready(b"w")
+    bus.at(0.5).ready(b"late")
+    assert len(bus.tick(1.0)) == 2
+    assert len(bus.tick(2.0)) == 2
+    out = bus.tick(3.0)
+    assert sorted(out) == [(b"late", p.Heartbeat(V02)), (b"w", p.Disconnect(V02))]
+    assert list(bus.core.workers) == [b"late"]
+    assert bus.tick(4.0) == [(b"late", p.Disconnect(V02))]
+    assert bus.core.workers == {} and bus.core.services[b"echo"].workers == set()
+    lost = [e for e in bus.core.events if e.kind == "worker-lost"]
+    assert [(e.worker, e.detail) for e in lost] == [(peer_name(b"w"), "heartbeats stopped"),
+                                                    (peer_name(b"late"), "heartbeats stopped")]
+
+
+def test_any_message_from_a_worker_keeps_it_alive():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=2)
+    bus.ready(b"w")
+    bus.at(1.5).heartbeat(b"w")
+    bus.tick(2.0)
+    assert b"w" in bus.core.workers
+    bus.at(2.5).request(b"c")
+    bus.at(3.4).reply(b"w", ID1, b"part", final=False)
+    bus.tick(3.0)
+    bus.tick(4.0)
+    bus.at(5.0).reply(b"w", ID1, b"done")
+    assert bus.tick(5.0) == [(b"w", p.Heartbeat(V02))]
+    assert bus.tick(6.0) == [(b"w", p.Heartbeat(V02))]
+    assert bus.tick(7.0) == [(b"w", p.Disconnect(V02))]
+
+
+def test_a_dead_workers_request_goes_to_the_front_and_to_another_worker():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=3, max_attempts=3)
+    bus.ready(b"w1")
+    request_to(bus.request(b"a", b"echo", b"A"), b"w1")
+    bus.request(b"b", b"echo", b"B")
+    for now in (1.0, 2.0):
+        bus.tick(now)
+    assert bus.tick(3.0) == [(b"w1", p.Disconnect(V02))]
+    queue = bus.core.services[b"echo"].queue
+    assert [r.body for r in queue] == [[b"A"], [b"B"]]
+    assert queue[0].attempts == 1
+    assert bus.kinds()[-2:] == ["worker-lost", "demand"]
+    message = request_to(bus.at(3.5).ready(b"w2"), b"w2")
+    assert message == p.WorkerRequest(ID1, [b"A"])
+    out = bus.reply(b"w2", ID1, b"ok")
+    assert out == [(b"a", p.ClientReply(b"echo", [b"ok"])), (b"w2", p.WorkerRequest(ID2, [b"B"]))]
+
+
+@pytest.mark.parametrize("how", ["silence", "disconnect", "ready-twice"])
+def test_after_max_attempts_deaths_the_client_gets_500(how):
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, max_attempts=2)
+    bus.request(b"c", b"echo", b"x", d=MT)
+    for n, worker in enumerate((b"w1", b"w2")):
+        bus.at(n * 10.0)
+        request_to(bus.ready(worker), worker)
+        if how == "silence":
+            out = bus.tick(n * 10.0 + 1.0)
+        elif how == "disconnect":
+            out = bus.disconnect(worker)
+        else:
+            out = bus.ready(worker)
+    peer, reply = [(peer, m) for peer, m in out if peer == b"c"][0]
+    error = broker_error(reply)
+    assert type(error) is AttemptsExhausted and (error.code, error.service) == (500, "echo")
+    assert "2 workers" in error.message
+    assert status(bus)["services"]["echo"]["failed"] == 1
+    assert bus.core.events[-1] == Event("dropped", "echo", detail="attempts-exhausted")
+    assert bus.core.services[b"echo"].queue == deque()
+    assert bus.at(30.0).ready(b"w3") == []
+
+
+def test_a_late_reply_from_a_worker_given_up_for_dead_is_not_sent_twice():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1)
+    bus.ready(b"w1")
+    bus.request(b"c")
+    bus.at(0.5).ready(b"w2")
+    out = bus.tick(1.0)
+    assert (b"w1", p.Disconnect(V02)) in out
+    assert (b"w2", p.WorkerRequest(ID1, [])) in out
+    assert bus.at(1.1).reply(b"w1", ID1, b"late") == [(b"w1", p.Disconnect(V02))]
+    bus.at(1.2).ready(b"w1")  # back, holding nothing: its old reply is dropped silently
+    assert bus.reply(b"w1", ID1, b"late again") == []
+    assert b"w1" in bus.core.workers
+    assert bus.reply(b"w2", ID1, b"x") == [(b"c", p.ClientReply(b"echo", [b"x"], True))]
+    assert bus.reply(b"w2", ID1, b"x") == []
+    assert status(bus)["counters"]["replies"] == 1
+
+
+def test_a_reply_for_another_request_is_dropped_and_the_worker_stays():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c")
+    assert bus.reply(b"w", b"\xff" * 8, b"wrong") == []
+    assert bus.reply(b"w", b"", b"wrong", final=False) == []
+    assert status(bus)["workers"][0]["state"] == "busy"
+    assert only(bus.reply(b"w", ID1, b"right"))[0] == b"c"
+
+
+def test_partials_of_an_abandoned_attempt_are_not_sent_to_a_v01_client():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1)
+    bus.ready(b"w1")
+    bus.request(b"c", d=V01)
+    assert bus.reply(b"w1", ID1, b"stale part", final=False) == []
+    bus.disconnect(b"w1")
+    bus.ready(b"w2")
+    assert bus.reply(b"w2", ID1, b"fresh") == [(b"c", p.ClientReply(b"echo", [b"fresh"]))]
+
+
+def test_a_worker_that_says_disconnect_while_idle_is_just_removed():
+    bus = Bus()
+    bus.ready(b"w")
+    assert bus.disconnect(b"w") == []
+    assert bus.core.workers == {}
+    assert bus.kinds() == ["worker-ready", "worker-lost"]
+    assert bus.core.events[-1].detail == "disconnected"
+    assert bus.disconnect(b"w") == []  # unknown now: ignored
+
+
+# ------------------------------------------------------------ protocol violations
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_a_worker_may_not_register_an_mmi_service(d):
+    bus = Bus()
+    assert bus.ready(b"w", b"mmi.service", d) == [(b"w", p.Disconnect(d))]
+    assert bus.core.workers == {} and bus.core.services == {}
+    assert bus.request(b"c", b"mmi.service", b"mmi.service") == \
+        [(b"c", p.ClientReply(b"mmi.service", [b"404"]))]
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_ready_twice_disconnects_and_requeues(d):
+    bus = Bus()
+    bus.ready(b"w1", b"echo", d)
+    bus.ready(b"w2", b"echo", V02)
+    bus.request(b"c", b"echo", b"x")
+    out = bus.ready(b"w1", b"echo", d)
+    assert out == [(b"w1", p.Disconnect(d)), (b"w2", p.WorkerRequest(ID1, [b"x"]))]
+    assert list(bus.core.workers) == [b"w2"]
+    assert bus.ready(b"w1", b"echo", d) == []  # a fresh READY registers it again
+    assert b"w1" in bus.core.workers
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_an_unknown_worker_is_told_to_disconnect(d):
+    bus = Bus()
+    bus.roles[b"w"] = ("worker", d)
+    assert bus.heartbeat(b"w") == [(b"w", p.Disconnect(d))]
+    assert bus.reply(b"w", ID1, b"x") == [(b"w", p.Disconnect(d))]
+    if d is not V01:
+        assert bus.reply(b"w", ID1, b"x", final=False) == [(b"w", p.Disconnect(d))]
+    assert bus.disconnect(b"w") == []
+    assert bus.core.workers == {}
+
+
+def test_malformed_messages_are_dropped_counted_and_logged_once(caplog):
+    bus = Bus()
+    bus.ready(b"w")
+    with caplog.at_level(logging.WARNING, logger="mdp.broker"):
+        for _ in range(3):
+            assert bus.send(b"w", [b"MDPW02", b"\x09"]) == []
+        assert bus.send(b"x", []) == []
+        assert bus.send(b"x", [b"MDPC02", b"\x01", b""]) == []
+    assert status(bus)["counters"]["dropped_messages"] == 5
+    assert len(caplog.records) == 3
+    assert b"w" in bus.core.workers
+
+
+# ------------------------------------------------------------ worker errors and events
+
+
+def test_worker_errors_are_relayed_and_count_as_failed():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c")
+    body = worker_error_body("ValueError", "bad input")
+    assert bus.reply(b"w", ID1, *body) == [(b"c", p.ClientReply(b"echo", body))]
+    bus.request(b"c")
+    bus.reply(b"w", ID2, b"fine")
+    assert status(bus)["services"]["echo"]["failed"] == 1
+    assert status(bus)["services"]["echo"]["served"] == 1
+    assert status(bus)["workers"][0]["served"] == 2
+    served = [e for e in bus.core.events if e.kind == "served"]
+    assert [e.detail for e in served] == ["failed", "ok"]
+
+
+def test_events_carry_counts():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, max_attempts=1)
+    bus.ready(b"w1")
+    bus.request(b"a")
+    bus.request(b"b")
+    bus.reply(b"w1", ID1, b"r")
+    bus.tick(1.0)
+    w1 = peer_name(b"w1")
+    assert bus.core.events == [
+        Event("worker-ready", "echo", w1, queued=0, workers=1, busy=0),
+        Event("demand", "echo", None, queued=1, workers=1, busy=1),
+        Event("served", "echo", w1, queued=1, workers=1, busy=0, detail="ok"),
+        Event("worker-lost", "echo", w1, queued=0, workers=0, busy=0,
+              detail="heartbeats stopped"),
+        Event("dropped", "echo", detail="attempts-exhausted"),
+    ]
+
+
+def test_a_request_an_idle_worker_takes_raises_no_demand():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c")
+    assert bus.kinds() == ["worker-ready"]
+
+
+def test_shutdown_disconnects_every_worker_in_its_dialect():
+    bus = Bus()
+    bus.ready(b"a", b"echo", V02)
+    bus.ready(b"b", b"echo", V01)
+    bus.ready(b"c", b"other", MT)
+    bus.request(b"client")
+    out = bus.decode(bus.core.shutdown())
+    assert sorted(out) == [(b"a", p.Disconnect(V02)), (b"b", p.Disconnect(V01)),
+                           (b"c", p.Disconnect(MT))]
+
+
+# ------------------------------------------------------------ MMI
+
+
+def mmi(bus: Bus, service: bytes, *body: bytes, d: p.Dialect = V02) -> bytes:
+    peer, reply = only(bus.request(b"mmi-client", service, *body, d=d))
+    assert reply.final and reply.service == (None if d is MT else service)
+    assert len(reply.body) == 1
+    return bytes(reply.body[0])
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_mmi_service(d):
+    bus = Bus()
+    bus.request(b"c", b"waiting")  # a service known from a request, without a worker
+    bus.ready(b"w")
+    assert mmi(bus, b"mmi.service", b"echo", d=d) == b"200"
+    assert mmi(bus, b"mmi.service", b"echo", b"ignored", d=d) == b"200"
+    assert mmi(bus, b"mmi.service", b"waiting", d=d) == b"404"
+    assert mmi(bus, b"mmi.service", b"nope", d=d) == b"404"
+    assert mmi(bus, b"mmi.service", b"", d=d) == b"404"
+    assert mmi(bus, b"mmi.service", d=d) == b"400"
+    assert mmi(bus, b"mmi.nope", d=d) == b"501"
+    assert mmi(bus, b"mmi.error", d=d) == b"501"
+    bus.disconnect(b"w")
+    assert mmi(bus, b"mmi.service", b"echo", d=d) == b"404"
+    assert b"mmi.service" not in bus.core.services
+    assert bus.core.counters["requests"] == 10
+
+
+def test_mmi_services_lists_every_known_service_sorted():
+    bus = Bus()
+    assert json.loads(mmi(bus, b"mmi.services")) == []
+    bus.ready(b"w", b"zeta")
+    bus.request(b"c", b"alpha")
+    assert json.loads(mmi(bus, b"mmi.services")) == ["alpha", "zeta"]
+
+
+def test_mmi_status_and_workers():
+    bus = Bus(now=10.0, heartbeat_interval=100.0)
+    bus.ready(b"\x01\x02", b"echo")
+    bus.at(12.0).ready(b"w2", b"echo", V01)
+    bus.ready(b"w3", b"calc", MT)
+    bus.request(b"a")
+    bus.reply(b"\x01\x02", ID1, b"r")
+    bus.request(b"b")  # to w2
+    bus.request(b"c")  # to \x01\x02
+    bus.request(b"d")  # queued
+    bus.send(b"junk", [b"junk"])
+    bus.at(15.0)
+    doc = json.loads(mmi(bus, b"mmi.status"))
+    assert doc["version"] == __version__
+    assert doc["uptime"] == 5.0
+    assert doc["counters"] == {"requests": 5, "replies": 1, "dropped_messages": 1}
+    assert doc["services"] == {
+        "calc": {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "served": 0,
+                 "failed": 0, "expired": 0, "rejected": 0},
+        "echo": {"workers": 2, "idle": 0, "busy": 2, "queued": 1, "served": 1,
+                 "failed": 0, "expired": 0, "rejected": 0}}
+    assert doc["workers"] == [
+        {"id": peer_name(b"\x01\x02"), "service": "echo", "dialect": "MDP/0.2", "state": "busy",
+         "served": 1, "since": 5.0},
+        {"id": peer_name(b"w2"), "service": "echo", "dialect": "MDP/0.1", "state": "busy",
+         "served": 0, "since": 3.0},
+        {"id": peer_name(b"w3"), "service": "calc", "dialect": "majortomo", "state": "idle",
+         "served": 0, "since": 3.0}]
+    assert json.loads(mmi(bus, b"mmi.workers")) == doc["workers"]
+    assert bus.core.status(15.0) == doc | {"counters": doc["counters"] | {"requests": 6}}
+
+
+def test_custom_mmi_handlers_add_and_replace():
+    bus = Bus()
+    seen = []
+    bus.core.mmi_handlers[b"mmi.echo"] = lambda body: (seen.append(body), [b"got", *body])[1]
+    bus.core.mmi_handlers[b"mmi.service"] = lambda body: [b"mine"]
+    peer, reply = only(bus.request(b"c", b"mmi.echo", b"1", b"2"))
+    assert reply == p.ClientReply(b"mmi.echo", [b"got", b"1", b"2"])
+    assert seen == [[b"1", b"2"]]
+    assert mmi(bus, b"mmi.service", b"echo") == b"mine"
+    assert mmi(bus, b"mmi.other") == b"501"
+
+
+def test_a_custom_mmi_handler_that_raises_answers_500_and_the_broker_goes_on():
+    bus = Bus()
+    bus.core.mmi_handlers[b"mmi.broken"] = lambda body: 1 / 0
+    assert mmi(bus, b"mmi.broken") == b"500"
+    bus.ready(b"w")
+    [(peer, request)] = bus.request(b"c", b"echo", b"x")
+    assert peer == b"w" and request.body == [b"x"]
+
+
+# ------------------------------------------------------------ recorded exchanges
+
+EXCHANGES = json.loads(VECTORS.read_text())["exchanges"]
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES, ids=[e["name"] for e in EXCHANGES])
+def test_recorded_exchanges_replay_byte_for_byte(exchange):
+    core = BrokerCore(BrokerConfig(**exchange["config"]), now=0.0)
+    for step in exchange["steps"]:
+        out = replay(core, step)
+        got = [{"peer": peer.hex(), "frames": [bytes(f).hex() for f in frames]}
+               for peer, frames in out]
+        want = [{"peer": o["peer"], "frames": o["frames"]} for o in step["output"]]
+        assert got == want, step
+
+
+def replay(core: BrokerCore, step: dict) -> list:
+    now = float(step["time"])
+    if step.get("tick"):
+        return core.tick(now)
+    if step.get("shutdown"):
+        return core.shutdown()
+    if "fail_queued" in step:
+        f = step["fail_queued"]
+        error = BrokerError(f["message"], f["service"], code=f["code"], reason=f["reason"])
+        return core.fail_queued(f["service"].encode(), error)
+    frames = [bytes.fromhex(h) for h in step["frames"]]
+    return core.handle(bytes.fromhex(step["peer"]), frames, now)
+
+
+# ------------------------------------------------------------ random interleavings
+
+CLIENTS = {b"c-v02": V02, b"c-v01": V01, b"c-mt": MT, b"c2-v02": V02}
+WORKERS = {b"w-v02": V02, b"w2-v02": V02, b"w-v01": V01, b"w-mt": MT}
+GARBAGE_PEERS = [b"g1", b"g2"]
+SERVICES = [b"echo", b"calc"]
+SERVICES_OFTEN = [b"echo", b"echo", b"echo", b"calc"]
+VOCABULARY = [b"", b"MDPC01", b"MDPC02", b"MDPW01", b"MDPW02", b"echo", b"mmi.service", ID1,
+              *(bytes([i]) for i in range(8))]
+garbage = st.lists(st.one_of(st.sampled_from(VOCABULARY), st.binary(max_size=6)), max_size=6)
+LOG = logging.getLogger("mdp.broker")
+EVENT_KINDS = {"demand", "worker-ready", "worker-lost", "served", "dropped"}
+
+
+class BrokerMachine(RuleBasedStateMachine):
+    """Clients with one request at a time, workers that echo the request's token."""
+
+    @initialize(expiry=st.sampled_from([None, 2.0, 6.0]), limit=st.sampled_from([None, 3, 1, 0]),
+                attempts=st.integers(1, 3),
+                workers=st.dictionaries(st.sampled_from(sorted(WORKERS)),
+                                        st.sampled_from(SERVICES_OFTEN), min_size=1))
+    def setup(self, expiry, limit, attempts, workers):
+        config = BrokerConfig(heartbeat_interval=1.0, heartbeat_liveness=3,
+                              request_expiry=expiry, queue_limit=limit, max_attempts=attempts)
+        self.core = BrokerCore(config, 0.0)
+        self.now = 0.0
+        self.tokens = itertools.count()
+        self.outstanding: dict[bytes, bytes | None] = {}  # client -> token (None: MMI)
+        self.finals: Counter = Counter()
+        self.given: dict[bytes, list[p.WorkerRequest]] = {}  # worker -> what it was sent
+        self.log_level = LOG.level
+        LOG.setLevel(logging.ERROR)  # thousands of "dropped" warnings only slow this down
+
+        for worker, service in workers.items():
+            self.handle(worker, p.worker_ready(WORKERS[worker], service))
+
+    def teardown(self):
+        LOG.setLevel(self.log_level)
+
+    # -------------------------------------------------------- rules
+
+    def free_clients(self) -> list[bytes]:
+        return [c for c in sorted(CLIENTS) if c not in self.outstanding]
+
+    @precondition(lambda self: self.free_clients())
+    @rule(data=st.data(), service=st.sampled_from(SERVICES_OFTEN))
+    def client_request(self, data, service):
+        client = data.draw(st.sampled_from(self.free_clients()), label="client")
+        token = b"tok-%d" % next(self.tokens)
+        self.outstanding[client] = token
+        self.handle(client, p.client_request(CLIENTS[client], service, [token]))
+
+    @precondition(lambda self: self.free_clients())
+    @rule(data=st.data(),
+          service=st.sampled_from([b"mmi.service", b"mmi.services", b"mmi.status",
+                                   b"mmi.workers", b"mmi.nope"]),
+          body=st.sampled_from([[], [b"echo"], [b"calc"], [b""]]))
+    def mmi_request(self, data, service, body):
+        client = data.draw(st.sampled_from(self.free_clients()), label="client")
+        self.outstanding[client] = None
+        self.handle(client, p.client_request(CLIENTS[client], service, body))
+        assert client not in self.outstanding, "MMI must be answered at once"
+
+    @rule(worker=st.sampled_from(sorted(WORKERS)),
+          service=st.sampled_from([*SERVICES_OFTEN, b"mmi.mine"]),
+          again=st.sampled_from([False] * 4 + [True]))
+    def ready(self, worker, service, again):
+        """A registered worker mostly heartbeats; now and then it breaks the rules."""
+        d = WORKERS[worker]
+        if worker in self.core.workers and not again:
+            self.handle(worker, p.worker_heartbeat(d))
+        else:
+            self.handle(worker, p.worker_ready(d, service))
+
+    @precondition(lambda self: self.given)
+    @rule(data=st.data(), final=st.booleans(), age=st.sampled_from([0, 0, 0, 1, 2, -1]))
+    def worker_reply(self, data, final, age):
+        """Answer the last request this worker got, an older one (age > 0) or none (-1)."""
+        worker = data.draw(st.sampled_from(sorted(self.given)), label="worker")
+        given = self.given[worker]
+        d = WORKERS[worker]
+        if age < 0:
+            address, body = b"\xee" * 8, [b"made up"]
+        else:
+            request = given[max(0, len(given) - 1 - age)]
+            address, body = request.address, list(request.body)
+        self.handle(worker, p.worker_reply(d, address, body, final or d is V01))
+
+    @rule(worker=st.sampled_from(sorted(WORKERS)), leave=st.sampled_from([False] * 4 + [True]))
+    def heartbeat_or_disconnect(self, worker, leave):
+        command = p.worker_disconnect if leave else p.worker_heartbeat
+        self.handle(worker, command(WORKERS[worker]))
+
+    @rule(peer=st.sampled_from(GARBAGE_PEERS + sorted(CLIENTS) + sorted(WORKERS)),
+          frames=garbage)
+    def garbage(self, peer, frames):
+        """Strangers may send anything; known peers only what no dialect allows."""
+        if peer not in GARBAGE_PEERS:
+            try:
+                p.parse_peer_message(frames)
+                return
+            except p.ProtocolError:
+                pass
+        self.handle(peer, frames)
+
+    @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 0.5, 1.0, 1.0, 3.5, 7.0]))
+    def tick(self, dt):
+        self.now += dt
+        self.process(self.core.tick(self.now))
+        assert self.core.next_deadline() > self.now
+
+    @rule()
+    def tick_at_the_deadline(self):
+        deadline = self.core.next_deadline()
+        self.now = max(self.now, deadline)
+        self.process(self.core.tick(self.now))
+        assert self.core.next_deadline() > self.now
+
+    @rule(service=st.sampled_from(SERVICES))
+    def fail_queued(self, service):
+        error = ServiceStartFailed("could not start", service.decode())
+        self.process(self.core.fail_queued(service, error))
+
+    @rule()
+    def shutdown(self):
+        out = self.core.shutdown()
+        assert sorted(peer for peer, _ in out) == sorted(self.core.workers)
+        for peer, frames in out:
+            assert frames == p.to_worker_disconnect(self.core.workers[peer].dialect)
+
+    # -------------------------------------------------------- what the broker sent
+
+    def handle(self, peer: bytes, frames: list) -> None:
+        self.process(self.core.handle(peer, frames, self.now))
+
+    def process(self, out: list) -> None:
+        for peer, frames in out:
+            if peer in CLIENTS:
+                self.to_client(peer, p.parse_client_reply(CLIENTS[peer], frames))
+            elif peer in WORKERS:
+                self.to_worker(peer, p.parse_worker_message(WORKERS[peer], frames))
+        for event in self.core.events:
+            assert event.kind in EVENT_KINDS
+            assert 0 <= event.busy <= event.workers and event.queued >= 0
+        self.core.events.clear()
+
+    def to_client(self, client: bytes, reply: p.ClientReply) -> None:
+        assert client in self.outstanding, "a client got a reply it did not wait for"
+        token = self.outstanding[client]
+        is_error = reply.service == p.MMI_ERROR or (
+            reply.service is None and reply.body and bytes(reply.body[0]) == p.MMI_ERROR)
+        if token is not None and not is_error:
+            assert all(bytes(f) == token for f in reply.body), "a reply for another request"
+        if reply.final:
+            del self.outstanding[client]
+            if token is not None:
+                self.finals[token] += 1
+                assert self.finals[token] == 1
+
+    def to_worker(self, worker: bytes, message: p.ToWorker) -> None:
+        if isinstance(message, p.WorkerRequest):
+            assert len(message.address) == 8
+            token = bytes(message.body[0]) if len(message.body) == 1 else b""
+            if token.startswith(b"tok-"):  # not a stranger's request
+                assert token in self.outstanding.values()
+            self.given.setdefault(worker, []).append(message)
+
+    # -------------------------------------------------------- invariants
+
+    @invariant()
+    def workers_are_where_they_belong(self):
+        core = self.core
+        for peer, worker in core.workers.items():
+            assert worker.peer == peer
+            state = core.services[worker.service]
+            assert peer in state.workers
+            assert (peer in state.idle) == (worker.request is None)
+            assert worker.request is None or worker.request.service == worker.service
+        for state in core.services.values():
+            assert all(core.workers[peer].service == state.name for peer in state.workers)
+            assert len(set(state.idle)) == len(state.idle)
+            assert set(state.idle) <= state.workers
+            assert not (state.queue and state.idle), "a request waits beside an idle worker"
+
+    @invariant()
+    def every_request_is_in_one_place(self):
+        queued = [r for s in self.core.services.values() for r in s.queue]
+        held = [w.request for w in self.core.workers.values() if w.request is not None]
+        assert len({id(r) for r in queued + held}) == len(queued) + len(held)
+        for state in self.core.services.values():
+            assert all(r.service == state.name for r in state.queue)
+            assert all(r.expires_at > self.now for r in state.queue)
+            fresh = [r.id for r in state.queue if r.attempts == 0]
+            assert fresh == sorted(fresh), "FIFO order broken"
+            assert all(r.attempts > 0 for r in list(state.queue)[:len(state.queue) - len(fresh)]), \
+                "a request re-queued behind fresh ones"
+        mine = {r.client: r for r in queued + held if r.client in CLIENTS}
+        assert len(mine) == len([r for r in queued + held if r.client in CLIENTS])
+        waiting = {c: t for c, t in self.outstanding.items() if t is not None}
+        assert set(mine) == set(waiting), "a request lost, or an answered one kept"
+        for client, request in mine.items():
+            assert request.body == [waiting[client]]
+
+
+TestBrokerMachine = BrokerMachine.TestCase
+TestBrokerMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])

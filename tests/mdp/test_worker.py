@@ -1,0 +1,52 @@
+"""The worker library in one process: a real broker and worker on real sockets."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from mdp.broker import Broker
+from mdp.client import Client
+from mdp.core import BrokerConfig
+from mdp.errors import WorkerError
+from mdp.worker import Worker
+
+
+@pytest.fixture
+def endpoint() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="mdp-w-") as directory:
+        broker = Broker(f"ipc://{directory}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
+        broker.start()
+        yield broker.endpoints[0]
+        broker.stop()
+        broker.join(10)
+
+def serve(endpoint: str, handler) -> Worker:
+    worker = Worker(endpoint, "svc", handler, heartbeat_interval=0.2)
+    worker.start()
+    assert worker.connected.wait(10)
+    return worker
+
+@pytest.mark.parametrize("first", [b"mmi.error", b"\x00mdp.worker-error"])
+def test_a_reply_that_looks_like_an_error_is_refused_and_the_worker_goes_on(endpoint, first):
+    worker = serve(endpoint, lambda frames: [first, *frames] if frames[0] == b"fake" else frames)
+    with Client(endpoint, timeout=10, retries=0) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.request("svc", b"fake")
+        assert caught.value.error_type == "ValueError" and "reserved" in caught.value.message
+        assert client.request("svc", b"real") == [b"real"]
+    worker.stop()
+    worker.join(10)
+
+def test_worker_names_itself_after_its_process(endpoint):
+    worker = serve(endpoint, lambda frames: frames)
+    with Client(endpoint, timeout=10, retries=0) as client:
+        status = json.loads(client.request("mmi.status")[0])
+    assert [w["id"] for w in status["workers"]] == [worker.identity]
+    host, pid, _ = worker.identity.split(":")
+    assert int(pid) > 0 and host
+    worker.stop()
+    worker.join(10)
