@@ -252,14 +252,8 @@ def client_request(dialect: Dialect, service: bytes, body: Sequence[Frame]) -> l
 
 def parse_client_reply(dialect: Dialect, frames: Sequence[Frame]) -> ClientReply:
     """Decode what a client received from its broker."""
-    rest = list(frames)
-    if dialect is not Dialect.V02:
-        if not rest or _b(rest[0]) != EMPTY:
-            raise ProtocolError(f"{dialect.value} reply must start with an empty frame")
-        rest = rest[1:]
     header = CLIENT_V01 if dialect is Dialect.V01 else CLIENT_V02
-    if not rest or _b(rest[0]) != header:
-        raise ProtocolError(f"reply header is not {header!r}")
+    rest = _after_header(dialect, header, frames)
     if dialect is Dialect.V01:
         if len(rest) < 2:
             raise ProtocolError("MDP/0.1 reply without a service frame")
@@ -276,6 +270,18 @@ def parse_client_reply(dialect: Dialect, frames: Sequence[Frame]) -> ClientReply
     if len(rest) < 3:
         raise ProtocolError("reply without a service frame")
     return ClientReply(_b(rest[2]), rest[3:], final)
+
+
+def _after_header(dialect: Dialect, header: bytes, frames: Sequence[Frame]) -> list:
+    """The frames from the header on, once the leading empty frame (not in 0.2) is checked."""
+    rest = list(frames)
+    if dialect is not Dialect.V02:
+        if not rest or _b(rest[0]) != EMPTY:
+            raise ProtocolError(f"{dialect.value} message must start with an empty frame")
+        rest = rest[1:]
+    if not rest or _b(rest[0]) != header:
+        raise ProtocolError(f"message header is not {header!r}")
+    return rest
 
 
 def worker_ready(dialect: Dialect, service: bytes) -> list:
@@ -302,14 +308,10 @@ def worker_disconnect(dialect: Dialect) -> list:
 
 def parse_worker_message(dialect: Dialect, frames: Sequence[Frame]) -> ToWorker:
     """Decode what a worker received from its broker."""
-    rest = list(frames)
-    if dialect is not Dialect.V02:
-        if not rest or _b(rest[0]) != EMPTY:
-            raise ProtocolError(f"{dialect.value} message must start with an empty frame")
-        rest = rest[1:]
     header = WORKER_V01 if dialect is Dialect.V01 else WORKER_V02
-    if len(rest) < 2 or _b(rest[0]) != header:
-        raise ProtocolError(f"worker message header is not {header!r}")
+    rest = _after_header(dialect, header, frames)
+    if len(rest) < 2:
+        raise ProtocolError("worker message without a command")
     command = _b(rest[1])
     if command == W_REQUEST:
         if len(rest) < 4 or _b(rest[3]) != EMPTY:
