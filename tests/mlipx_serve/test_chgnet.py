@@ -5,9 +5,10 @@ Run with ``pytest -m mlip``; skipped when chgnet is not installed
 downloaded). A broker and one ``mlipx serve chgnet --no-uv`` worker run as processes for
 the whole module, because loading the model takes seconds.
 
-Both sides run the same weights on the same CPU, so the results agree far below the
-model's own float32 precision; 1e-5 (eV, eV/A, eV/A^3) leaves room for a different
-summation order, not for a different model or lost digits on the wire.
+Both sides run the same weights on the same CPU, and the wire carries CHGNet's float32
+arrays as they are, so the results come out bit-identical here. The tolerance, 1e-5 (eV,
+eV/A, eV/A^3), leaves room only for another summation order (other torch thread counts),
+not for a different model or digits lost on the wire.
 """
 
 from __future__ import annotations
