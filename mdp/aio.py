@@ -17,13 +17,19 @@ import zmq.asyncio
 from . import protocol as p
 from .client import check_reply, encode_body, encode_service
 from .errors import RequestTimeout
+from .security import KeyPath, client_curve
 
 
 class AsyncClient:
+    """``curve_server_key``/``curve_secret_key``: CURVE, as for the blocking ``Client``."""
+
     def __init__(self, endpoint: str, *, max_in_flight: int = 64, timeout: float = 60.0,
                  retries: int = 2, dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.asyncio.Context | None = None):
+                 context: zmq.asyncio.Context | None = None,
+                 curve_server_key: KeyPath | None = None,
+                 curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
+        self.curve = client_curve(curve_server_key, curve_secret_key)
         self.timeout = timeout
         self.retries = retries
         self.dialect = dialect
@@ -105,6 +111,8 @@ class AsyncClient:
             return self._free.pop()
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(sock)
         sock.connect(self.endpoint)
         self._all.add(sock)
         return sock

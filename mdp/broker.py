@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from .core import BrokerConfig, BrokerCore, Event, Outgoing
+from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.broker")
@@ -38,14 +40,24 @@ class Broker:
 
     ``bind`` endpoints serve clients and workers alike; ``worker_bind`` endpoints, when
     given, are a second socket for workers, so the two can be secured or placed apart.
+    With ``curve_secret_key`` (a NAME.key_secret file) every bound socket is a CURVE
+    server; ``curve_clients`` (a directory of NAME.key files) admits only those keys,
+    without it any key is admitted (encryption without client authentication).
     """
 
     def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
-                 config: BrokerConfig | None = None, context: zmq.Context | None = None):
+                 config: BrokerConfig | None = None, context: zmq.Context | None = None,
+                 *, curve_secret_key: KeyPath | None = None,
+                 curve_clients: KeyPath | None = None):
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
         self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
         if not self.endpoints:
             raise ValueError("a broker needs at least one endpoint to bind")
+        if curve_clients is not None and curve_secret_key is None:
+            raise ValueError("curve_clients needs curve_secret_key (the broker's key pair)")
+        self.curve = server_curve(curve_secret_key)
+        self.curve_clients = None if curve_clients is None else check_clients_dir(curve_clients)
+        self._auth: ThreadAuthenticator | None = None  # ZAP handler while CURVE is bound
         self.core = BrokerCore(config, time.monotonic())
         self.context = context or zmq.Context.instance()
         self.hooks: list[Callable[[Event], None]] = []
@@ -191,11 +203,15 @@ class Broker:
         sides = [(CLIENT_SIDE, self.endpoints)]
         if self.worker_endpoints:
             sides.append((WORKER_SIDE, self.worker_endpoints))
+        if self.curve is not None:  # before any bind: without ZAP handler libzmq admits all
+            self._auth = start_authenticator(self.context, self.curve_clients)
         for side, endpoints in sides:
             sock = self.context.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 500)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
+            if self.curve is not None:
+                self.curve.apply(sock)
             self._sockets[side] = sock
             for endpoint in endpoints:
                 _prepare_ipc_dir(endpoint)
@@ -237,6 +253,9 @@ class Broker:
         for sock in self._sockets.values():
             sock.close()
         self._sockets = {}
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
 
 def _body_frames(recv: Callable[..., zmq.Frame]) -> list:

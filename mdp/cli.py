@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +18,7 @@ from .client import Client
 from .core import BrokerConfig
 from .errors import MDPError
 from .protocol import Dialect
+from .security import CurveError, create_key_pair
 from .worker import Worker
 
 app = typer.Typer(help="A Majordomo (MDP/0.2, MDP/0.1, MMI) service bus.",
@@ -24,6 +28,13 @@ err_console = Console(stderr=True)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DIALECTS = {"0.2": Dialect.V02, "0.1": Dialect.V01, "majortomo": Dialect.MAJORTOMO}
+T = TypeVar("T")
+
+SERVER_KEY = typer.Option(None, "--curve-server-key", exists=True, dir_okay=False,
+                          help="The broker's public key file (NAME.key): use CURVE.")
+SECRET_KEY = typer.Option(None, "--curve-secret-key", exists=True, dir_okay=False,
+                          help="This peer's key pair (NAME.key_secret); default: an "
+                          "ephemeral pair, which only a broker admitting any key accepts.")
 
 
 def _logging(verbose: bool) -> None:
@@ -36,6 +47,31 @@ def _dialect(name: str) -> Dialect:
         return DIALECTS[name]
     except KeyError:
         raise typer.BadParameter(f"choose one of {', '.join(DIALECTS)}") from None
+
+
+def _or_exit(make: Callable[[], T]) -> T:
+    """Build a broker, client or worker; unusable options or key files end the command."""
+    try:
+        return make()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    except CurveError as error:
+        err_console.print(f"[red]CURVE error:[/] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def keys(
+    directory: Path = typer.Argument(..., help="Directory for the key files (made if missing)."),
+    name: str = typer.Argument(..., help="Key name, e.g. broker, or a client's or host's name."),
+) -> None:
+    """Write a CURVE key pair: NAME.key (public, to share) and NAME.key_secret (private)."""
+    public, secret = _or_exit(lambda: create_key_pair(directory, name))
+    print(public)
+    print(secret)
+    err_console.print(f"give {public.name} to peers (a broker's: --curve-server-key; a "
+                      f"client's: copy into the broker's --curve-clients directory); keep "
+                      f"{secret.name} private")
 
 
 @app.command()
@@ -52,20 +88,27 @@ def broker(
     max_attempts: int = typer.Option(3, help="Workers a request may be tried on before it "
                                      "is given up."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every connection."),
+    curve_secret_key: Path | None = typer.Option(
+        None, "--curve-secret-key", exists=True, dir_okay=False,
+        help="The broker's key pair (NAME.key_secret): CURVE on every endpoint."),
+    curve_clients: Path | None = typer.Option(
+        None, "--curve-clients", exists=True, file_okay=False,
+        help="Directory of admitted public keys (*.key); without it any key is admitted."),
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
     config = BrokerConfig(heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
                           request_expiry=expiry or None, queue_limit=queue_limit or None,
                           max_attempts=max_attempts)
-    try:
-        server = Broker(bind, worker_bind, config)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
+    server = _or_exit(lambda: Broker(bind, worker_bind, config, curve_secret_key=curve_secret_key,
+                                     curve_clients=curve_clients))
     err_console.print(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)")
+    if curve_secret_key is not None:
+        err_console.print(f"CURVE: admitting the keys in {curve_clients}" if curve_clients
+                          else "CURVE: encrypted, admitting any client key")
     try:
         server.run()
-    except OSError as error:
+    except (OSError, CurveError) as error:
         err_console.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from None
 
@@ -78,9 +121,14 @@ def call(
     timeout: float = typer.Option(10.0, help="Seconds to wait for the reply."),
     retries: int = typer.Option(0, help="Times to resend after a timeout."),
     dialect: str = typer.Option("0.2", help="Wire dialect: 0.2, 0.1 or majortomo."),
+    curve_server_key: Path | None = SERVER_KEY,
+    curve_secret_key: Path | None = SECRET_KEY,
 ) -> None:
     """Send one request and print the reply, one frame per line."""
-    with Client(broker, timeout=timeout, retries=retries, dialect=_dialect(dialect)) as client:
+    client = _or_exit(lambda: Client(broker, timeout=timeout, retries=retries,
+                                     dialect=_dialect(dialect), curve_server_key=curve_server_key,
+                                     curve_secret_key=curve_secret_key))
+    with client:
         try:
             for part in client.stream(service, *(frames or [])):
                 for frame in part:
@@ -95,10 +143,15 @@ def status(
     broker: str = typer.Option(DEFAULT_ENDPOINT, "--broker", "-b", help="Broker endpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     timeout: float = typer.Option(3.0, help="Seconds to wait for the broker."),
+    curve_server_key: Path | None = SERVER_KEY,
+    curve_secret_key: Path | None = SECRET_KEY,
 ) -> None:
     """Show services, workers and queues of a running broker (exit 1 if none answers)."""
+    client = _or_exit(lambda: Client(broker, timeout=timeout, retries=0,
+                                     curve_server_key=curve_server_key,
+                                     curve_secret_key=curve_secret_key))
     try:
-        with Client(broker, timeout=timeout, retries=0) as client:
+        with client:
             data = json.loads(bytes(client.request("mmi.status")[0]))
     except MDPError as error:
         err_console.print(f"[red]no broker answered at {broker}:[/] {error}")
@@ -133,11 +186,15 @@ def echo(
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
     dialect: str = typer.Option("0.2", help="Wire dialect: 0.2, 0.1 or majortomo."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    curve_server_key: Path | None = SERVER_KEY,
+    curve_secret_key: Path | None = SECRET_KEY,
 ) -> None:
     """A worker that sends every request back unchanged (for smoke tests)."""
     _logging(verbose)
-    worker = Worker(broker, service, lambda frames: frames, heartbeat_interval=heartbeat,
-                    idle_timeout=idle_timeout or None, dialect=_dialect(dialect))
+    worker = _or_exit(lambda: Worker(
+        broker, service, lambda frames: frames, heartbeat_interval=heartbeat,
+        idle_timeout=idle_timeout or None, dialect=_dialect(dialect),
+        curve_server_key=curve_server_key, curve_secret_key=curve_secret_key))
     err_console.print(f"echo worker for '{service}' at {broker}")
     worker.run()
 

@@ -20,6 +20,7 @@ from .errors import (
     decode_worker_error,
     is_worker_error,
 )
+from .security import KeyPath, client_curve
 
 
 def encode_service(service: str | bytes) -> bytes:
@@ -47,12 +48,16 @@ class Client:
 
     ``timeout`` is how long one attempt waits for the (next part of the) reply;
     ``retries`` is how many times it is sent again after that on a fresh socket.
+    ``curve_server_key`` (the broker's NAME.key) encrypts the connection with CURVE, using
+    the key pair in ``curve_secret_key`` (NAME.key_secret) or else an ephemeral one.
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 60.0, retries: int = 2,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
+                 curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
+        self.curve = client_curve(curve_server_key, curve_secret_key)
         self.timeout = timeout
         self.retries = retries
         self.dialect = dialect
@@ -126,6 +131,8 @@ class Client:
         if self._socket is None:
             self._socket = self.context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.apply(self._socket)
             self._socket.connect(self.endpoint)
         return self._socket
 

@@ -442,10 +442,9 @@ def peer_name(peer: Peer) -> str:
     A leading control byte is a socket tag added by the broker loop, not part of it.
     """
     identity = peer[1:] if peer[:1] and peer[0] < 0x20 else peer
-    try:
-        text = identity.decode("ascii")
-    except UnicodeDecodeError:
+    if not identity.isascii():  # libzmq's own identities, the usual case: no exception
         return peer.hex()
+    text = identity.decode("ascii")
     return text if text.isprintable() else peer.hex()
 
 

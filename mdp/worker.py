@@ -25,6 +25,7 @@ import zmq
 
 from . import protocol as p
 from .errors import WORKER_ERROR_MARKER, worker_error_body
+from .security import KeyPath, client_curve
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.worker")
@@ -53,15 +54,19 @@ class Worker:
     A generator handler streams: each item it yields goes out as a PARTIAL, the last one
     as the FINAL. A handler that raises sends the client an error naming the exception
     and the worker goes on. With ``idle_timeout`` the worker leaves after that many
-    seconds without a request.
+    seconds without a request. ``curve_server_key`` (the broker's NAME.key) makes the
+    connection CURVE-encrypted, with the key pair in ``curve_secret_key`` (NAME.key_secret)
+    or, without it, a fresh one that only a broker admitting any key lets in.
     """
 
     def __init__(self, endpoint: str, service: str | bytes, handler: Handler, *,
                  heartbeat_interval: float = 2.5, heartbeat_liveness: int = 3,
                  idle_timeout: float | None = None, reconnect_max: float = 5.0,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
+                 curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
+        self.curve = client_curve(curve_server_key, curve_secret_key)
         self.service = service.encode() if isinstance(service, str) else service
         if self.service.startswith(p.MMI_PREFIX):
             raise ValueError("service names starting with 'mmi.' are reserved for the broker")
@@ -238,6 +243,8 @@ class Worker:
         # A readable identity lets `mdp status` name the process behind each worker.
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{next(_CONNECTIONS)}"
         self._socket.setsockopt(zmq.IDENTITY, self.identity.encode()[-255:])
+        if self.curve is not None:
+            self.curve.apply(self._socket)
         self._socket.connect(self.endpoint)
         self._send(p.worker_ready(self.dialect, self.service))
         self.connected.set()
@@ -256,7 +263,14 @@ class Worker:
             self._socket = None
 
     def _send(self, frames: list) -> None:
-        self._socket.send_multipart(frames, copy=False)
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # No way to the broker: libzmq drops a connection whose handshake was refused
+            # (e.g. by CURVE authentication) for good, and a blocking send would then hang
+            # the worker. The silence that follows ends the session; it reconnects.
+            log.warning("cannot send to the broker at %s (refused or stalled); message "
+                        "dropped", self.endpoint)
 
     def _close(self) -> None:
         self.connected.clear()

@@ -32,7 +32,8 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 HEARTBEAT = "0.3"
 WAIT = 30.0  # seconds any condition may take on a busy machine before a test fails
-OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX_SERVE_TIMEOUT")
+OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX_SERVE_TIMEOUT",
+           "MLIPX_SERVE_UV_WRAPPED")
 
 T = TypeVar("T")
 

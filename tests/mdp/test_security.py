@@ -1,0 +1,270 @@
+"""CURVE security on real sockets: a broker on tcp that encrypts and admits listed keys only.
+
+Brokers and workers run in threads of this process (on the default context, so a ZAP
+handler left behind by one test would break the next) or, for the command line, as
+processes started by ``mdp_system``. A refused peer is never answered: its requests end in
+``RequestTimeout``, so those waits are short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+
+from mdp.aio import AsyncClient
+from mdp.broker import Broker
+from mdp.client import Client
+from mdp.core import BrokerConfig
+from mdp.errors import RequestTimeout
+from mdp.security import CurveError, client_curve, create_key_pair, server_curve
+from mdp.worker import Worker
+
+pytestmark = [pytest.mark.timeout(40),
+              pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")]
+
+MDP = [sys.executable, "-m", "mdp.cli"]
+HEARTBEAT = 0.2
+REFUSED = 0.6  # seconds a refused peer waits for the reply that never comes
+SERVED = 15.0  # seconds an admitted request may take on a busy machine
+
+
+@dataclass
+class Keys:
+    broker_public: Path
+    broker_secret: Path
+    clients: Path  # the public keys the broker admits
+    client_secret: Path
+    worker_secret: Path
+    stranger_secret: Path  # a valid pair the broker was not told about
+    impostor_public: Path  # the public key of some other broker
+
+
+def pair(directory: Path, name: str, admit_into: Path | None = None) -> tuple[Path, Path]:
+    public, secret = create_key_pair(directory, name)
+    if admit_into is not None:
+        shutil.copy(public, admit_into)
+    return public, secret
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    clients, private = tmp_path / "clients", tmp_path / "private"
+    clients.mkdir()
+    broker_public, broker_secret = pair(tmp_path / "broker", "broker")
+    return Keys(broker_public, broker_secret, clients,
+                client_secret=pair(private, "client", clients)[1],
+                worker_secret=pair(private, "worker", clients)[1],
+                stranger_secret=pair(private, "stranger")[1],
+                impostor_public=pair(tmp_path / "impostor", "broker")[0])
+
+
+def start_broker(endpoint: str, keys: Keys, admit_listed: bool = True) -> Broker:
+    config = BrokerConfig(heartbeat_interval=HEARTBEAT, heartbeat_liveness=5)
+    broker = Broker(endpoint, config=config, curve_secret_key=keys.broker_secret,
+                    curve_clients=keys.clients if admit_listed else None)
+    broker.start()
+    return broker
+
+
+def start_worker(endpoint: str, keys: Keys, service: str = "echo",
+                 secret: Path | None = None, server_key: Path | None = None) -> Worker:
+    worker = Worker(endpoint, service, lambda frames: [b"echo", *frames],
+                    heartbeat_interval=HEARTBEAT, curve_server_key=server_key or keys.broker_public,
+                    curve_secret_key=secret)
+    worker.start()
+    return worker
+
+
+def stop_all(*peers: Broker | Worker) -> None:
+    for peer in peers:  # workers first, then their broker
+        peer.stop()
+        peer.join(10)
+        assert not peer._thread.is_alive(), f"{peer} did not stop"
+
+
+def ask(endpoint: str, server_key: Path | None, secret: Path | None,
+        timeout: float = SERVED, service: str = "echo", *frames: str) -> list[bytes]:
+    with Client(endpoint, timeout=timeout, retries=0, curve_server_key=server_key,
+                curve_secret_key=secret) as client:
+        return [bytes(f) for f in client.request(service, *frames)]
+
+
+@pytest.fixture
+def bus(mdp_system, keys: Keys) -> Iterator[str]:
+    """A CURVE broker that admits the listed keys, with an admitted echo worker."""
+    endpoint = mdp_system.tcp()
+    broker = start_broker(endpoint, keys)
+    worker = start_worker(endpoint, keys, secret=keys.worker_secret)
+    try:
+        yield endpoint
+    finally:
+        stop_all(worker, broker)
+
+
+# ------------------------------------------------------------------ admitted peers
+
+
+def test_admitted_client_and_worker_exchange_requests(bus, keys):
+    with Client(bus, timeout=SERVED, retries=0, curve_server_key=keys.broker_public,
+                curve_secret_key=keys.client_secret) as client:
+        for i in range(5):
+            reply = client.request("echo", "hello", str(i), b"\x00\xff")
+            assert [bytes(f) for f in reply] == [b"echo", b"hello", str(i).encode(), b"\x00\xff"]
+        assert [bytes(f) for f in client.request("mmi.service", "echo")] == [b"200"]
+
+
+def test_admitted_async_client(bus, keys):
+    async def main() -> list[list[bytes]]:
+        async with AsyncClient(bus, timeout=SERVED, retries=0,
+                               curve_server_key=keys.broker_public,
+                               curve_secret_key=keys.client_secret) as client:
+            replies = await asyncio.gather(*(client.request("echo", str(i)) for i in range(4)))
+        return [[bytes(f) for f in reply] for reply in replies]
+
+    assert asyncio.run(main()) == [[b"echo", str(i).encode()] for i in range(4)]
+
+
+# ------------------------------------------------------------------ refused peers
+
+
+def test_client_without_curve_gets_no_reply(bus, keys):
+    with pytest.raises(RequestTimeout):
+        ask(bus, None, None, REFUSED, "mmi.service", "echo")
+    assert ask(bus, keys.broker_public, keys.client_secret) == [b"echo"]  # still serving
+
+
+def test_unlisted_client_key_is_refused(bus, keys):
+    with pytest.raises(RequestTimeout):
+        ask(bus, keys.broker_public, keys.stranger_secret, REFUSED)
+    with pytest.raises(RequestTimeout):  # an ephemeral pair is not listed either
+        ask(bus, keys.broker_public, None, REFUSED)
+    assert ask(bus, keys.broker_public, keys.client_secret) == [b"echo"]
+
+
+def test_wrong_server_key_is_refused(bus, keys):
+    with pytest.raises(RequestTimeout):
+        ask(bus, keys.impostor_public, keys.client_secret, REFUSED)
+
+
+def test_refused_workers_never_register_and_still_stop(bus, keys):
+    refused = [start_worker(bus, keys, "guarded", secret=keys.stranger_secret),
+               start_worker(bus, keys, "guarded", keys.worker_secret, keys.impostor_public)]
+    try:
+        with pytest.raises(RequestTimeout):
+            ask(bus, keys.broker_public, keys.client_secret, 3 * REFUSED, "guarded")
+        assert ask(bus, keys.broker_public, keys.client_secret, SERVED, "mmi.service",
+                   "guarded") == [b"404"]
+    finally:
+        stop_all(*refused)
+
+
+# ------------------------------------------------------------------ any key, lifecycle
+
+
+def test_broker_without_clients_dir_admits_any_key_but_no_plain_peer(mdp_system, keys):
+    endpoint = mdp_system.tcp()
+    broker = start_broker(endpoint, keys, admit_listed=False)
+    worker = start_worker(endpoint, keys)  # an ephemeral key pair
+    try:
+        assert ask(endpoint, keys.broker_public, None, SERVED, "echo", "x") == [b"echo", b"x"]
+        with pytest.raises(RequestTimeout):
+            ask(endpoint, None, None, REFUSED)
+        with pytest.raises(RequestTimeout):
+            ask(endpoint, keys.impostor_public, None, REFUSED)
+    finally:
+        stop_all(worker, broker)
+
+
+def test_a_stopped_broker_frees_the_context_for_the_next(mdp_system, keys):
+    for _ in range(2):  # the second needs the first's ZAP handler gone from the context
+        endpoint = mdp_system.tcp()
+        broker = start_broker(endpoint, keys)
+        try:
+            assert ask(endpoint, keys.broker_public, keys.client_secret, SERVED,
+                       "mmi.service", "echo") == [b"404"]
+        finally:
+            stop_all(broker)
+
+
+# ------------------------------------------------------------------ key files
+
+
+def test_key_pair_files(tmp_path):
+    public, secret = create_key_pair(tmp_path / "keys", "alice")
+    assert (public.name, secret.name) == ("alice.key", "alice.key_secret")
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert "secret-key" not in public.read_text()
+    loaded = client_curve(public, secret)
+    assert loaded.public_key == loaded.server_key == server_curve(secret).public_key
+    with pytest.raises(CurveError, match="exists"):
+        create_key_pair(tmp_path / "keys", "alice")
+
+
+def test_unusable_keys_are_reported(tmp_path, keys):
+    with pytest.raises(CurveError, match="cannot read"):
+        Client("tcp://127.0.0.1:1", curve_server_key=tmp_path / "missing.key")
+    with pytest.raises(CurveError, match="no secret key"):
+        Broker("tcp://127.0.0.1:1", curve_secret_key=keys.broker_public)
+    with pytest.raises(CurveError, match="clients directory"):
+        Broker("tcp://127.0.0.1:1", curve_secret_key=keys.broker_secret,
+               curve_clients=tmp_path / "nowhere")
+    garbled = tmp_path / "garbled.key"
+    garbled.write_text('curve\n    public-key = "short"\n')
+    with pytest.raises(CurveError, match="malformed"):
+        Worker("tcp://127.0.0.1:1", "echo", list, curve_server_key=garbled)
+    with pytest.raises(ValueError, match="public key"):
+        Client("tcp://127.0.0.1:1", curve_secret_key=keys.client_secret)
+    with pytest.raises(ValueError, match="curve_secret_key"):
+        Broker("tcp://127.0.0.1:1", curve_clients=keys.clients)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def mdp(*args: str | Path, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*MDP, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_cli_keys_broker_echo_call_status(mdp_system, tmp_path):
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    for name in ("broker", "client", "worker"):
+        made = mdp("keys", keys, name)
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.split() == [str(keys / f"{name}.key"), str(keys / f"{name}.key_secret")]
+    clients.mkdir()
+    for name in ("client", "worker"):
+        shutil.copy(keys / f"{name}.key", clients)
+    endpoint = mdp_system.tcp()
+    mdp_system.spawn("broker", [*MDP, "broker", "--bind", endpoint, "--heartbeat", "0.2",
+                                "--curve-secret-key", str(keys / "broker.key_secret"),
+                                "--curve-clients", str(clients)])
+    mdp_system.spawn("echo", [*MDP, "echo", "--broker", endpoint, "--heartbeat", "0.2",
+                              "--curve-server-key", str(keys / "broker.key"),
+                              "--curve-secret-key", str(keys / "worker.key_secret")])
+    client_keys = ("--curve-server-key", keys / "broker.key",
+                   "--curve-secret-key", keys / "client.key_secret")
+    mdp_system.wait_until(lambda: ask(endpoint, keys / "broker.key", keys / "client.key_secret",
+                                      SERVED, "mmi.service", "echo") == [b"200"],
+                          "the echo worker to register with the CURVE broker")
+
+    called = mdp("call", "echo", "hello", "--broker", endpoint, *client_keys)
+    assert (called.returncode, called.stdout) == (0, "hello\n"), called.stderr
+    status = mdp("status", "--json", "--broker", endpoint, *client_keys)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["services"]["echo"]["workers"] == 1
+
+    plain = mdp("call", "echo", "hello", "--broker", endpoint, "--timeout", str(REFUSED))
+    assert plain.returncode == 1 and "RequestTimeout" in plain.stderr
+    ephemeral = mdp("call", "echo", "--broker", endpoint, "--timeout", str(REFUSED),
+                    "--curve-server-key", keys / "broker.key")
+    assert ephemeral.returncode == 1 and "RequestTimeout" in ephemeral.stderr
