@@ -9,18 +9,16 @@ it started, by pid, when the test is over.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import pytest
+import support
 
 from mdp.client import Client
 from mdp.errors import MDPError
@@ -35,17 +33,8 @@ LIVENESS = 5  # a little slack for a loaded machine; tests that care pass their 
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT,
-               interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT) -> T:
+    return support.wait_until(condition, what, timeout)
 
 
 def free_tcp_endpoint() -> str:
@@ -76,51 +65,14 @@ def service_workers(endpoint: str, service: str) -> list[dict]:
     return [w for w in status["workers"] if w["service"] == service]
 
 
-class Proc:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name: str, args: Sequence[str], log_path: Path):
-        self.name = name
-        self.args = list(args)
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
+class Proc(support.Proc):
     @property
     def pid_bytes(self) -> bytes:
+        """How the helper worker names itself in every reply."""
         return str(self.pid).encode()
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        self.popen.send_signal(signum)
-
     def wait(self, timeout: float = WAIT) -> int:
-        return self.popen.wait(timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def end(self) -> None:
-        """Terminate, then kill if it does not go; always reap it."""
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._log.close()
-
-    def __repr__(self) -> str:
-        return f"<{self.name} pid={self.pid}>"
+        return super().wait(timeout)
 
 
 class System:

@@ -19,9 +19,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import pytest
+import support
+from support import Proc
 
 # BLAS threads fighting over a small shared machine made scipy's tiny 3x3 matrix functions
 # (used by ase.filters) ten times slower. Set before numpy loads: mlipx_serve is imported
@@ -38,17 +40,8 @@ OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT,
-               interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT) -> T:
+    return support.wait_until(condition, what, timeout)
 
 
 def status(endpoint: str) -> dict:
@@ -107,42 +100,6 @@ def child_env(run_dir: Path, **extra: str) -> dict[str, str]:
     env.update(XDG_RUNTIME_DIR=str(run_dir), PYTHONUNBUFFERED="1", COLUMNS="160")
     env.update(extra)
     return env
-
-
-class Proc:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str]):
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")
-        self.popen = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def end(self, grace: float = 15.0) -> int:
-        """SIGTERM, wait, SIGKILL; always reaped. Returns the exit status."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        self._log.close()
-        return self.popen.returncode
-
-    def __repr__(self) -> str:
-        return f"<{self.name} pid={self.pid}>"
 
 
 class ServeSystem:

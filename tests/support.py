@@ -1,0 +1,71 @@
+"""What every system test needs: waiting on a condition, and child processes with logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float,
+               interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A child process with its output in a log file, ended by its pid."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path,
+                 env: dict[str, str] | None = None):
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1") if env is None else env
+        self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def end(self, grace: float = 15.0) -> int:
+        """SIGTERM, wait, SIGKILL; always reaped. Returns the exit status."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid={self.pid}>"
