@@ -15,25 +15,15 @@ import zmq
 import zmq.asyncio
 
 from . import protocol as p
-from .client import check_reply, encode_body, encode_service
-from .errors import RequestTimeout
-from .security import KeyPath, client_curve
+from .client import ClientBase, check_reply
 
 
-class AsyncClient:
-    """``curve_server_key``/``curve_secret_key``: CURVE, as for the blocking ``Client``."""
+class AsyncClient(ClientBase):
+    """Like ``Client`` (same settings), but awaitable and with many requests at once."""
 
-    def __init__(self, endpoint: str, *, max_in_flight: int = 64, timeout: float = 60.0,
-                 retries: int = 2, dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.asyncio.Context | None = None,
-                 curve_server_key: KeyPath | None = None,
-                 curve_secret_key: KeyPath | None = None):
-        self.endpoint = endpoint
-        self.curve = client_curve(curve_server_key, curve_secret_key)
-        self.timeout = timeout
-        self.retries = retries
-        self.dialect = dialect
-        self.copy = copy
+    def __init__(self, endpoint: str, *, max_in_flight: int = 64,
+                 context: zmq.asyncio.Context | None = None, **settings: Any):
+        super().__init__(endpoint, **settings)
         self.context = context or zmq.asyncio.Context.instance()
         self._free: list[zmq.asyncio.Socket] = []
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -49,10 +39,7 @@ class AsyncClient:
 
     async def stream(self, service: str | bytes, *frames: Any, timeout: float | None = None,
                      retries: int | None = None) -> AsyncIterator[list]:
-        service = encode_service(service)
-        message = p.client_request(self.dialect, service, encode_body(frames))
-        timeout = self.timeout if timeout is None else timeout
-        attempts = 1 + (self.retries if retries is None else retries)
+        service, message, timeout, attempts = self._prepare(service, frames, timeout, retries)
         async with self._slots:
             sock, reply = await self._first_reply(service, message, timeout, attempts)
             finished = False
@@ -64,8 +51,7 @@ class AsyncClient:
                         break
                     reply = await self._receive(sock, timeout)
                     if reply is None:
-                        raise RequestTimeout(f"'{service.decode()}' stopped sending parts "
-                                             f"of its reply: none came for {timeout:g} s")
+                        raise self._stalled(service, timeout)
             finally:
                 if finished:
                     self._free.append(sock)
@@ -85,10 +71,7 @@ class AsyncClient:
             if reply is not None:
                 return sock, reply
             self._discard(sock)
-        raise RequestTimeout(
-            f"no reply from '{service.decode()}' via {self.endpoint} after {attempts} "
-            f"attempt(s) of {timeout:g} s each; is a broker running there and a worker "
-            f"serving '{service.decode()}'?")
+        raise self._no_reply(service, attempts, timeout)
 
     async def _receive(self, sock: zmq.asyncio.Socket, timeout: float) -> p.ClientReply | None:
         loop = asyncio.get_running_loop()
@@ -101,19 +84,14 @@ class AsyncClient:
                 frames = await asyncio.wait_for(sock.recv_multipart(copy=self.copy), remaining)
             except asyncio.TimeoutError:
                 return None
-            try:
-                return p.parse_client_reply(self.dialect, frames)
-            except p.ProtocolError:
-                continue
+            reply = self._parse(frames)
+            if reply is not None:
+                return reply
 
     def _take_socket(self) -> zmq.asyncio.Socket:
         if self._free:
             return self._free.pop()
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.apply(sock)
-        sock.connect(self.endpoint)
+        sock = self._connect(self.context)
         self._all.add(sock)
         return sock
 

@@ -43,8 +43,8 @@ def check_reply(reply: p.ClientReply, service: bytes) -> list:
     return body
 
 
-class Client:
-    """Send requests to services through the broker at ``endpoint``.
+class ClientBase:
+    """What the blocking and the asyncio client share: settings, framing, error texts.
 
     ``timeout`` is how long one attempt waits for the (next part of the) reply;
     ``retries`` is how many times it is sent again after that on a fresh socket.
@@ -54,7 +54,7 @@ class Client:
 
     def __init__(self, endpoint: str, *, timeout: float = 60.0, retries: int = 2,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
+                 curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
         self.curve = client_curve(curve_server_key, curve_secret_key)
@@ -62,6 +62,47 @@ class Client:
         self.retries = retries
         self.dialect = dialect
         self.copy = copy
+
+    def _prepare(self, service: str | bytes, frames: Sequence[Any], timeout: float | None,
+                 retries: int | None) -> tuple[bytes, list, float, int]:
+        """The service name, the message, the timeout and how many attempts to make."""
+        service = encode_service(service)
+        message = p.client_request(self.dialect, service, encode_body(frames))
+        timeout = self.timeout if timeout is None else timeout
+        return service, message, timeout, 1 + (self.retries if retries is None else retries)
+
+    def _connect(self, context: zmq.Context) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _parse(self, frames: list) -> p.ClientReply | None:
+        """The reply, or None for a message that is not ours to act on."""
+        try:
+            return p.parse_client_reply(self.dialect, frames)
+        except p.ProtocolError:
+            return None
+
+    def _no_reply(self, service: bytes, attempts: int, timeout: float) -> RequestTimeout:
+        return RequestTimeout(
+            f"no reply from '{service.decode()}' via {self.endpoint} after {attempts} "
+            f"attempt(s) of {timeout:g} s each; is a broker running there and a worker "
+            f"serving '{service.decode()}'?")
+
+    @staticmethod
+    def _stalled(service: bytes, timeout: float) -> RequestTimeout:
+        return RequestTimeout(f"'{service.decode()}' stopped sending parts of its reply: "
+                              f"none came for {timeout:g} s")
+
+
+class Client(ClientBase):
+    """Send requests to services through the broker at ``endpoint``, one at a time."""
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None, **settings: Any):
+        super().__init__(endpoint, **settings)
         self.context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
 
@@ -80,10 +121,7 @@ class Client:
         Once a part has arrived the request is not sent again: a retry would run the
         work a second time and send its parts twice.
         """
-        service = encode_service(service)
-        message = p.client_request(self.dialect, service, encode_body(frames))
-        timeout = self.timeout if timeout is None else timeout
-        attempts = 1 + (self.retries if retries is None else retries)
+        service, message, timeout, attempts = self._prepare(service, frames, timeout, retries)
         finished = False
         try:
             reply = self._first_reply(service, message, timeout, attempts)
@@ -94,9 +132,7 @@ class Client:
                     return
                 reply = self._receive(timeout)
                 if reply is None:
-                    raise RequestTimeout(
-                        f"'{service.decode()}' stopped sending parts of its reply: none "
-                        f"came for {timeout:g} s")
+                    raise self._stalled(service, timeout)
         finally:
             if not finished:
                 self._reset()  # parts of an abandoned reply must not reach the next request
@@ -109,10 +145,7 @@ class Client:
             if reply is not None:
                 return reply
             self._reset()
-        raise RequestTimeout(
-            f"no reply from '{service.decode()}' via {self.endpoint} after {attempts} "
-            f"attempt(s) of {timeout:g} s each; is a broker running there and a worker "
-            f"serving '{service.decode()}'?")
+        raise self._no_reply(service, attempts, timeout)
 
     def _receive(self, timeout: float) -> p.ClientReply | None:
         sock = self._socket
@@ -121,19 +154,13 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(remaining * 1000):
                 return None
-            frames = sock.recv_multipart(copy=self.copy)
-            try:
-                return p.parse_client_reply(self.dialect, frames)
-            except p.ProtocolError:
-                continue  # not ours to act on; keep waiting for the real reply
+            reply = self._parse(sock.recv_multipart(copy=self.copy))
+            if reply is not None:
+                return reply
 
     def _socket_or_new(self) -> zmq.Socket:
         if self._socket is None:
-            self._socket = self.context.socket(zmq.DEALER)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                self.curve.apply(self._socket)
-            self._socket.connect(self.endpoint)
+            self._socket = self._connect(self.context)
         return self._socket
 
     def _reset(self) -> None:
