@@ -8,7 +8,7 @@ broker restart), up to ``retries`` times, then raises ``RequestTimeout``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -21,6 +21,9 @@ from .errors import (
     is_worker_error,
 )
 from .security import KeyPath, client_curve
+
+WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
+Waiting = Callable[[float], None]
 
 
 def encode_service(service: str | bytes) -> bytes:
@@ -107,24 +110,26 @@ class Client(ClientBase):
         self._socket: zmq.Socket | None = None
 
     def request(self, service: str | bytes, *frames: Any, timeout: float | None = None,
-                retries: int | None = None) -> list:
+                retries: int | None = None, waiting: Waiting | None = None) -> list:
         """Send one request and return the reply's frames (streamed parts joined)."""
         body: list = []
-        for part in self.stream(service, *frames, timeout=timeout, retries=retries):
+        for part in self.stream(service, *frames, timeout=timeout, retries=retries,
+                                waiting=waiting):
             body.extend(part)
         return body
 
     def stream(self, service: str | bytes, *frames: Any, timeout: float | None = None,
-               retries: int | None = None) -> Iterator[list]:
+               retries: int | None = None, waiting: Waiting | None = None) -> Iterator[list]:
         """Send one request and yield each reply part as it arrives, the FINAL last.
 
         Once a part has arrived the request is not sent again: a retry would run the
-        work a second time and send its parts twice.
+        work a second time and send its parts twice. ``waiting(seconds)`` is called every
+        ``WAITING_EVERY`` seconds while no reply has come, so a caller can say why.
         """
         service, message, timeout, attempts = self._prepare(service, frames, timeout, retries)
         finished = False
         try:
-            reply = self._first_reply(service, message, timeout, attempts)
+            reply = self._first_reply(service, message, timeout, attempts, waiting)
             while True:
                 finished = reply.final
                 yield check_reply(reply, service)
@@ -137,26 +142,29 @@ class Client(ClientBase):
             if not finished:
                 self._reset()  # parts of an abandoned reply must not reach the next request
 
-    def _first_reply(self, service: bytes, message: list, timeout: float,
-                     attempts: int) -> p.ClientReply:
+    def _first_reply(self, service: bytes, message: list, timeout: float, attempts: int,
+                     waiting: Waiting | None) -> p.ClientReply:
         for _ in range(attempts):
             self._socket_or_new().send_multipart(message, copy=False)
-            reply = self._receive(timeout)
+            reply = self._receive(timeout, waiting)
             if reply is not None:
                 return reply
             self._reset()
         raise self._no_reply(service, attempts, timeout)
 
-    def _receive(self, timeout: float) -> p.ClientReply | None:
+    def _receive(self, timeout: float, waiting: Waiting | None = None) -> p.ClientReply | None:
         sock = self._socket
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000):
+            remaining = start + timeout - time.monotonic()
+            if remaining <= 0:
                 return None
-            reply = self._parse(sock.recv_multipart(copy=self.copy))
-            if reply is not None:
-                return reply
+            if sock.poll(min(remaining, WAITING_EVERY) * 1000):
+                reply = self._parse(sock.recv_multipart(copy=self.copy))
+                if reply is not None:
+                    return reply
+            elif waiting is not None and remaining > WAITING_EVERY:
+                waiting(time.monotonic() - start)
 
     def _socket_or_new(self) -> zmq.Socket:
         if self._socket is None:

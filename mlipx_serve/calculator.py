@@ -62,7 +62,11 @@ class RemoteCalculator(Calculator):
     def _request(self, frames: list) -> list:
         if self._client is None:
             self._client = Client(self.broker, timeout=self.timeout, retries=1, copy=False)
-        return self._client.request(self.model, *frames)
+        return self._client.request(self.model, *frames, waiting=self._still_waiting)
+
+    def _still_waiting(self, seconds: float) -> None:
+        log.warning("still waiting for model '%s' after %.0f s: %s", self.model, seconds,
+                    describe_wait(get_broker_status(self.broker), self.model))
 
     def close(self) -> None:
         if self._client is not None:
@@ -100,6 +104,21 @@ def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT)
     return {"running": True, "broker": broker, "status": status,
             "autostart": serving if isinstance(serving, dict) else {"autostart": False,
                                                                     "models": {}}}
+
+
+def describe_wait(status: dict, model: str) -> str:
+    """Why a request for ``model`` may be waiting, as the broker sees it."""
+    if not status["running"]:
+        return f"no broker answers at {status['broker']} (it may be restarting)"
+    starting = status["autostart"].get("starting", {})
+    if model in starting:
+        return (f"its worker has been starting for {starting[model]:.0f} s (installing "
+                f"and loading the model)")
+    service = status["status"]["services"].get(model)
+    if not service or not service["workers"]:
+        return "no worker serves it; start one with `mlipx serve " + model + "`"
+    return (f"{service['busy']} of {service['workers']} worker(s) busy, "
+            f"{service['queued']} request(s) queued")
 
 
 def available_models(status: dict) -> dict[str, dict]:

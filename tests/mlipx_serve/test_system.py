@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from ase.mep import NEB
 from ase.optimize import BFGS
 from ase.units import fs
 
+import mdp.client
 from mdp.errors import RequestTimeout, ServiceStartFailed
 from mlipx_serve import (
     Models,
@@ -276,9 +278,15 @@ def test_a_model_that_fails_to_load_reaches_the_client(serve_system: ServeSystem
     assert error.service == "broken"
 
 
-def test_a_model_that_loads_too_long_times_out_for_the_client(serve_system: ServeSystem):
+def test_a_model_that_loads_too_long_times_out_for_the_client(serve_system: ServeSystem,
+                                                               monkeypatch, caplog):
+    monkeypatch.setattr(mdp.client, "WAITING_EVERY", 0.5)
     broker = failing_bus(serve_system, "2")
-    error = start_failure(broker, "slow")
+    with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
+        error = start_failure(broker, "slow")
+    waits = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert waits and "still waiting for model 'slow'" in waits[0]
+    assert "its worker has been starting for" in waits[0]
     assert "did not register within 2 s" in str(error)
     assert "Last lines of its output" in str(error)  # may be none yet after 2 s
     assert "/run/mlipx/logs/slow-" in str(error)

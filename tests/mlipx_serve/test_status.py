@@ -1,0 +1,61 @@
+"""Turning the broker's status into what users read: pure functions on plain data."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from mlipx_serve.calculator import available_models, describe_wait
+from mlipx_serve.status import render
+
+SERVICE = {"workers": 2, "idle": 0, "busy": 2, "queued": 3, "served": 7, "failed": 1,
+           "expired": 0, "rejected": 0}
+
+
+def running(services: dict, autostart: dict | None = None, workers: list | None = None) -> dict:
+    return {"running": True, "broker": "ipc:///x/broker.ipc",
+            "status": {"version": "0.1.0", "uptime": 3725.0, "counters": {},
+                       "services": services, "workers": workers or []},
+            "autostart": autostart or {"autostart": False, "models": {}}}
+
+
+def test_the_wait_is_explained_from_the_brokers_point_of_view():
+    down = {"running": False, "broker": "ipc:///x/broker.ipc", "error": "timeout"}
+    assert "no broker answers at ipc:///x/broker.ipc" in describe_wait(down, "emt")
+    assert "start one with `mlipx serve emt`" in describe_wait(running({}), "emt")
+    assert describe_wait(running({"emt": SERVICE}), "emt") == \
+        "2 of 2 worker(s) busy, 3 request(s) queued"
+    starting = running({}, {"autostart": True, "models": {}, "starting": {"emt": 12.4}})
+    assert "starting for 12 s" in describe_wait(starting, "emt")
+
+
+def test_models_are_those_with_workers_and_those_that_can_be_started():
+    idle = dict(SERVICE, workers=0, idle=0, busy=0)
+    status = running({"emt": SERVICE, "gone": idle},
+                     {"autostart": True, "models": {"lj": {"extras": [], "autostart": True}}})
+    models = available_models(status)
+    assert list(models) == ["emt", "lj"]
+    assert models["emt"]["autostart"] is False and models["lj"]["workers"] == 0
+    assert available_models({"running": False}) == {}
+
+
+def rendered(status: dict) -> str:
+    console = Console(width=160, record=True)
+    console.print(render(status))
+    return console.export_text()
+
+
+def test_status_tables_show_broker_models_and_workers():
+    worker = {"id": "node:42:1", "service": "emt", "dialect": "MDP/0.2", "state": "busy",
+              "served": 7, "since": 65.0}
+    text = rendered(running({"emt": SERVICE}, workers=[worker]))
+    assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
+            if line.startswith("│")]
+    assert ["emt", "0", "2", "3", "7", "1", "no"] in rows
+    assert ["node:42:1", "emt", "busy", "7", "1m 05s"] in rows
+
+
+def test_nothing_running_says_what_to_type():
+    down = {"running": False, "broker": "ipc:///x/broker.ipc", "error": "timeout"}
+    assert "mlipx serve-broker --autostart" in rendered(down)
+    assert "mlipx serve emt" in rendered(running({}))
