@@ -4,23 +4,34 @@ The broker reports a request that found no idle worker as a "demand" event; this
 starts ``mlipx serve NAME`` for it (``Popen`` returns at once) and checks on the starting
 process with timers. When a start fails, every client waiting for that model gets an
 error carrying the worker's last lines of output, such as what uv could not install.
+
+A broker that uses CURVE gives the workers it starts its own key pair, both to know it by
+and as their client key, so it must admit its own public key: ``admit_broker_key``. That
+opens nothing: whoever holds the broker's secret key can pose as the broker anyway.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zmq.auth
+
 from mdp.broker import Broker
 from mdp.core import Event
 from mdp.errors import ServiceStartFailed
+from mdp.security import load_key_file
 
+from .paths import CURVE_ENV
 from .registry import model_extras
 
 log = logging.getLogger("mlipx_serve.autostart")
@@ -55,6 +66,7 @@ class AutostartConfig:
     max_workers: int = 1
     heartbeat: float = 2.5  # the broker's: a worker must heartbeat as often as it expects
     models_files: list[str] = field(default_factory=list)
+    curve_key: Path | None = None  # the broker's NAME.key_secret, when it uses CURVE
 
 
 class Autostarter:
@@ -86,7 +98,7 @@ class Autostarter:
         with open(log_path, "ab") as output:
             process = subprocess.Popen(self.worker_command(name), stdin=subprocess.DEVNULL,
                                        stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+                                       env=worker_env(), start_new_session=True)
         log.info("starting a worker for '%s' (pid %d, output in %s)", name, process.pid,
                  log_path)
         self.processes.append(process)
@@ -100,6 +112,9 @@ class Autostarter:
                    "--heartbeat", str(self.config.heartbeat)]
         for path in self.config.models_files:
             command += ["--models", str(path)]
+        if self.config.curve_key is not None:  # the secret file holds the public key too
+            key = str(Path(self.config.curve_key).absolute())
+            command += ["--curve-server-key", key, "--curve-secret-key", key]
         return command
 
     # ------------------------------------------------------------ checks
@@ -166,6 +181,27 @@ class Autostarter:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def worker_env() -> dict[str, str]:
+    """The broker's environment, without the CURVE keys meant for its clients: a started
+    worker uses exactly the keys its command line gives (none for a plain broker)."""
+    return {key: value for key, value in os.environ.items() if key not in CURVE_ENV}
+
+
+def admit_broker_key(clients: Path, secret_key_file: Path, scratch: Path) -> Path:
+    """``clients`` if it admits the broker's own public key, else a copy of its keys plus
+    that one, in a new directory under ``scratch`` (the caller removes it)."""
+    public_key, _ = load_key_file(secret_key_file)
+    if public_key in zmq.auth.load_certificates(clients):  # a bad file: ValueError
+        return clients
+    admitted = Path(tempfile.mkdtemp(prefix="curve-clients-", dir=scratch))
+    for key_file in Path(clients).glob("*.key"):
+        shutil.copy(key_file, admitted)
+    own = admitted / "mlipx-autostart-broker.key"
+    own.write_text(f'# the broker\'s own key, for the workers it starts\ncurve\n'
+                   f'    public-key = "{public_key.decode()}"\n')
+    return admitted
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from mdp.client import Client
 from mdp.errors import MDPError
 
-from .paths import default_broker
+from .paths import curve_options, default_broker
 from .payload import RemoteCalculationError, decode_reply, encode_request
 
 log = logging.getLogger("mlipx_serve")
@@ -32,18 +32,22 @@ class RemoteCalculator(Calculator):
 
     One round trip asks for everything the model computes cheaply (energy and forces,
     and stress for periodic cells), and ASE's caching then answers the other getters, so
-    ``get_potential_energy()`` followed by ``get_forces()`` is one request.
+    ``get_potential_energy()`` followed by ``get_forces()`` is one request. A broker that
+    uses CURVE is reached with the key files given, or else those the environment names
+    (``paths.curve_options``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
                               "stresses", "magmom", "magmoms", "charges", "dipole"]
 
     def __init__(self, model: str, broker: str | None = None, timeout: float | None = None,
+                 *, curve_server_key: str | None = None, curve_secret_key: str | None = None,
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.model = model
         self.broker = broker or default_broker()
         self.timeout = default_timeout() if timeout is None else timeout
+        self.curve = curve_options(curve_server_key, curve_secret_key)
         self._client: Client | None = None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -61,12 +65,13 @@ class RemoteCalculator(Calculator):
 
     def _request(self, frames: list) -> list:
         if self._client is None:
-            self._client = Client(self.broker, timeout=self.timeout, retries=1, copy=False)
+            self._client = Client(self.broker, timeout=self.timeout, retries=1, copy=False,
+                                  **self.curve)
         return self._client.request(self.model, *frames, waiting=self._still_waiting)
 
     def _still_waiting(self, seconds: float) -> None:
         log.warning("still waiting for model '%s' after %.0f s: %s", self.model, seconds,
-                    describe_wait(get_broker_status(self.broker), self.model))
+                    describe_wait(get_broker_status(self.broker, **self.curve), self.model))
 
     def close(self) -> None:
         if self._client is not None:
@@ -83,22 +88,28 @@ class RemoteCalculator(Calculator):
 # ------------------------------------------------------------ asking the broker
 
 
-def _mmi_json(broker: str, service: str, timeout: float = PROBE_TIMEOUT) -> Any:
-    with Client(broker, timeout=timeout, retries=0) as client:
+def _mmi_json(broker: str, service: str, timeout: float, curve: dict) -> Any:
+    with Client(broker, timeout=timeout, retries=0, **curve) as client:
         reply = client.request(service)
     text = bytes(reply[0]) if reply else b""
     return json.loads(text) if text and text[:1] in b"{[" else None
 
 
-def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT) -> dict:
-    """The broker's state as plain data; ``running`` is False when no broker answers."""
+def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT, *,
+                      curve_server_key: str | None = None,
+                      curve_secret_key: str | None = None) -> dict:
+    """The broker's state as plain data; ``running`` is False when no broker answers.
+
+    A CURVE broker the keys do not fit never answers, so it looks like no broker at all.
+    """
     broker = broker or default_broker()
+    curve = curve_options(curve_server_key, curve_secret_key)
     try:
-        status = _mmi_json(broker, "mmi.status", timeout)
+        status = _mmi_json(broker, "mmi.status", timeout, curve)
     except MDPError as error:
         return {"running": False, "broker": broker, "error": str(error)}
     try:
-        serving = _mmi_json(broker, "mmi.mlipx", timeout)
+        serving = _mmi_json(broker, "mmi.mlipx", timeout, curve)
     except MDPError:
         serving = None
     return {"running": True, "broker": broker, "status": status,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +18,7 @@ from mdp.broker import Broker, ipc_path
 from mdp.client import Client
 from mdp.core import BrokerConfig
 from mdp.errors import MDPError
+from mdp.security import CurveError, client_curve
 
 from . import paths
 
@@ -26,6 +30,16 @@ OUR_COMMANDS = {"serve-broker", "serve", "serve-status"}
 
 MODELS_HELP = "A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
               "models and $MLIPX_SERVE_MODELS)."
+CURVE_SERVER_KEY = typer.Option(
+    None, "--curve-server-key", exists=True, dir_okay=False,
+    help=f"The broker's public key file (NAME.key): reach it with CURVE (default: "
+         f"${paths.CURVE_SERVER_KEY_ENV}).")
+CURVE_SECRET_KEY = typer.Option(
+    None, "--curve-secret-key", exists=True, dir_okay=False,
+    help=f"This peer's key pair (NAME.key_secret), admitted by the broker (default: "
+         f"${paths.CURVE_SECRET_KEY_ENV}, else an ephemeral pair, which only a broker "
+         f"without --curve-clients accepts).")
+T = TypeVar("T")
 
 
 def _logging(verbose: bool) -> None:
@@ -47,6 +61,21 @@ def _registry(models: list[Path]) -> dict:
         _fail(str(error))
 
 
+def _or_fail(make: Callable[[], T]) -> T:
+    """Build something from key files; an unusable file or option ends the command."""
+    try:
+        return make()
+    except (CurveError, ValueError) as error:
+        _fail(str(error))
+
+
+def _client_curve(server_key: Path | None, secret_key: Path | None) -> dict:
+    """The options, else the environment's key files; checked now, not after a model loads."""
+    curve = paths.curve_options(server_key, secret_key)
+    _or_fail(lambda: client_curve(curve["curve_server_key"], curve["curve_secret_key"]))
+    return curve
+
+
 @app.command("serve-broker")
 def serve_broker(
     path: str = typer.Option(None, "--path", help="Client endpoint, e.g. "
@@ -64,45 +93,86 @@ def serve_broker(
                                               "while requests queue."),
     expiry: float = typer.Option(900.0, help="Seconds a request may wait for a worker."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    curve_secret_key: Path | None = typer.Option(
+        None, "--curve-secret-key", exists=True, dir_okay=False,
+        help="The broker's key pair (NAME.key_secret): CURVE on its endpoints, e.g. for tcp "
+             "across machines. Workers it autostarts use this pair too."),
+    curve_clients: Path | None = typer.Option(
+        None, "--curve-clients", exists=True, file_okay=False,
+        help="Directory of admitted public keys (*.key); without it any key is admitted. "
+             "With --autostart the broker's own public key is admitted as well."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the model broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
     endpoint = paths.normalise(path) if path else paths.default_broker()
     workers = paths.worker_endpoint(endpoint)
-    if _broker_answers(endpoint):
-        _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
-    broker = Broker(binds, config=config)
-    starter = None
-    if autostart:
-        from .autostart import AutostartConfig, Autostarter
+    admitted = _admitted(curve_clients, curve_secret_key) if autostart else curve_clients
+    try:
+        broker = _or_fail(lambda: Broker(binds, config=config, curve_secret_key=curve_secret_key,
+                                         curve_clients=admitted))
+        if _broker_answers(endpoint, curve_secret_key):
+            _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
+        starter = None
+        if autostart:
+            from .autostart import AutostartConfig, Autostarter
 
-        registry = _registry(models)
-        starter = Autostarter(broker, registry, AutostartConfig(
-            worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
-            start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-            max_workers=max_workers_per_model, models_files=[str(p) for p in models],
-            heartbeat=heartbeat))
-    err.print(f"model broker at {endpoint} (workers: {workers}); autostart "
-              f"{'on for ' + str(len(starter.registry)) + ' models' if starter else 'off'}. "
+            starter = Autostarter(broker, _registry(models), AutostartConfig(
+                worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
+                start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
+                max_workers=max_workers_per_model, models_files=[str(p) for p in models],
+                heartbeat=heartbeat, curve_key=curve_secret_key))
+        _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
+        _run_broker(broker, starter)
+    finally:
+        if admitted != curve_clients:
+            shutil.rmtree(admitted, ignore_errors=True)
+
+
+def _admitted(clients: Path | None, secret_key: Path | None) -> Path | None:
+    """The clients directory an autostarting broker uses: one that admits its own key."""
+    if clients is None or secret_key is None:
+        return clients
+    from .autostart import admit_broker_key
+
+    return _or_fail(lambda: admit_broker_key(clients, secret_key, paths.private_dir()))
+
+
+def _announce(endpoint: str, workers: str, starter, curve_key: Path | None,
+              clients: Path | None) -> None:
+    auto = f"on for {len(starter.registry)} models" if starter else "off"
+    admits = f"the keys in {clients}" if clients else "any key"
+    curve = "" if curve_key is None else f"; CURVE, admitting {admits}"
+    err.print(f"model broker at {endpoint} (workers: {workers}); autostart {auto}{curve}. "
               f"Ctrl-C stops it.")
+
+
+def _run_broker(broker: Broker, starter) -> None:
     try:
         broker.run()
-    except OSError as error:
+    except (OSError, CurveError) as error:
         _fail(str(error))
     finally:
         if starter is not None:
             starter.stop_all()
 
 
-def _broker_answers(endpoint: str) -> bool:
+def _broker_answers(endpoint: str, curve_key: Path | None) -> bool:
+    """Does a broker answer here already? A CURVE one answers only a CURVE request, which
+    this broker's own key pair makes (its secret file holds its public key as well)."""
     ipc = ipc_path(endpoint)
     if ipc is not None and not ipc.exists():
         return False
+    tries = [{}] if curve_key is None else \
+        [{}, {"curve_server_key": curve_key, "curve_secret_key": curve_key}]
+    return any(_answers(endpoint, curve) for curve in tries)
+
+
+def _answers(endpoint: str, curve: dict) -> bool:
     try:
-        with Client(endpoint, timeout=0.5, retries=0) as client:
+        with Client(endpoint, timeout=0.5, retries=0, **curve) as client:
             client.request("mmi.service", "mmi.status")
         return True
     except MDPError:
@@ -120,6 +190,8 @@ def serve(
     no_uv: bool = typer.Option(False, "--no-uv", help="Never re-run under `uv run` to get "
                                "the model's extras."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    curve_server_key: Path | None = CURVE_SERVER_KEY,
+    curve_secret_key: Path | None = CURVE_SECRET_KEY,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Load one model and serve it until idle for --timeout seconds."""
@@ -130,12 +202,13 @@ def serve(
     _logging(verbose)
     endpoint = paths.normalise(broker) if broker else \
         paths.worker_endpoint(paths.default_broker())
+    curve = _client_curve(curve_server_key, curve_secret_key)
     try:
         model = find_model(name, _registry(models))
         if not no_uv:
             reexec_under_uv(model, sys.argv[1:])
         err.print(f"loading model '{name}' ...")
-        run_worker(name, model, endpoint, timeout or None, heartbeat)
+        run_worker(name, model, endpoint, timeout or None, heartbeat, curve)
     except (ServeError, ModelUnavailableError) as error:
         _fail(str(error))
     except Exception as error:
@@ -148,12 +221,15 @@ def serve_status(
     broker: str = typer.Option(None, "--broker", help="Broker endpoint (default: the "
                                "private per-user broker)."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    curve_server_key: Path | None = CURVE_SERVER_KEY,
+    curve_secret_key: Path | None = CURVE_SECRET_KEY,
 ) -> None:
     """Show the broker, its models, workers and queues (exit 1 if no broker answers)."""
     from .calculator import get_broker_status
     from .status import render
 
-    status = get_broker_status(paths.normalise(broker) if broker else None)
+    curve = _client_curve(curve_server_key, curve_secret_key)
+    status = get_broker_status(paths.normalise(broker) if broker else None, **curve)
     if as_json:
         print(json.dumps(status, indent=2))
     else:

@@ -3,7 +3,8 @@
 The default is an IPC socket in a directory only this user can open: other users on a
 shared machine cannot reach (or impersonate) the broker. Workers get an endpoint of their
 own beside the clients' one; the broker binds both to one socket, so a worker or client
-given either path finds it.
+given either path finds it. A broker that uses CURVE (tcp across machines) is reached with
+the key files named here too, so scripts need no arguments for it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BROKER_ENV = "MLIPX_SERVE_BROKER"
+CURVE_SERVER_KEY_ENV = "MLIPX_SERVE_CURVE_SERVER_KEY"  # the broker's public key (NAME.key)
+CURVE_SECRET_KEY_ENV = "MLIPX_SERVE_CURVE_SECRET_KEY"  # this peer's pair (NAME.key_secret)
+CURVE_ENV = (CURVE_SERVER_KEY_ENV, CURVE_SECRET_KEY_ENV)
 SOCKET_NAME = "broker.ipc"
 
 
@@ -32,6 +37,18 @@ def private_dir() -> Path:
 def default_broker() -> str:
     """The client endpoint: ``$MLIPX_SERVE_BROKER`` or the private default."""
     return os.environ.get(BROKER_ENV) or f"ipc://{private_dir() / SOCKET_NAME}"
+
+
+def curve_options(server_key: str | os.PathLike | None = None,
+                  secret_key: str | os.PathLike | None = None) -> dict[str, Any]:
+    """CURVE keyword arguments for an ``mdp`` Client or Worker: the key files given, else
+    those named by ``$MLIPX_SERVE_CURVE_SERVER_KEY`` and ``$MLIPX_SERVE_CURVE_SECRET_KEY``.
+
+    No server key means a plain connection; a server key without a secret key means an
+    ephemeral key pair, which only a broker that admits any key accepts.
+    """
+    return {"curve_server_key": server_key or os.environ.get(CURVE_SERVER_KEY_ENV) or None,
+            "curve_secret_key": secret_key or os.environ.get(CURVE_SECRET_KEY_ENV) or None}
 
 
 def worker_endpoint(client_endpoint: str) -> str:

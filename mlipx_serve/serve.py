@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator
@@ -87,12 +88,13 @@ def build_calculator(model: object) -> Calculator:
 
 
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
-          heartbeat: float = 2.5) -> None:
+          heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None) -> None:
+    """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``)."""
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
     log.info("model '%s' loaded; serving it at %s", name, broker)
     Worker(broker, name, make_handler(calc, name), idle_timeout=idle_timeout,
-           heartbeat_interval=heartbeat, copy=False).run()
+           heartbeat_interval=heartbeat, copy=False, **(curve or {})).run()
 
 
 # ------------------------------------------------------------ running under uv

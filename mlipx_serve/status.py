@@ -14,7 +14,10 @@ def render(status: dict) -> Group:
         return Group(
             Text(f"No model broker answers at {status['broker']}.", style="bold red"),
             Text("Start one with:  mlipx serve-broker --autostart\n"
-                 "or serve a model by hand beside it:  mlipx serve emt"))
+                 "or serve a model by hand beside it:  mlipx serve emt\n"
+                 "A broker that uses CURVE stays silent to missing or wrong keys: give "
+                 "--curve-server-key (and --curve-secret-key) or set "
+                 "$MLIPX_SERVE_CURVE_SERVER_KEY (and ..._SECRET_KEY)."))
     parts = [broker_table(status), models_table(status)]
     if status["status"]["workers"]:
         parts.append(workers_table(status))

@@ -35,7 +35,8 @@ MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 HEARTBEAT = "0.3"
 WAIT = 30.0  # seconds any condition may take on a busy machine before a test fails
 OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX_SERVE_TIMEOUT",
-           "MLIPX_SERVE_UV_WRAPPED")
+           "MLIPX_SERVE_UV_WRAPPED", "MLIPX_SERVE_CURVE_SERVER_KEY",
+           "MLIPX_SERVE_CURVE_SECRET_KEY")
 
 T = TypeVar("T")
 
