@@ -109,9 +109,24 @@ def missing_modules(model: object) -> list[str]:
     return [] if importlib.util.find_spec(top) is not None else [top]
 
 
+def find_uv() -> str | None:
+    """uv on PATH, else the one pip installed beside this Python (not always on PATH)."""
+    found = shutil.which("uv")
+    if found is not None:
+        return found
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return None
+    try:
+        return find_uv_bin()
+    except FileNotFoundError:
+        return None
+
+
 def uv_command(extras: list[str], argv: list[str], cwd: Path | None = None) -> list[str]:
     """``uv run`` with the model's extras: from the project that defines them, or by name."""
-    uv = shutil.which("uv")
+    uv = find_uv()
     if uv is None:
         requirements = " ".join(f"'{r}'" for extra in extras for r in EXTRAS.get(extra, []))
         raise ServeError(f"this model needs the extra(s) {', '.join(extras)}, which are not "

@@ -78,7 +78,7 @@ def test_a_project_without_the_extra_is_not_used(tmp_path):
 
 
 def test_without_uv_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(serve, "find_uv", lambda: None)
     monkeypatch.setattr(serve, "EXTRAS", {"mace": ["mace-torch>=0.3.12"]})
     with pytest.raises(ServeError, match=r"pip install 'mace-torch>=0.3.12'"):
         uv_command(["mace"], ["serve", "mace-mpa-0"])
@@ -131,7 +131,7 @@ ALL_MODELS = {"needs-tomli-w": NeedsTomliW()}
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+@pytest.mark.skipif(serve.find_uv() is None, reason="uv is not installed")
 @pytest.mark.skipif(serve.importlib.util.find_spec("tomli_w") is not None,
                     reason="tomli_w is installed here, so nothing would need uv")
 def test_a_worker_runs_itself_under_uv_to_get_its_extra(tmp_path, serve_system):
