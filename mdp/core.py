@@ -4,7 +4,8 @@ No sockets and no clock here. ``BrokerCore.handle`` takes what one peer sent and
 current time and returns ``(peer, frames)`` pairs for the loop to send; ``tick`` does the
 timed work (heartbeats, dead workers, expired requests). Whatever a layer above may want
 to react to (a request waiting for a service with no worker, a worker lost, ...) is
-appended to ``events`` for the loop to hand on.
+appended to ``events`` for the loop to hand on, unless ``emit_events`` is false: a loop
+with nobody listening turns them off, so that a request costs no Event objects.
 
 Each request the broker forwards gets a fresh 8-byte id as its "client address", so a
 late reply from a worker that was given up for dead is recognised and dropped instead of
@@ -100,11 +101,13 @@ class Event:
 
 
 class BrokerCore:
-    def __init__(self, config: BrokerConfig | None = None, now: float = 0.0):
+    def __init__(self, config: BrokerConfig | None = None, now: float = 0.0, *,
+                 emit_events: bool = True):
         self.config = config or BrokerConfig()
         self.started_at = now
         self.services: dict[bytes, Service] = {}
         self.workers: dict[Peer, Worker] = {}
+        self.emit_events = emit_events
         self.events: list[Event] = []
         self.mmi_handlers: dict[bytes, MMIHandler] = {}
         self.counters = {"requests": 0, "replies": 0, "dropped_messages": 0}
@@ -119,11 +122,14 @@ class BrokerCore:
     def handle(self, peer: Peer, frames: list, now: float) -> Outgoing:
         """Everything one message from ``peer`` causes."""
         try:
-            message = p.parse_peer_message(frames)
+            kind, dialect, name, body, final = p.read_peer_message(frames)
         except p.ProtocolError as error:
             self._drop(peer, str(error))
         else:
-            self._dispatch_message(peer, message, now)
+            if kind is p.ClientRequest:
+                self._on_client_request(peer, dialect, name, body, now)
+            else:
+                self._on_worker_message(peer, kind, dialect, name, body, final, now)
         return self._take()
 
     def tick(self, now: float) -> Outgoing:
@@ -154,43 +160,40 @@ class BrokerCore:
 
     # ------------------------------------------------------------ dispatch
 
-    def _dispatch_message(self, peer: Peer, message: p.FromPeer, now: float) -> None:
-        kind = type(message)
-        if kind is p.ClientRequest:
-            self._on_client_request(peer, message, now)
-            return
+    def _on_worker_message(self, peer: Peer, kind: type, dialect: p.Dialect, name: bytes,
+                           body: list, final: bool, now: float) -> None:
+        """``name`` is the client address of a WorkerReply, the service of a Ready."""
         worker = self.workers.get(peer)
         if worker is not None:
             worker.expires_at = now + self.config.worker_expiry
         if kind is p.WorkerReply:
-            self._on_worker_reply(peer, worker, message, now)
+            self._on_worker_reply(peer, worker, dialect, name, body, final)
         elif kind is p.Heartbeat:
             if worker is None:
-                self._send(peer, p.to_worker_disconnect(message.dialect))
+                self._send(peer, p.to_worker_disconnect(dialect))
         elif kind is p.Ready:
-            self._on_ready(peer, worker, message, now)
+            self._on_ready(peer, worker, dialect, name, now)
         elif kind is p.Disconnect:
             if worker is not None:
                 self._remove_worker(worker, now, "disconnected")
 
-    def _on_client_request(self, peer: Peer, message: p.ClientRequest, now: float) -> None:
+    def _on_client_request(self, peer: Peer, dialect: p.Dialect, service: bytes, body: list,
+                           now: float) -> None:
         self.counters["requests"] += 1
-        if message.service.startswith(p.MMI_PREFIX):
-            self._answer_mmi(peer, message, now)
+        if service.startswith(p.MMI_PREFIX):
+            self._answer_mmi(peer, dialect, service, body, now)
             return
-        state = self._service(message.service)
+        state = self._service(service)
         limit = self.config.queue_limit
         if limit is not None and len(state.queue) >= limit:
             state.rejected += 1
             error = QueueFull(f"{len(state.queue)} requests already wait for "
-                              f"'{_text(message.service)}' (limit {limit})",
-                              _text(message.service))
-            self._send(peer, _error_reply(message.dialect, error))
+                              f"'{_text(service)}' (limit {limit})", _text(service))
+            self._send(peer, _error_reply(dialect, error))
             return
         self._next_id += 1
         expiry = self.config.request_expiry
-        request = Request(self._next_id.to_bytes(8, "big"), peer, message.dialect,
-                          message.service, message.body, now,
+        request = Request(self._next_id.to_bytes(8, "big"), peer, dialect, service, body, now,
                           now + expiry if expiry is not None else float("inf"))
         state.queue.append(request)
         self._next_expiry = min(self._next_expiry, request.expires_at)
@@ -198,43 +201,43 @@ class BrokerCore:
         if state.queue:
             self._emit_service_event("demand", state)
 
-    def _on_ready(self, peer: Peer, worker: Worker | None, message: p.Ready, now: float) -> None:
+    def _on_ready(self, peer: Peer, worker: Worker | None, dialect: p.Dialect, service: bytes,
+                  now: float) -> None:
         if worker is not None:
             self._disconnect(worker, now, "sent READY twice")
             return
-        if message.service.startswith(p.MMI_PREFIX):
+        if service.startswith(p.MMI_PREFIX):
             self._warn_once(f"mmi-ready:{peer!r}",
-                            f"worker tried to register reserved service {message.service!r}")
-            self._send(peer, p.to_worker_disconnect(message.dialect))
+                            f"worker tried to register reserved service {service!r}")
+            self._send(peer, p.to_worker_disconnect(dialect))
             return
-        worker = Worker(peer, message.dialect, message.service,
-                        now + self.config.worker_expiry, now)
+        worker = Worker(peer, dialect, service, now + self.config.worker_expiry, now)
         self.workers[peer] = worker
-        state = self._service(message.service)
+        state = self._service(service)
         state.workers.add(peer)
         state.idle.append(peer)
         self._emit_service_event("worker-ready", state, worker)
         self._dispatch(state)
 
-    def _on_worker_reply(self, peer: Peer, worker: Worker | None, reply: p.WorkerReply,
-                         now: float) -> None:
+    def _on_worker_reply(self, peer: Peer, worker: Worker | None, dialect: p.Dialect,
+                         address: bytes, body: list, final: bool) -> None:
         if worker is None:
-            self._send(peer, p.to_worker_disconnect(reply.dialect))
+            self._send(peer, p.to_worker_disconnect(dialect))
             return
         request = worker.request
-        if request is None or request.id != reply.address:
+        if request is None or request.id != address:
             self._warn_once(f"stale:{peer!r}", "dropped a reply for a request the worker "
                             "no longer holds (it was given up and re-sent elsewhere)")
             return
-        if not reply.final:
-            self._relay_partial(request, reply.body)
+        if not final:
+            self._relay_partial(request, body)
             return
-        self._relay_final(request, reply.body)
+        self._relay_final(request, body)
         self.counters["replies"] += 1
         worker.request = None
         worker.served += 1
         state = self.services[worker.service]
-        failed = is_worker_error(reply.body)
+        failed = is_worker_error(body)
         if failed:
             state.failed += 1
         else:
@@ -288,7 +291,8 @@ class BrokerCore:
                 f"{request.attempts} workers died or vanished while handling it",
                 _text(request.service))
             self._reply_error(request, error)
-            self.events.append(Event("dropped", _text(state.name), detail=error.reason))
+            if self.emit_events:
+                self.events.append(Event("dropped", _text(state.name), detail=error.reason))
             return
         request.partials.clear()
         expiry = self.config.request_expiry
@@ -332,29 +336,30 @@ class BrokerCore:
 
     # ------------------------------------------------------------ MMI
 
-    def _answer_mmi(self, peer: Peer, message: p.ClientRequest, now: float) -> None:
-        handler = self.mmi_handlers.get(message.service)
+    def _answer_mmi(self, peer: Peer, dialect: p.Dialect, service: bytes, body: list,
+                    now: float) -> None:
+        handler = self.mmi_handlers.get(service)
         if handler is not None:
-            body = self._call_mmi_handler(handler, message)
-        elif message.service == b"mmi.service":
-            body = [self._mmi_service(message.body)]
-        elif message.service == b"mmi.services":
-            body = [json.dumps(sorted(_text(s) for s in self.services)).encode()]
-        elif message.service in (b"mmi.status", b"mmi.workers"):
+            answer = self._call_mmi_handler(handler, service, body)
+        elif service == b"mmi.service":
+            answer = [self._mmi_service(body)]
+        elif service == b"mmi.services":
+            answer = [json.dumps(sorted(_text(s) for s in self.services)).encode()]
+        elif service in (b"mmi.status", b"mmi.workers"):
             status = self.status(now)
-            if message.service == b"mmi.workers":
+            if service == b"mmi.workers":
                 status = status["workers"]
-            body = [json.dumps(status).encode()]
+            answer = [json.dumps(status).encode()]
         else:
-            body = [b"501"]
-        self._send(peer, p.to_client_reply(message.dialect, message.service, body))
+            answer = [b"501"]
+        self._send(peer, p.to_client_reply(dialect, service, answer))
 
-    def _call_mmi_handler(self, handler: MMIHandler, message: p.ClientRequest) -> list:
+    def _call_mmi_handler(self, handler: MMIHandler, service: bytes, body: list) -> list:
         """A layer above's handler must not take the broker down: it answers 500."""
         try:
-            return handler(message.body)
+            return handler(body)
         except Exception:
-            log.exception("the MMI handler for %r raised", message.service)
+            log.exception("the MMI handler for %r raised", service)
             return [b"500"]
 
     def _mmi_service(self, body: list) -> bytes:
@@ -399,6 +404,8 @@ class BrokerCore:
 
     def _emit_service_event(self, kind: str, state: Service, worker: Worker | None = None,
                             detail: str = "") -> None:
+        if not self.emit_events:
+            return
         busy = len(state.workers) - len(state.idle)
         self.events.append(Event(kind, _text(state.name),
                                  peer_name(worker.peer) if worker else None,

@@ -118,47 +118,76 @@ def _b(frame: Frame) -> bytes:
 
 # ------------------------------------------------------- broker side: peer -> broker
 
+# A message to the broker as a plain tuple: (kind, dialect, name, body, final), kind being
+# the class parse_peer_message makes of it and name the service of a ClientRequest or a
+# Ready, or the client address of a WorkerReply (else b""). The broker reads every message
+# in this form, as a tuple costs a fraction of a (frozen) dataclass.
+PeerFields = tuple[type, Dialect, bytes, list, bool]
+
 
 def parse_peer_message(frames: Sequence[Frame]) -> FromPeer:
     """Decode what a client or worker sent to the broker (routing identity removed)."""
+    kind, dialect, name, body, final = read_peer_message(frames)
+    if kind is ClientRequest:
+        return ClientRequest(dialect, name, body)
+    if kind is WorkerReply:
+        return WorkerReply(dialect, name, body, final)
+    if kind is Ready:
+        return Ready(dialect, name)
+    return kind(dialect)  # Heartbeat or Disconnect
+
+
+def read_peer_message(frames: Sequence[Frame]) -> PeerFields:
+    """``parse_peer_message``'s answer as ``PeerFields``, for the broker's hot path."""
     if not frames:
         raise ProtocolError("empty message")
-    first = _b(frames[0])
-    if first == EMPTY:
-        if len(frames) < 2:
-            raise ProtocolError("only an empty frame")
-        header = _b(frames[1])
-        rest = frames[2:]
-        if header == CLIENT_V01:
-            return _client_v01(rest)
-        if header == WORKER_V01:
-            return _worker_message(Dialect.V01, rest)
-        if header == CLIENT_V02:
-            return _client_with_command(Dialect.MAJORTOMO, C_REQUEST_MT, rest)
-        if header == WORKER_V02:
-            return _worker_message(Dialect.MAJORTOMO, rest)
+    if len(frames[0]):  # MDP/0.2: the header comes first
+        header, after, headers = _b(frames[0]), 1, _HEADERS
+    elif len(frames) < 2:
+        raise ProtocolError("only an empty frame")
+    else:  # MDP/0.1 and majortomo: an empty frame, then the header
+        header, after, headers = _b(frames[1]), 2, _HEADERS_AFTER_EMPTY
+    known = headers.get(header)
+    if known is None:
         raise ProtocolError(f"unknown protocol header {header[:16]!r}")
-    rest = frames[1:]
-    if first == CLIENT_V02:
-        return _client_with_command(Dialect.V02, C_REQUEST_V02, rest)
-    if first == WORKER_V02:
-        return _worker_message(Dialect.V02, rest)
-    raise ProtocolError(f"unknown protocol header {first[:16]!r}")
+    read, dialect, commands = known
+    return read(dialect, commands, frames, after)
 
 
-def _client_v01(rest: Sequence[Frame]) -> ClientRequest:
-    if not rest:
-        raise ProtocolError("MDP/0.1 request without a service frame")
-    return ClientRequest(Dialect.V01, _service(rest[0]), list(rest[1:]))
+def _read_client(dialect: Dialect, request: bytes | None, frames: Sequence[Frame],
+                 i: int) -> PeerFields:
+    """A REQUEST from frame ``i`` on: its command (``request``; MDP/0.1 has none), service, body."""
+    if request is None:
+        if len(frames) <= i:
+            raise ProtocolError("MDP/0.1 request without a service frame")
+    else:
+        if len(frames) < i + 2:
+            raise ProtocolError(f"{dialect.value} client message is too short")
+        command = _b(frames[i])
+        if command != request:
+            raise ProtocolError(f"{dialect.value} client command {command!r} is not REQUEST")
+        i += 1
+    return ClientRequest, dialect, _service(frames[i]), list(frames[i + 1:]), True
 
 
-def _client_with_command(dialect: Dialect, request: bytes, rest: Sequence[Frame]) -> ClientRequest:
-    if len(rest) < 2:
-        raise ProtocolError(f"{dialect.value} client message is too short")
-    command = _b(rest[0])
-    if command != request:
-        raise ProtocolError(f"{dialect.value} client command {command!r} is not REQUEST")
-    return ClientRequest(dialect, _service(rest[1]), list(rest[2:]))
+def _read_worker(dialect: Dialect, commands: dict, frames: Sequence[Frame],
+                 i: int) -> PeerFields:
+    """A worker's command from frame ``i`` on; ``commands`` maps its bytes to (kind, final)."""
+    if len(frames) <= i:
+        raise ProtocolError(f"{dialect.value} worker message without a command")
+    command = _b(frames[i])
+    kind, final = commands.get(command, (None, True))
+    if kind is WorkerReply:
+        if len(frames) < i + 3 or len(frames[i + 2]):
+            raise ProtocolError("worker reply needs a client address and an empty frame")
+        return WorkerReply, dialect, _b(frames[i + 1]), list(frames[i + 3:]), final
+    if kind is Ready:
+        if len(frames) < i + 2:
+            raise ProtocolError("READY without a service frame")
+        return Ready, dialect, _service(frames[i + 1]), [], True
+    if kind is None:
+        raise ProtocolError(f"{dialect.value} worker command {command!r} is unknown")
+    return kind, dialect, EMPTY, [], True  # Heartbeat or Disconnect
 
 
 def _service(frame: Frame) -> bytes:
@@ -168,39 +197,30 @@ def _service(frame: Frame) -> bytes:
     return service
 
 
-_WORKER_REPLY_CODES = {
-    Dialect.V02: {W_PARTIAL_V02: False, W_FINAL_V02: True},
-    Dialect.MAJORTOMO: {W_PARTIAL_V02: False, W_FINAL_V02: True},
-    Dialect.V01: {W_REPLY_V01: True},
-}
 _HEARTBEAT = {Dialect.V02: W_HEARTBEAT_V02, Dialect.MAJORTOMO: W_HEARTBEAT_V02,
               Dialect.V01: W_HEARTBEAT_V01}
 _DISCONNECT = {Dialect.V02: W_DISCONNECT_V02, Dialect.MAJORTOMO: W_DISCONNECT_V02,
                Dialect.V01: W_DISCONNECT_V01}
-
-
-def _worker_message(dialect: Dialect, rest: Sequence[Frame]) -> FromPeer:
-    if not rest:
-        raise ProtocolError(f"{dialect.value} worker message without a command")
-    command = _b(rest[0])
-    final = _WORKER_REPLY_CODES[dialect].get(command)
-    if final is not None:
-        return _worker_reply(dialect, rest[1:], final)
-    if command == _HEARTBEAT[dialect]:
-        return Heartbeat(dialect)
-    if command == W_READY:
-        if len(rest) < 2:
-            raise ProtocolError("READY without a service frame")
-        return Ready(dialect, _service(rest[1]))
-    if command == _DISCONNECT[dialect]:
-        return Disconnect(dialect)
-    raise ProtocolError(f"{dialect.value} worker command {command!r} is unknown")
-
-
-def _worker_reply(dialect: Dialect, rest: Sequence[Frame], final: bool) -> WorkerReply:
-    if len(rest) < 2 or _b(rest[1]) != EMPTY:
-        raise ProtocolError("worker reply needs a client address and an empty frame")
-    return WorkerReply(dialect, _b(rest[0]), list(rest[2:]), final)
+_WORKER_COMMANDS_V02 = {  # majortomo's too
+    W_READY: (Ready, True), W_PARTIAL_V02: (WorkerReply, False),
+    W_FINAL_V02: (WorkerReply, True), W_HEARTBEAT_V02: (Heartbeat, True),
+    W_DISCONNECT_V02: (Disconnect, True),
+}
+_WORKER_COMMANDS_V01 = {
+    W_READY: (Ready, True), W_REPLY_V01: (WorkerReply, True),
+    W_HEARTBEAT_V01: (Heartbeat, True), W_DISCONNECT_V01: (Disconnect, True),
+}
+# header frame -> (reader, dialect, what the reader needs to know of the dialect's commands)
+_HEADERS = {
+    CLIENT_V02: (_read_client, Dialect.V02, C_REQUEST_V02),
+    WORKER_V02: (_read_worker, Dialect.V02, _WORKER_COMMANDS_V02),
+}
+_HEADERS_AFTER_EMPTY = {
+    CLIENT_V01: (_read_client, Dialect.V01, None),
+    WORKER_V01: (_read_worker, Dialect.V01, _WORKER_COMMANDS_V01),
+    CLIENT_V02: (_read_client, Dialect.MAJORTOMO, C_REQUEST_MT),
+    WORKER_V02: (_read_worker, Dialect.MAJORTOMO, _WORKER_COMMANDS_V02),
+}
 
 
 # ------------------------------------------------------- broker side: broker -> peer
