@@ -133,15 +133,6 @@ def client_curve(server_key_file: KeyPath | None,
     return ClientCurve.load(server_key_file, secret_key_file)
 
 
-def configure_server(sock: zmq.Socket, secret_key_file: KeyPath) -> None:
-    ServerCurve.load(secret_key_file).apply(sock)
-
-
-def configure_client(sock: zmq.Socket, server_key_file: KeyPath,
-                     secret_key_file: KeyPath | None = None) -> None:
-    ClientCurve.load(server_key_file, secret_key_file).apply(sock)
-
-
 def check_clients_dir(directory: KeyPath) -> Path:
     """The directory of admitted public keys (``*.key``); it must exist and be readable."""
     folder = Path(directory)
