@@ -31,8 +31,8 @@ from mdp.core import Event
 from mdp.errors import ServiceStartFailed
 from mdp.security import load_key_file
 
+from .extras import model_extras
 from .paths import CURVE_ENV
-from .registry import model_extras
 
 log = logging.getLogger("mlipx_serve.autostart")
 
@@ -109,7 +109,8 @@ class Autostarter:
         command = [sys.executable, "-m", "mlipx_serve.cli", "serve", name,
                    "--broker", self.config.worker_endpoint,
                    "--timeout", str(self.config.worker_timeout),
-                   "--heartbeat", str(self.config.heartbeat)]
+                   "--heartbeat", str(self.config.heartbeat),
+                   "--exit-with", str(os.getpid())]
         for path in self.config.models_files:
             command += ["--models", str(path)]
         if self.config.curve_key is not None:  # the secret file holds the public key too

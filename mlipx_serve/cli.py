@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -26,7 +27,6 @@ app = typer.Typer(help="Serve machine-learned interatomic potentials to ASE over
                        "Majordomo bus.", add_completion=False, no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
-OUR_COMMANDS = {"serve-broker", "serve", "serve-status"}
 
 MODELS_HELP = "A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
               "models and $MLIPX_SERVE_MODELS)."
@@ -76,7 +76,6 @@ def _client_curve(server_key: Path | None, secret_key: Path | None) -> dict:
     return curve
 
 
-@app.command("serve-broker")
 def serve_broker(
     path: str = typer.Option(None, "--path", help="Client endpoint, e.g. "
                              "ipc:///tmp/my-broker.ipc (default: a private per-user socket, "
@@ -179,7 +178,6 @@ def _answers(endpoint: str, curve: dict) -> bool:
         return False
 
 
-@app.command()
 def serve(
     name: str = typer.Argument(..., help="Model name, e.g. emt, lj, chgnet, mace-mpa-0."),
     broker: str = typer.Option(None, "--broker", help="Broker endpoint (its client or "
@@ -190,6 +188,14 @@ def serve(
     no_uv: bool = typer.Option(False, "--no-uv", help="Never re-run under `uv run` to get "
                                "the model's extras."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    factory: Path | None = typer.Option(
+        None, "--factory", exists=True, dir_okay=False,
+        help="Serve the calculator a pickled Python function builds (a private file that "
+             "mlipx_serve.serve_model writes; read once, then deleted)."),
+    exit_with: int | None = typer.Option(
+        None, "--exit-with", metavar="PID",
+        help="Leave, after the request in hand, when process PID ends (autostarted "
+             "workers: their broker)."),
     curve_server_key: Path | None = CURVE_SERVER_KEY,
     curve_secret_key: Path | None = CURVE_SECRET_KEY,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -204,11 +210,11 @@ def serve(
         paths.worker_endpoint(paths.default_broker())
     curve = _client_curve(curve_server_key, curve_secret_key)
     try:
-        model = find_model(name, _registry(models))
+        model = _factory_model(name, factory) if factory else find_model(name, _registry(models))
         if not no_uv:
             reexec_under_uv(model, sys.argv[1:])
         err.print(f"loading model '{name}' ...")
-        run_worker(name, model, endpoint, timeout or None, heartbeat, curve)
+        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with)
     except (ServeError, ModelUnavailableError) as error:
         _fail(str(error))
     except Exception as error:
@@ -216,7 +222,6 @@ def serve(
         _fail(f"model '{name}' failed: {type(error).__name__}: {error}")  # the last line
 
 
-@app.command("serve-status")
 def serve_status(
     broker: str = typer.Option(None, "--broker", help="Broker endpoint (default: the "
                                "private per-user broker)."),
@@ -238,22 +243,68 @@ def serve_status(
         raise typer.Exit(1)
 
 
-def _hand_to_mlipx(argv: list[str]) -> None:
-    try:
-        from mlipx.cli.main import app as mlipx_app
-    except ImportError:
-        err.print(f"[bold red]error:[/] '{argv[0]}' is not one of {', '.join(sorted(OUR_COMMANDS))}"
-                  f"; other mlipx commands need the full mlipx package: pip install mlipx")
-        sys.exit(2)
-    mlipx_app(argv)
+def _factory_model(name: str, path: Path):
+    from .python_models import FactoryModel, load_factory
+
+    return FactoryModel(load_factory(path), name)
+
+
+SERVE_COMMANDS = {"serve-broker": serve_broker, "serve": serve, "serve-status": serve_status}
+
+
+def add_commands(target: typer.Typer) -> None:
+    """Register the serve commands on ``target``: this app, or mlipx's own (once)."""
+    present = {info.name for info in target.registered_commands}
+    for name, command in SERVE_COMMANDS.items():
+        if name not in present:
+            target.command(name)(command)
+
+
+add_commands(app)
 
 
 def main() -> None:
+    """The ``mlipx`` script: one command line, whichever package installed it last.
+
+    The serve commands run at once (importing mlipx's command line takes seconds);
+    everything else goes to mlipx's own command line, which has them too, when mlipx is
+    installed. When mlipx is installed but its command line fails to load, say why.
+    """
     argv = sys.argv[1:]
-    if argv and not argv[0].startswith("-") and argv[0] not in OUR_COMMANDS:
-        _hand_to_mlipx(argv)
+    if argv and argv[0] in SERVE_COMMANDS:
+        app()
         return
+    mlipx_app, failure = _mlipx_app()
+    if mlipx_app is not None:
+        mlipx_app()
+        return
+    asked_for_other = bool(argv) and not argv[0].startswith("-")
+    if failure is not None:
+        err.print(failure)
+    elif asked_for_other:
+        err.print(f"[bold red]error:[/] '{argv[0]}' is not one of "
+                  f"{', '.join(SERVE_COMMANDS)}; the other mlipx commands need mlipx: "
+                  f"pip install mlipx")
+    if asked_for_other:
+        sys.exit(2)
     app()
+
+
+def _mlipx_app() -> tuple[typer.Typer | None, str | None]:
+    """mlipx's command line with ours added, or None and why not (None: not installed)."""
+    if importlib.util.find_spec("mlipx") is None:
+        return None, None
+    try:
+        from mlipx.cli.main import app as mlipx_app
+    except Exception as error:  # installed, but broken: show the real cause
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        return None, (
+            f"[bold red]mlipx is installed, but its command line failed to load:[/] "
+            f"{type(error).__name__}: {error}\n  (in {where.filename}, line {where.lineno}; "
+            f"`python -c 'import mlipx.cli.main'` shows the whole traceback)\n"
+            f"Only the serve commands work until that is fixed.")
+    add_commands(mlipx_app)
+    return mlipx_app, None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from mlipx_serve.extras import EXTRAS, model_extras
+
 logger = logging.getLogger(__name__)
 
 USE_SERVE_ENV = "MLIPX_USE_SERVE"
@@ -108,8 +110,68 @@ def _split_target(target: str) -> tuple[str, str]:
     return module, attr
 
 
+class Servable:
+    """The serving half of a model definition: ``get_calculator()`` prefers the served model.
+
+    For classes with a ``name`` (the MDP service name) and ``build_local_calculator``:
+    ours below, and mlipx's own ``GenericASECalculator`` once ``mlipx_plugin`` extends it.
+    """
+
+    name: str | None
+
+    def get_calculator(self, use_serve: bool | None = None, **kwargs: Any) -> Calculator:
+        """Served calculator when asked for and reachable, else a local one.
+
+        ``use_serve=None`` follows ``MLIPX_USE_SERVE``. Falling back rather than failing
+        keeps scripts running when no broker is up; the warning says so, because the run
+        is then slower or uses local memory.
+        """
+        if use_serve is None:
+            use_serve = use_serve_from_env()
+        if use_serve:
+            served = self._try_served(**kwargs)
+            if served is not None:
+                return served
+        return self.build_local_calculator(**kwargs)
+
+    def build_local_calculator(self, **kwargs: Any) -> Calculator:
+        raise NotImplementedError
+
+    def service_name(self) -> str | None:
+        """``name``, else the name of a built-in model defined exactly like this one, so
+        that ``GenericASECalculator(module="ase.calculators.emt", class_name="EMT")``
+        in an mlipx pipeline is served as "emt"."""
+        if self.name is not None:
+            return self.name
+        from mlipx_serve.registry import builtin_name_of
+
+        return builtin_name_of(self)
+
+    def _try_served(self, **kwargs: Any) -> Calculator | None:
+        name = self.service_name()
+        if name is None:
+            logger.warning(
+                "serving was requested for %s.%s but it has no name, so no service to ask "
+                "for; computing locally. Give it name=... or load it from a models file.",
+                getattr(self, "module", "?"),
+                getattr(self, "class_name", "?"),
+            )
+            return None
+        served = _served_calculator(name, **kwargs)
+        if served is None:
+            logger.warning(
+                "model %r could not be served over the bus (reason logged above); computing "
+                "with a local calculator in this process instead. To fix, start it with "
+                "`mlipx serve %s`, or set %s=0 to run locally without this warning.",
+                name,
+                name,
+                USE_SERVE_ENV,
+            )
+        return served
+
+
 @dataclasses.dataclass
-class GenericASECalculator:
+class GenericASECalculator(Servable):
     """Any ASE calculator given by module and class (or factory function) name.
 
     Field names and meanings follow ``mlipx.GenericASECalculator``. Added: ``name``
@@ -124,41 +186,6 @@ class GenericASECalculator:
     spec: str | None = None
     name: str | None = None
     extra: list[str] = dataclasses.field(default_factory=list)
-
-    def get_calculator(self, use_serve: bool | None = None, **kwargs: Any) -> Calculator:
-        """Served calculator when asked for and reachable, else a local one.
-
-        Falling back rather than failing keeps scripts running when no broker is up;
-        the warning says so, because the run is then slower or uses local memory.
-        """
-        if use_serve is None:
-            use_serve = use_serve_from_env()
-        if use_serve:
-            served = self._try_served(**kwargs)
-            if served is not None:
-                return served
-        return self.build_local_calculator(**kwargs)
-
-    def _try_served(self, **kwargs: Any) -> Calculator | None:
-        if self.name is None:
-            logger.warning(
-                "serving was requested for %s.%s but it has no name, so no service to ask "
-                "for; computing locally. Give it name=... or load it from a models file.",
-                self.module,
-                self.class_name,
-            )
-            return None
-        served = _served_calculator(self.name, **kwargs)
-        if served is None:
-            logger.warning(
-                "model %r could not be served over the bus (reason logged above); computing "
-                "with a local calculator in this process instead. To fix, start it with "
-                "`mlipx serve %s`, or set %s=0 to run locally without this warning.",
-                self.name,
-                self.name,
-                USE_SERVE_ENV,
-            )
-        return served
 
     def build_local_calculator(self, **kwargs: Any) -> Calculator:
         """Build the calculator in this process; a served worker calls this too.
@@ -197,8 +224,6 @@ class GenericASECalculator:
             ) from None
 
     def _unavailable(self, module_name: str, exc: ImportError) -> ModelUnavailableError:
-        from mlipx_serve.registry import model_extras
-
         extras = model_extras(self)
         message = unavailable_message(self.name, module_name, extras, exc)
         return ModelUnavailableError(message, module=module_name, extras=extras, model=self.name)
@@ -260,8 +285,6 @@ def unavailable_message(model: str | None, module: str, extras: list[str], exc: 
 
 
 def _install_hint(model: str | None, extras: list[str]) -> str:
-    from mlipx_serve.registry import EXTRAS
-
     spec = ",".join(extras)
     requirements = [req for extra in extras for req in EXTRAS.get(extra, [])]
     hint = f"It is provided by the extra {spec!r}: run `uv pip install 'mlipx-serve[{spec}]'`"

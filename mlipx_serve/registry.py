@@ -16,13 +16,11 @@ import importlib.util
 import itertools
 import logging
 import os
-import re
 import sys
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,42 +34,6 @@ from mlipx_serve.generic import (
 logger = logging.getLogger(__name__)
 
 MODELS_ENV = "MLIPX_SERVE_MODELS"
-
-
-def _declared_extras() -> dict[str, list[str]]:
-    """The extras pyproject.toml declares, read back from the installed metadata.
-
-    One list to keep up to date: a model's packages are installed by these names when
-    running outside a project that declares the extras.
-    """
-    try:
-        requirements = metadata.requires("mlipx-serve") or []
-    except metadata.PackageNotFoundError:
-        return {}
-    extras: dict[str, list[str]] = {}
-    for line in requirements:
-        requirement, _, marker = line.partition(";")
-        match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
-        if match and match.group(1) != "test":
-            extras.setdefault(match.group(1), []).append(requirement.strip())
-    return extras
-
-
-EXTRAS: dict[str, list[str]] = _declared_extras()
-
-# Top-level import name -> extra, so an entry written without ``extra=`` (every
-# mlipx models file) still gets a useful install hint.
-MODULE_EXTRAS: dict[str, str] = {
-    "mace": "mace",
-    "sevenn": "sevenn",
-    "orb_models": "orb",
-    "chgnet": "chgnet",
-    "mattersim": "mattersim",
-    "tensorpotential": "grace",
-    "matgl": "matpes",
-    "fairchem": "fairchem",
-    "pet_mad": "pet-mad",
-}
 
 
 class RegistryError(ValueError):
@@ -177,16 +139,21 @@ def _builtin_models() -> dict[str, Any]:
     return {key: _with_name(model, key) for key, model in models.items()}
 
 
-def model_extras(model: Any) -> list[str]:
-    """Declared extras, else the one implied by the model's top-level package."""
-    declared = list(getattr(model, "extra", None) or [])
-    if declared:
-        return declared
-    module = getattr(model, "module", None)
-    if not isinstance(module, str):
-        return []
-    implied = MODULE_EXTRAS.get(module.split(".")[0])
-    return [implied] if implied else []
+def builtin_name_of(model: Any) -> str | None:
+    """The name of the built-in model with the same module, class and kwargs, if any."""
+    definition = _definition(model)
+    for name, builtin in BUILTIN_MODELS.items():
+        if definition is not None and _definition(builtin) == definition:
+            return name
+    return None
+
+
+def _definition(model: Any) -> tuple | None:
+    try:
+        return (isinstance(model, PretrainedASECalculator), model.module, model.class_name,
+                dict(model.kwargs or {}))
+    except AttributeError:
+        return None
 
 
 def load_registry(models_files: Sequence[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
@@ -300,8 +267,9 @@ def _copy_with_name(entry: Any, key: str) -> Any:
 def _adopt_mlipx_entry(entry: Any) -> Any:
     """Turn a real ``mlipx.GenericASECalculator`` into ours, field for field.
 
-    With mlipx installed, a models file builds mlipx's class, which cannot serve
-    and has no ``name``; ours takes the same fields and adds both.
+    With mlipx installed, a models file builds mlipx's class: without ``mlipx_plugin``
+    (``MLIPX_SERVE_HOOK=0``) it has neither ``name`` nor ``extra`` and cannot serve, and
+    either way ours builds the calculator without torch for ``device="auto"``.
     """
     cls = type(entry)
     if cls.__name__ != "GenericASECalculator" or not cls.__module__.startswith("mlipx."):
@@ -312,6 +280,8 @@ def _adopt_mlipx_entry(entry: Any) -> Any:
         kwargs=dict(entry.kwargs or {}),
         device=entry.device,
         spec=getattr(entry, "spec", None),
+        name=getattr(entry, "name", None),
+        extra=list(getattr(entry, "extra", None) or []),
     )
 
 

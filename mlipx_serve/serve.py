@@ -8,6 +8,8 @@ import os
 import shutil
 import socket
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,13 +20,11 @@ from ase.calculators.calculator import Calculator
 
 from mdp.worker import Worker
 
+from .extras import EXTRAS, model_extras
 from .generic import USE_SERVE_ENV
 from .payload import PayloadError, decode_request, encode_error, encode_results
-from .registry import EXTRAS, model_extras
 
 log = logging.getLogger("mlipx_serve.serve")
-
-WRAPPED_ENV = "MLIPX_SERVE_UV_WRAPPED"
 
 
 class ServeError(RuntimeError):
@@ -88,13 +88,40 @@ def build_calculator(model: object) -> Calculator:
 
 
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
-          heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None) -> None:
-    """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``)."""
+          heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
+          exit_with: int | None = None) -> None:
+    """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``);
+    ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's)."""
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
     log.info("model '%s' loaded; serving it at %s", name, broker)
-    Worker(broker, name, make_handler(calc, name), idle_timeout=idle_timeout,
-           heartbeat_interval=heartbeat, copy=False, **(curve or {})).run()
+    worker = Worker(broker, name, make_handler(calc, name), idle_timeout=idle_timeout,
+                    heartbeat_interval=heartbeat, copy=False, **(curve or {}))
+    if exit_with is not None:
+        threading.Thread(target=_stop_when_gone, args=(exit_with, worker), daemon=True,
+                         name="exit-with").start()
+    worker.run()
+
+
+def _stop_when_gone(pid: int, worker: Worker, every: float = 1.0) -> None:
+    while _alive(pid):
+        time.sleep(every)
+    log.info("process %d has ended; leaving after the request in hand", pid)
+    worker.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running? A zombie is not: a broker killed by SIGKILL stays one until
+    its own parent reaps it."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or its pid now someone else's
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: kill(pid, 0) is all there is to go by
+    return state not in ("Z", "X")
 
 
 # ------------------------------------------------------------ running under uv
@@ -125,22 +152,26 @@ def find_uv() -> str | None:
 
 
 def uv_command(extras: list[str], argv: list[str], cwd: Path | None = None) -> list[str]:
-    """``uv run`` with the model's extras: from the project that defines them, or by name."""
+    """``uv run`` with the model's extras, then ``argv`` again with ``--no-uv``.
+
+    Inside a project that defines the extras this is what mlipx's documentation shows:
+    ``uv run --extra mace mlipx serve mace-mpa-0 --no-uv``. Elsewhere uv installs the
+    extras' requirements by name into an environment layered over this Python.
+    """
     uv = find_uv()
     if uv is None:
         requirements = " ".join(f"'{r}'" for extra in extras for r in EXTRAS.get(extra, []))
         raise ServeError(f"this model needs the extra(s) {', '.join(extras)}, which are not "
                          f"installed, and uv is not on PATH to install them. Install them "
                          f"with `pip install {requirements}` (or install uv), then run again")
-    module_args = ["-m", "mlipx_serve.cli", *argv]
+    again = [*argv, "--no-uv"]
     if project_defines(extras, cwd or Path.cwd()):
-        extra_args = [a for extra in extras for a in ("--extra", extra)]
-        return [uv, "run", *extra_args, "--", "python", *module_args]
+        return [uv, "run", *(a for extra in extras for a in ("--extra", extra)), "mlipx", *again]
     requirements = [r for extra in extras for r in EXTRAS.get(extra, [extra])]
     with_args = [a for r in requirements for a in ("--with", r)]
     # "python" after "--" is the interpreter of uv's environment, which has the extras.
     return [uv, "run", "--no-project", "--python", sys.executable, *with_args, "--",
-            "python", *module_args]
+            "python", "-m", "mlipx_serve.cli", *again]
 
 
 def project_defines(extras: list[str], start: Path) -> bool:
@@ -164,11 +195,10 @@ def project_defines(extras: list[str], start: Path) -> bool:
 def reexec_under_uv(model: object, argv: list[str]) -> None:
     """Replace this process with ``uv run ...`` when the model's packages are missing."""
     extras = model_extras(model)
-    if not extras or os.environ.get(WRAPPED_ENV) or not missing_modules(model):
+    if not extras or not missing_modules(model):
         return
     command = uv_command(extras, argv)
     log.info("model needs %s; running under uv: %s", ", ".join(extras), " ".join(command))
-    os.environ[WRAPPED_ENV] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)

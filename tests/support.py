@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -26,18 +27,26 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float,
         time.sleep(interval)
 
 
+def load_module(path: Path, name: str):
+    """A helper file as a module of its own (test folders are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class Proc:
     """A child process with its output in a log file, ended by its pid."""
 
     def __init__(self, name: str, args: Sequence[str], log_path: Path,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, cwd: Path | None = None):
         self.name = name
         self.args = list(args)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1") if env is None else env
         self.popen = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=env)
+                                      stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     @property
     def pid(self) -> int:

@@ -35,7 +35,7 @@ MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 HEARTBEAT = "0.3"
 WAIT = 30.0  # seconds any condition may take on a busy machine before a test fails
 OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX_SERVE_TIMEOUT",
-           "MLIPX_SERVE_UV_WRAPPED", "MLIPX_SERVE_CURVE_SERVER_KEY",
+           "MLIPX_SERVE_CURVE_SERVER_KEY", "MLIPX_SERVE_HOOK",
            "MLIPX_SERVE_CURVE_SECRET_KEY")
 
 T = TypeVar("T")
@@ -128,9 +128,9 @@ class ServeSystem:
     def env(self, **extra: str) -> dict[str, str]:
         return child_env(self.run_dir, **extra)
 
-    def spawn(self, name: str, args: Sequence[str], **env: str) -> Proc:
+    def spawn(self, name: str, args: Sequence[str], cwd: Path | None = None, **env: str) -> Proc:
         log_path = self.directory / f"{name}-{len(self.procs)}.log"
-        proc = Proc(name, args, log_path, self.env(**env))
+        proc = Proc(name, args, log_path, self.env(**env), cwd=cwd)
         self.procs.append(proc)
         return proc
 
@@ -158,10 +158,11 @@ class ServeSystem:
         return wait_until(lambda: _with_workers(endpoint, name, count),
                           f"{count} worker(s) for '{name}' at {endpoint}")
 
-    def run(self, *args: str, timeout: float = 60.0, **env: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 60.0, cwd: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess:
         """Run a command to its end and capture its output."""
         return subprocess.run(list(args), env=self.env(**env), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
 
     def stop_broker(self, endpoint: str) -> tuple[int, list[int]]:
         """SIGTERM the broker; return its exit status and the pids it had autostarted."""

@@ -16,6 +16,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
 from mlipx_serve import generic, registry
+from mlipx_serve.extras import EXTRAS, model_extras
 from mlipx_serve.generic import (
     GenericASECalculator,
     ModelUnavailableError,
@@ -25,11 +26,9 @@ from mlipx_serve.generic import (
 )
 from mlipx_serve.registry import (
     BUILTIN_MODELS,
-    EXTRAS,
     RegistryError,
     load_models_file,
     load_registry,
-    model_extras,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -455,11 +454,23 @@ def test_env_unset_means_local(monkeypatch: pytest.MonkeyPatch, serve_hook) -> N
 
 def test_unnamed_model_is_not_served(serve_hook, caplog: pytest.LogCaptureFixture) -> None:
     calls = serve_hook(object())
-    model = GenericASECalculator(module="ase.calculators.emt", class_name="EMT")
+    model = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
+                                 kwargs={"sigma": 2.3})  # no built-in model is defined so
     with caplog.at_level(logging.WARNING):
-        assert isinstance(model.get_calculator(use_serve=True), EMT)
+        assert isinstance(model.get_calculator(use_serve=True), LennardJones)
     assert calls == []
     assert "no name" in caplog.text
+
+
+def test_unnamed_model_defined_like_a_builtin_is_served_as_it(serve_hook) -> None:
+    sentinel = object()
+    calls = serve_hook(sentinel)
+    model = GenericASECalculator(module="ase.calculators.emt", class_name="EMT")
+    assert model.get_calculator(use_serve=True) is sentinel
+    assert calls == [("emt", {})]
+    orb = GenericASECalculator(module="orb_models.forcefield.pretrained",
+                               class_name="orb_v3_conservative_inf_omat")
+    assert orb.service_name() is None  # the built-in one is a loader plus a wrapper
 
 
 def test_hook_import_failure_falls_back(

@@ -12,7 +12,6 @@ from mdp.core import Event
 from mlipx_serve import serve
 from mlipx_serve.autostart import wants_worker
 from mlipx_serve.serve import (
-    WRAPPED_ENV,
     ServeError,
     missing_modules,
     project_defines,
@@ -57,8 +56,8 @@ def test_uv_runs_the_project_extras_inside_a_project_that_defines_them(tmp_path,
         '[project]\nname = "x"\n[project.optional-dependencies]\nmace = ["mace-torch"]\n')
     (tmp_path / "sub").mkdir()
     command = uv_command(["mace"], ["serve", "mace-mpa-0"], cwd=tmp_path / "sub")
-    assert command == ["/opt/uv", "run", "--extra", "mace", "--", "python", "-m",
-                       "mlipx_serve.cli", "serve", "mace-mpa-0"]
+    assert command == ["/opt/uv", "run", "--extra", "mace", "mlipx", "serve", "mace-mpa-0",
+                       "--no-uv"]
 
 
 def test_uv_names_the_requirements_outside_a_project(tmp_path, monkeypatch):
@@ -67,7 +66,7 @@ def test_uv_names_the_requirements_outside_a_project(tmp_path, monkeypatch):
     command = uv_command(["chgnet"], ["serve", "chgnet"], cwd=tmp_path)
     assert command == ["/opt/uv", "run", "--no-project", "--python", sys.executable,
                        "--with", "chgnet>=0.4.0", "--", "python", "-m", "mlipx_serve.cli",
-                       "serve", "chgnet"]
+                       "serve", "chgnet", "--no-uv"]
 
 
 def test_a_project_without_the_extra_is_not_used(tmp_path):
@@ -84,30 +83,23 @@ def test_without_uv_the_error_says_what_to_install(monkeypatch):
         uv_command(["mace"], ["serve", "mace-mpa-0"])
 
 
-@pytest.mark.parametrize("model, wrapped", [
-    (Model("ase.calculators.emt", ["mace"]), False),  # importable: no uv needed
-    (Model("no_such_pkg_xyz"), False),  # no extra to install it with
-    (Model("no_such_pkg_xyz", ["mace"]), True),  # already under uv: never loop
+@pytest.mark.parametrize("model", [
+    Model("ase.calculators.emt", ["mace"]),  # importable: no uv needed
+    Model("no_such_pkg_xyz"),  # no extra to install it with
 ])
-def test_no_reexec_when_it_would_not_help(model, wrapped, monkeypatch):
+def test_no_reexec_when_it_would_not_help(model, monkeypatch):
     monkeypatch.setattr(serve.os, "execv", lambda *args: pytest.fail("must not exec"))
-    if wrapped:
-        monkeypatch.setenv(WRAPPED_ENV, "1")
-    else:
-        monkeypatch.delenv(WRAPPED_ENV, raising=False)
     reexec_under_uv(model, ["serve", "x"])
 
 
-def test_reexec_replaces_the_process_with_uv_once(monkeypatch):
-    monkeypatch.setenv(WRAPPED_ENV, "")  # so that the test's end restores the variable
-    monkeypatch.delenv(WRAPPED_ENV)
+def test_reexec_replaces_the_process_with_uv_and_tells_it_not_to_again(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: "/opt/uv")
     calls = []
     monkeypatch.setattr(serve.os, "execv", lambda path, argv: calls.append((path, argv)))
-    reexec_under_uv(Model("no_such_pkg_xyz", ["no-such-extra"]), ["serve", "x"])
+    reexec_under_uv(Model("no_such_pkg_xyz", ["no-such-extra"]), ["serve", "x", "--timeout", "5"])
     [(path, argv)] = calls
     assert path == "/opt/uv" and argv[:2] == ["/opt/uv", "run"]
-    assert serve.os.environ[WRAPPED_ENV] == "1"
+    assert argv[-5:] == ["serve", "x", "--timeout", "5", "--no-uv"]
 
 
 MODELS_NEEDING_A_PACKAGE = '''

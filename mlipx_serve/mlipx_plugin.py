@@ -1,0 +1,73 @@
+"""What the real mlipx gains when it is imported beside mlipx-serve (see ``mlipx_hook``).
+
+Each function takes the mlipx module that has just loaded and extends it in place. They
+are idempotent, and they stand down where mlipx already has what they would add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from types import ModuleType
+from typing import Any
+
+from ase.calculators.calculator import Calculator
+
+from .generic import Servable
+
+log = logging.getLogger("mlipx_serve.mlipx_plugin")
+
+EXTENDED = "_mlipx_serve_extended"
+
+
+def extend_generic_ase(module: ModuleType) -> None:
+    """Give ``mlipx.nodes.generic_ase.GenericASECalculator`` a ``name`` and an ``extra``,
+    and a ``get_calculator(use_serve=None)`` that follows ``MLIPX_USE_SERVE``.
+
+    The class is replaced by a dataclass subclass under the same module and name, so
+    that models files, zntrack's params (which name the class by module and name) and
+    ``isinstance`` checks against the original all keep working, and mlipx's nodes,
+    which call ``model.get_calculator()``, get the served model when it is asked for.
+    """
+    original = module.GenericASECalculator
+    fields = {field.name for field in dataclasses.fields(original)}
+    if getattr(original, EXTENDED, False) or {"name", "extra"} <= fields:
+        return
+
+    @dataclasses.dataclass
+    class GenericASECalculator(Servable, original):
+        name: str | None = None
+        extra: list[str] | None = None
+
+        def build_local_calculator(self, **kwargs: Any) -> Calculator:
+            """mlipx's own ``get_calculator``: what this model is without serving."""
+            return original.get_calculator(self, **kwargs)
+
+    GenericASECalculator.__module__ = module.__name__
+    GenericASECalculator.__qualname__ = original.__qualname__
+    GenericASECalculator.__doc__ = (original.__doc__ or "") + _ADDED_DOC
+    setattr(GenericASECalculator, EXTENDED, True)
+    module.GenericASECalculator = GenericASECalculator
+    log.debug("extended %s.GenericASECalculator for serving", module.__name__)
+
+
+_ADDED_DOC = """
+    Added by mlipx-serve (``MLIPX_SERVE_HOOK=0`` turns it off):
+
+    name : str, default=None
+        The served model's name (its MDP service). Without it, a model defined exactly
+        like a built-in one (e.g. EMT) is served under that one's name.
+    extra : list[str], default=None
+        The optional-dependency groups that provide ``module`` (e.g. ["mace"]).
+
+    ``get_calculator(use_serve=None, **kwargs)`` returns the served model when
+    ``use_serve`` (default: ``$MLIPX_USE_SERVE``) is true and a broker offers it, else the
+    local calculator, with a warning saying why.
+"""
+
+
+def add_serve_commands(module: ModuleType) -> None:
+    """Add ``serve-broker``, ``serve`` and ``serve-status`` to mlipx's command line."""
+    from .cli import add_commands
+
+    add_commands(module.app)
