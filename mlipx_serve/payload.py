@@ -283,7 +283,8 @@ def _parse_header(frames: list[Frame]) -> dict[str, Any]:
     raw = _bytes_view(frames[0], 0).tobytes()
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, an
+        # integer too long for int() (Python limits its digits, by default to 4300)
         raise PayloadError(f"header frame is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise PayloadError("header frame must be a JSON object")
@@ -339,7 +340,7 @@ def _one_spec(entry: Any, index: int) -> Spec:
     name, dtype = entry.get("name"), entry.get("dtype")
     if not isinstance(name, str):
         raise PayloadError(f"header: arrays[{index}] needs a string 'name'")
-    if dtype not in WIRE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise PayloadError(f"array {name!r}: dtype {dtype!r} is not allowed")
     return name, np.dtype(dtype), _shape(entry.get("shape"), name)
 

@@ -620,3 +620,82 @@ def test_well_framed_random_arrays_raise_only_payload_errors(frames: list[bytes]
             decode(frames)
         except (PayloadError, RemoteCalculationError):
             pass
+
+
+def _valid_payloads() -> list[tuple[Any, list[bytes]]]:
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    atoms = bulk("Cu", cubic=True)
+    atoms.set_initial_magnetic_moments([1.0] * len(atoms))
+    atoms.info["charge"] = 1
+    request = as_bytes(encode_request(atoms, ["energy", "forces"]))
+    atoms.calc = EMT()
+    atoms.get_stress()
+    reply = as_bytes(encode_results(atoms.calc.results))
+    failed = as_bytes(encode_error("ValueError", "bad", "Traceback ...", "host:1"))
+    return [(decode_request, request), (decode_reply, reply), (decode_reply, failed)]
+
+
+VALID = _valid_payloads()
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    found = [prefix]
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else []
+    for key, item in items:
+        found += _paths(item, (*prefix, key))
+    return found
+
+
+def _replaced(value: Any, path: tuple, new: Any) -> Any:
+    if not path:
+        return new
+    copy = json.loads(json.dumps(value))
+    inner = copy
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = new
+    return copy
+
+
+@st.composite
+def mutated_payloads(draw: st.DrawFn) -> tuple[Any, list[bytes]]:
+    """A valid request or reply with a few header values replaced by any JSON (lists and
+    objects where strings or numbers belong, ...), and maybe a frame lost or added."""
+    decode, frames = draw(st.sampled_from(VALID))
+    header = json.loads(frames[0])
+    for _ in range(draw(st.integers(1, 3))):
+        header = _replaced(header, draw(st.sampled_from(_paths(header))), draw(json_values))
+    arrays = list(frames[1:])
+    change = draw(st.sampled_from(["none", "drop", "add", "cut"]))
+    if change == "drop" and arrays:
+        arrays.pop(draw(st.integers(0, len(arrays) - 1)))
+    elif change == "add":
+        arrays.append(draw(array_frames))
+    elif change == "cut" and arrays:
+        arrays[-1] = arrays[-1][: len(arrays[-1]) // 2]
+    return decode, [json.dumps(header).encode(), *arrays]
+
+
+@settings(max_examples=400, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_payloads())
+def test_mutated_payloads_raise_only_payload_errors(case: tuple[Any, list[bytes]]) -> None:
+    decode, frames = case
+    try:
+        decode(frames)
+    except (PayloadError, RemoteCalculationError):
+        pass
+
+
+@pytest.mark.parametrize("header", [
+    b'{"v":1,"arrays":[{"name":"numbers","dtype":[1],"shape":[1]}]}',
+    b'{"v":1,"arrays":[{"name":"numbers","dtype":{"a":1},"shape":[1]}]}',
+    b'{"v":1,"properties":[],"charge":' + b"9" * 5000 + b"}",
+], ids=["list-dtype", "object-dtype", "5000-digit-integer"])
+def test_unhashable_dtypes_and_huge_integers_are_payload_errors(header: bytes) -> None:
+    with pytest.raises(PayloadError):
+        decode_request([header, bytes(8)])
+
