@@ -49,7 +49,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.socketio import SocketClient, SocketIOCalculator
 
-from mlipx_serve.calculator import RemoteCalculator, available_models, get_broker_status
+from mlipx_serve.broker_status import available_models, get_broker_status
+from mlipx_serve.calculator import RemoteCalculator
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"

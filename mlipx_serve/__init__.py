@@ -11,31 +11,38 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost every Python 
 # public name -> the module of this package that defines it
 _EXPORTS = {
     "GenericASECalculator": "generic",
-    "ModelUnavailableError": "generic",
-    "Models": "calculator",
     "RemoteCalculator": "calculator",
-    "ServedModel": "calculator",
-    "get_broker_status": "calculator",
-    "served_calculator_or_none": "calculator",
-    "PayloadError": "payload",
-    "RemoteCalculationError": "payload",
+    "Models": "served",
+    "ServedModel": "served",
+    "served_calculator_or_none": "served",
+    "get_broker_status": "broker_status",
     "serve_model": "python_models",
     "ModelProcess": "python_models",
-    "ModelStartError": "python_models",
+    "MlipxServeError": "errors",
+    "ModelStartError": "errors",
+    "ModelUnavailableError": "errors",
+    "PayloadError": "errors",
+    "RemoteCalculationError": "errors",
+    "RemotePropertyNotImplementedError": "errors",
+    "ServingError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
-    from .calculator import (  # noqa: F401
-        Models,
-        RemoteCalculator,
-        ServedModel,
-        get_broker_status,
-        served_calculator_or_none,
+    from .broker_status import get_broker_status  # noqa: F401
+    from .calculator import RemoteCalculator  # noqa: F401
+    from .errors import (  # noqa: F401
+        MlipxServeError,
+        ModelStartError,
+        ModelUnavailableError,
+        PayloadError,
+        RemoteCalculationError,
+        RemotePropertyNotImplementedError,
+        ServingError,
     )
-    from .generic import GenericASECalculator, ModelUnavailableError  # noqa: F401
-    from .payload import PayloadError, RemoteCalculationError  # noqa: F401
-    from .python_models import ModelProcess, ModelStartError, serve_model  # noqa: F401
+    from .generic import GenericASECalculator  # noqa: F401
+    from .python_models import ModelProcess, serve_model  # noqa: F401
+    from .served import Models, ServedModel, served_calculator_or_none  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -31,8 +31,8 @@ from mdp.core import Event
 from mdp.errors import ServiceStartFailed
 from mdp.security import load_key_file
 
+from . import environment
 from .extras import model_extras
-from .paths import CURVE_ENV
 
 log = logging.getLogger("mlipx_serve.autostart")
 
@@ -187,7 +187,7 @@ class Autostarter:
 def worker_env() -> dict[str, str]:
     """The broker's environment, without the CURVE keys meant for its clients: a started
     worker uses exactly the keys its command line gives (none for a plain broker)."""
-    return {key: value for key, value in os.environ.items() if key not in CURVE_ENV}
+    return {key: value for key, value in os.environ.items() if key not in environment.CURVE}
 
 
 def admit_broker_key(clients: Path, secret_key_file: Path, scratch: Path) -> Path:

@@ -21,24 +21,28 @@ from mdp.core import BrokerConfig
 from mdp.errors import MDPError
 from mdp.security import CurveError, client_curve
 
-from . import paths
+from . import environment, paths
+from .errors import MlipxServeError
 
 app = typer.Typer(help="Serve machine-learned interatomic potentials to ASE over a "
                        "Majordomo bus.", add_completion=False, no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
-MODELS_HELP = "A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
-              "models and $MLIPX_SERVE_MODELS)."
+MODELS_HELP = f"A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
+              f"models and the files in ${environment.MODELS}, separated like PATH)."
 CURVE_SERVER_KEY = typer.Option(
-    None, "--curve-server-key", exists=True, dir_okay=False,
-    help=f"The broker's public key file (NAME.key): reach it with CURVE (default: "
-         f"${paths.CURVE_SERVER_KEY_ENV}).")
+    None, "--curve-server-key", exists=True, dir_okay=False, envvar=environment.CURVE_SERVER_KEY,
+    help="The broker's public key file (NAME.key): reach it with CURVE.")
 CURVE_SECRET_KEY = typer.Option(
-    None, "--curve-secret-key", exists=True, dir_okay=False,
-    help=f"This peer's key pair (NAME.key_secret), admitted by the broker (default: "
-         f"${paths.CURVE_SECRET_KEY_ENV}, else an ephemeral pair, which only a broker "
-         f"without --curve-clients accepts).")
+    None, "--curve-secret-key", exists=True, dir_okay=False, envvar=environment.CURVE_SECRET_KEY,
+    help="This peer's key pair (NAME.key_secret), admitted by the broker (default: an "
+         "ephemeral pair, which only a broker without --curve-clients accepts).")
+BROKER = typer.Option(None, "--broker", envvar=environment.BROKER, show_default=False,
+                      help="Broker endpoint, its client or its worker path (default: the "
+                           "private per-user broker).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (connections, "
+                       "worker starts, failed requests), not only warnings.")
 T = TypeVar("T")
 
 
@@ -53,11 +57,11 @@ def _fail(message: str) -> None:
 
 
 def _registry(models: list[Path]) -> dict:
-    from .registry import RegistryError, load_registry
+    from .registry import load_registry
 
     try:
         return load_registry([str(p) for p in models] or None)
-    except RegistryError as error:
+    except MlipxServeError as error:
         _fail(str(error))
 
 
@@ -77,9 +81,10 @@ def _client_curve(server_key: Path | None, secret_key: Path | None) -> dict:
 
 
 def serve_broker(
-    path: str = typer.Option(None, "--path", help="Client endpoint, e.g. "
-                             "ipc:///tmp/my-broker.ipc (default: a private per-user socket, "
-                             "or $MLIPX_SERVE_BROKER). Workers also get <path>-workers.ipc."),
+    path: str = typer.Option(None, "--path", envvar=environment.BROKER, show_default=False,
+                             help="Client endpoint, e.g. ipc:///tmp/my-broker.ipc (default: "
+                             "a private per-user socket). Workers also get "
+                             "<path>-workers.ipc."),
     autostart: bool = typer.Option(False, "--autostart", help="Start a worker when a model "
                                    "with none is requested."),
     models: list[Path] = typer.Option([], "--models", help=MODELS_HELP),
@@ -100,10 +105,13 @@ def serve_broker(
         None, "--curve-clients", exists=True, file_okay=False,
         help="Directory of admitted public keys (*.key); without it any key is admitted. "
              "With --autostart the broker's own public key is admitted as well."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Run the model broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
+    if models and not autostart:
+        _fail("--models names the models the broker may start, so it needs --autostart; "
+              "a worker started by hand takes its own: mlipx serve NAME --models FILE")
     endpoint = paths.normalise(path) if path else paths.default_broker()
     workers = paths.worker_endpoint(endpoint)
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
@@ -180,8 +188,7 @@ def _answers(endpoint: str, curve: dict) -> bool:
 
 def serve(
     name: str = typer.Argument(..., help="Model name, e.g. emt, lj, chgnet, mace-mpa-0."),
-    broker: str = typer.Option(None, "--broker", help="Broker endpoint (its client or "
-                               "worker path; default: the private per-user broker)."),
+    broker: str = BROKER,
     models: list[Path] = typer.Option([], "--models", help=MODELS_HELP),
     timeout: float = typer.Option(300.0, "--timeout", help="Leave after this many idle "
                                   "seconds (0: never)."),
@@ -198,11 +205,10 @@ def serve(
              "workers: their broker)."),
     curve_server_key: Path | None = CURVE_SERVER_KEY,
     curve_secret_key: Path | None = CURVE_SECRET_KEY,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Load one model and serve it until idle for --timeout seconds."""
-    from .generic import ModelUnavailableError
-    from .serve import ServeError, find_model, reexec_under_uv
+    from .serve import find_model, reexec_under_uv
     from .serve import serve as run_worker
 
     _logging(verbose)
@@ -213,24 +219,26 @@ def serve(
         model = _factory_model(name, factory) if factory else find_model(name, _registry(models))
         if not no_uv:
             reexec_under_uv(model, sys.argv[1:])
-        err.print(f"loading model '{name}' ...")
-        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with)
-    except (ServeError, ModelUnavailableError) as error:
+    except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
         _fail(str(error))
-    except Exception as error:
+    err.print(f"loading model '{name}' ...")
+    try:
+        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with)
+    except MlipxServeError as error:
+        _fail(str(error))
+    except Exception as error:  # the model's own code failed: its traceback tells where
         traceback.print_exc()
-        _fail(f"model '{name}' failed: {type(error).__name__}: {error}")  # the last line
+        _fail(f"model '{name}' failed to load: {type(error).__name__}: {error}")
 
 
 def serve_status(
-    broker: str = typer.Option(None, "--broker", help="Broker endpoint (default: the "
-                               "private per-user broker)."),
+    broker: str = BROKER,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     curve_server_key: Path | None = CURVE_SERVER_KEY,
     curve_secret_key: Path | None = CURVE_SECRET_KEY,
 ) -> None:
     """Show the broker, its models, workers and queues (exit 1 if no broker answers)."""
-    from .calculator import get_broker_status
+    from .broker_status import get_broker_status
     from .status import render
 
     curve = _client_curve(curve_server_key, curve_secret_key)

@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
-import os
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,27 +20,12 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from mlipx_serve import environment
+from mlipx_serve.errors import ModelUnavailableError
 from mlipx_serve.extras import EXTRAS, model_extras
 
 logger = logging.getLogger(__name__)
 
-USE_SERVE_ENV = "MLIPX_USE_SERVE"
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
-
-
-class ModelUnavailableError(ImportError):
-    """A model's Python package is not installed here.
-
-    An ImportError, so code that already guards model imports with
-    ``except ImportError`` keeps working; the message carries the fix.
-    """
-
-    def __init__(self, message: str, *, module: str, extras: list[str], model: str | None):
-        super().__init__(message, name=module)
-        self.module = module
-        self.extras = extras
-        self.model = model
 
 
 class Device:
@@ -79,23 +63,20 @@ def resolve_device(device: str | None) -> str | None:
 
 def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """Read MLIPX_USE_SERVE; an unrecognised value is reported, not guessed at."""
-    env = os.environ if environ is None else environ
-    value = env.get(USE_SERVE_ENV, "").strip().lower()
-    if value in _TRUE_WORDS:
-        return True
-    if value not in _FALSE_WORDS:
+    use_serve = environment.flag(environment.USE_SERVE, environ)
+    if use_serve is None:
         logger.warning(
             "%s=%r is not understood (use 1/true/yes/on or 0/false/no/off); not serving",
-            USE_SERVE_ENV,
-            value,
+            environment.USE_SERVE,
+            environment.text(environment.USE_SERVE, environ),
         )
-    return False
+    return bool(use_serve)
 
 
 def _served_calculator(name: str, **kwargs: Any) -> Calculator | None:
     """Hook to the bus client, imported lazily so this module stays socket-free."""
     try:
-        from mlipx_serve.calculator import served_calculator_or_none
+        from mlipx_serve.served import served_calculator_or_none
     except ImportError as exc:
         logger.warning("cannot serve model %r: the bus client failed to import: %s", name, exc)
         return None
@@ -165,7 +146,7 @@ class Servable:
                 "`mlipx serve %s`, or set %s=0 to run locally without this warning.",
                 name,
                 name,
-                USE_SERVE_ENV,
+                environment.USE_SERVE,
             )
         return served
 

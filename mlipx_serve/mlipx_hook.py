@@ -1,8 +1,8 @@
 """Attach mlipx-serve to the real mlipx when, and only when, mlipx is imported.
 
 Python runs ``install()`` at start-up through ``mlipx_serve_hook.pth`` in site-packages,
-in every process of the environment, so this module imports nothing but ``os`` and
-``sys`` and adds one import finder that answers None to every module but these:
+in every process of the environment, so this module imports nothing but ``os``,
+``sys`` and ``environment`` and adds one import finder that answers None to every module but these:
 
 - ``mlipx.nodes.generic_ase``: once it has loaded, its ``GenericASECalculator`` gains
   ``name``, ``extra`` and ``get_calculator(use_serve=...)`` (``mlipx_plugin``).
@@ -16,8 +16,7 @@ reported as a warning and never breaks the import of mlipx.
 import os
 import sys
 
-HOOK_ENV = "MLIPX_SERVE_HOOK"
-_OFF_WORDS = ("0", "false", "no", "off")
+from .environment import HOOK, flag
 
 # mlipx module -> name of the function in mlipx_serve.mlipx_plugin that extends it
 EXTEND_AFTER_IMPORT = {
@@ -28,7 +27,7 @@ SERVE_MODULE = "mlipx.serve"
 
 
 def enabled():
-    return os.environ.get(HOOK_ENV, "").strip().lower() not in _OFF_WORDS
+    return flag(HOOK) is not False  # unset, on, or unreadable: on
 
 
 def install():
@@ -81,7 +80,7 @@ class ExtendAfterLoad:
             import warnings
 
             warnings.warn(f"mlipx-serve could not extend {module.__name__} ({type(error).__name__}:"
-                          f" {error}); set {HOOK_ENV}=0 to stop trying", stacklevel=2)
+                          f" {error}); set {HOOK}=0 to stop trying", stacklevel=2)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, get_source, ...
         return getattr(self._loader, name)

@@ -10,25 +10,37 @@ the key files named here too, so scripts need no arguments for it.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-BROKER_ENV = "MLIPX_SERVE_BROKER"
-CURVE_SERVER_KEY_ENV = "MLIPX_SERVE_CURVE_SERVER_KEY"  # the broker's public key (NAME.key)
-CURVE_SECRET_KEY_ENV = "MLIPX_SERVE_CURVE_SECRET_KEY"  # this peer's pair (NAME.key_secret)
-CURVE_ENV = (CURVE_SERVER_KEY_ENV, CURVE_SECRET_KEY_ENV)
+from . import environment
+
 SOCKET_NAME = "broker.ipc"
 
 
 def private_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/mlipx`` or ``<tmp>/mlipx-<uid>``, created with mode 0700."""
+    """``$XDG_RUNTIME_DIR/mlipx`` or ``<tmp>/mlipx-<uid>``, created with mode 0700.
+
+    In a shared ``/tmp`` anyone can create that name first: a directory of someone
+    else's, or a symbolic link (even to a directory of ours), is refused, not used.
+    """
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "mlipx" if runtime else \
         Path(tempfile.gettempdir()) / f"mlipx-{os.getuid()}"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if base.stat().st_uid != os.getuid():
-        raise PermissionError(f"{base} belongs to another user; set {BROKER_ENV} or "
+    base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = base.lstat()
+    problem = ("is a symbolic link" if stat.S_ISLNK(info.st_mode) else
+               "is not a directory" if not stat.S_ISDIR(info.st_mode) else
+               "belongs to another user" if info.st_uid != os.getuid() else None)
+    if problem is not None:
+        raise PermissionError(f"{base} {problem}, so it cannot be trusted as the private "
+                              f"directory; remove it, or set {environment.BROKER} or "
                               f"XDG_RUNTIME_DIR to a directory of your own")
     base.chmod(0o700)
     return base
@@ -36,7 +48,7 @@ def private_dir() -> Path:
 
 def default_broker() -> str:
     """The client endpoint: ``$MLIPX_SERVE_BROKER`` or the private default."""
-    return os.environ.get(BROKER_ENV) or f"ipc://{private_dir() / SOCKET_NAME}"
+    return environment.text(environment.BROKER) or f"ipc://{private_dir() / SOCKET_NAME}"
 
 
 def curve_options(server_key: str | os.PathLike | None = None,
@@ -47,8 +59,8 @@ def curve_options(server_key: str | os.PathLike | None = None,
     No server key means a plain connection; a server key without a secret key means an
     ephemeral key pair, which only a broker that admits any key accepts.
     """
-    return {"curve_server_key": server_key or os.environ.get(CURVE_SERVER_KEY_ENV) or None,
-            "curve_secret_key": secret_key or os.environ.get(CURVE_SECRET_KEY_ENV) or None}
+    return {"curve_server_key": server_key or environment.text(environment.CURVE_SERVER_KEY),
+            "curve_secret_key": secret_key or environment.text(environment.CURVE_SECRET_KEY)}
 
 
 def worker_endpoint(client_endpoint: str) -> str:

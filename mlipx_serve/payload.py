@@ -19,6 +19,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from .errors import PayloadError, RemoteCalculationError
+
 __all__ = [
     "FORMAT_VERSION",
     "WIRE_DTYPES",
@@ -26,7 +28,6 @@ __all__ = [
     "RemoteCalculationError",
     "decode_reply",
     "decode_request",
-    "encode_error",
     "encode_request",
     "encode_results",
 ]
@@ -46,34 +47,6 @@ OPTIONAL_PER_ATOM = ("initial_magmoms", "initial_charges")
 
 Frame = Any  # bytes, bytearray, memoryview, zmq.Frame: anything with the buffer protocol
 Spec = tuple[str, np.dtype, tuple[int, ...]]
-
-
-class PayloadError(ValueError):
-    """Frames that do not follow the ASE payload format."""
-
-
-class RemoteCalculationError(RuntimeError):
-    """The calculation failed on the worker; carries the remote error as text, never as an
-    object, so that no foreign type has to be rebuilt locally.
-
-    ``model`` and ``worker`` are filled in by the caller that knows where the request went.
-    """
-
-    def __init__(self, error_type: str, message: str, traceback: str = "") -> None:
-        super().__init__(error_type, message, traceback)
-        self.error_type = error_type
-        self.remote_message = message
-        self.remote_traceback = traceback
-        self.model: str | None = None
-        self.worker: str | None = None
-
-    def __str__(self) -> str:
-        text = f"{self.error_type}: {self.remote_message}"
-        where = [f"{key} {value!r}" for key, value in self._origin() if value is not None]
-        return f"{text} ({', '.join(where)})" if where else text
-
-    def _origin(self) -> tuple[tuple[str, str | None], ...]:
-        return (("model", self.model), ("worker", self.worker))
 
 
 # --------------------------------------------------------------------------- encoding
@@ -120,16 +93,6 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
         "arrays": [_spec(name, array) for name, array in arrays],
     }
     return [_dump(header), *(_raw(array) for _, array in arrays)]
-
-
-def encode_error(
-    exc_type_name: str, message: str, traceback_text: str = "", worker: str | None = None
-) -> list[bytes]:
-    """The one-frame reply for a failed calculation; ``worker`` names who failed."""
-    error = {"type": str(exc_type_name), "message": str(message), "traceback": traceback_text}
-    if worker is not None:
-        error["worker"] = str(worker)
-    return [_dump({"v": FORMAT_VERSION, "ok": False, "error": error})]
 
 
 def _request_arrays(atoms: Atoms) -> list[tuple[str, np.ndarray]]:
@@ -256,7 +219,8 @@ def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
 
 
 def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
-    """The results of a successful reply; raises RemoteCalculationError for a failed one.
+    """The results of a successful reply; raises RemoteCalculationError for a failed one
+    (a version-1 error reply: workers now report failures as MDP worker errors).
 
     Arrays are read-only views of the received frames, not copies.
     """
@@ -401,10 +365,9 @@ def _remote_error(error: Any) -> RemoteCalculationError:
     traceback = error.get("traceback", "")
     if not all(isinstance(text, str) for text in (kind, message, traceback)):
         raise PayloadError("error reply: 'type', 'message' and 'traceback' must be strings")
-    remote = RemoteCalculationError(kind, message, traceback)
-    if isinstance(error.get("worker"), str):
-        remote.worker = error["worker"]
-    return remote
+    worker = error.get("worker")
+    return RemoteCalculationError(kind, message, traceback,
+                                  worker=worker if isinstance(worker, str) else None)
 
 
 def _build_atoms(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> Atoms:

@@ -22,15 +22,13 @@ from typing import Any
 import cloudpickle
 from ase.calculators.calculator import Calculator
 
-from .calculator import RemoteCalculator, get_broker_status
+from .broker_status import get_broker_status
+from .calculator import RemoteCalculator
+from .errors import ModelStartError
 from .paths import default_broker, private_dir, worker_endpoint
 
 Factory = Callable[[], Calculator]
 POLL = 0.1
-
-
-class ModelStartError(RuntimeError):
-    """The worker for a Python-defined model did not come up; the message says why."""
 
 
 @dataclass

@@ -24,20 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlipx_serve.generic import (
-    Device,
-    GenericASECalculator,
-    ModelUnavailableError,
-    PretrainedASECalculator,
-)
+from mlipx_serve import environment
+from mlipx_serve.errors import ModelUnavailableError, RegistryError
+from mlipx_serve.generic import Device, GenericASECalculator, PretrainedASECalculator
 
 logger = logging.getLogger(__name__)
 
-MODELS_ENV = "MLIPX_SERVE_MODELS"
-
-
-class RegistryError(ValueError):
-    """A models file cannot be used; the message names the file and the entry."""
 
 
 def _mace(model: str, spec: str | None = None) -> GenericASECalculator:
@@ -167,8 +159,7 @@ def load_registry(models_files: Sequence[str | os.PathLike[str]] | None = None) 
 
 
 def models_files_from_env() -> list[str]:
-    value = os.environ.get(MODELS_ENV, "")
-    return [part for part in value.split(os.pathsep) if part.strip()]
+    return environment.paths(environment.MODELS)
 
 
 def load_models_file(path: str | os.PathLike[str]) -> dict[str, Any]:

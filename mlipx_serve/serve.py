@@ -6,11 +6,9 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,12 @@ from ase.calculators.calculator import Calculator
 
 from mdp.worker import Worker
 
+from . import environment
+from .errors import ServeError
 from .extras import EXTRAS, model_extras
-from .generic import USE_SERVE_ENV
-from .payload import PayloadError, decode_request, encode_error, encode_results
+from .payload import decode_request, encode_results
 
 log = logging.getLogger("mlipx_serve.serve")
-
-
-class ServeError(RuntimeError):
-    """The worker cannot start; the message says why and what to do."""
 
 
 def find_model(name: str, registry: Mapping[str, object]) -> object:
@@ -39,26 +34,15 @@ def find_model(name: str, registry: Mapping[str, object]) -> object:
                          f"Add it to a models.py file (ALL_MODELS) and pass --models") from None
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def make_handler(calc: Calculator, name: str) -> Callable[[list], list]:
-    """Requests in, results (or the error, as data) out; the worker never dies of a request."""
-    me = worker_id()
+def make_handler(calc: Calculator) -> Callable[[list], list]:
+    """Requests in, results out. What a request raises (a ``PayloadError``, the model's
+    own exception) the worker sends back as an MDP worker error, with the traceback: the
+    broker counts it as failed, the client raises it typed, and the worker goes on."""
 
     def handle(frames: list) -> list:
-        try:
-            atoms, properties = decode_request(frames)
-        except PayloadError as error:
-            return encode_error("PayloadError", str(error), worker=me)
-        try:
-            compute(calc, atoms, properties)
-            return encode_results(calc.results)
-        except Exception as error:
-            log.warning("model '%s' failed on a request: %s: %s", name,
-                        type(error).__name__, error)
-            return encode_error(type(error).__name__, str(error), traceback.format_exc(), me)
+        atoms, properties = decode_request(frames)
+        compute(calc, atoms, properties)
+        return encode_results(calc.results)
 
     return handle
 
@@ -82,7 +66,7 @@ def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> None:
 
 def build_calculator(model: object) -> Calculator:
     """The model's local calculator; a worker must never try to be served itself."""
-    os.environ[USE_SERVE_ENV] = "false"
+    os.environ[environment.USE_SERVE] = "false"
     build = getattr(model, "build_local_calculator", None)
     return build() if build is not None else model.get_calculator()
 
@@ -95,7 +79,7 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
     log.info("model '%s' loaded; serving it at %s", name, broker)
-    worker = Worker(broker, name, make_handler(calc, name), idle_timeout=idle_timeout,
+    worker = Worker(broker, name, make_handler(calc), idle_timeout=idle_timeout,
                     heartbeat_interval=heartbeat, copy=False, **(curve or {}))
     if exit_with is not None:
         threading.Thread(target=_stop_when_gone, args=(exit_with, worker), daemon=True,

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .calculator import available_models
+from .broker_status import available_models
 
 
 def render(status: dict) -> Group:

@@ -18,7 +18,7 @@ from ase import Atoms
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mlipx_serve.payload import encode_error, encode_request, encode_results  # noqa: E402
+from mlipx_serve.payload import encode_request, encode_results  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("ase_payload.json")
 
@@ -134,8 +134,9 @@ def frames_for(case: dict[str, Any]) -> list[Any]:
         return encode_request(atoms_from_meaning(meaning), meaning["properties"])
     if case["kind"] == "reply":
         return encode_results(results_from_meaning(meaning))
-    error = meaning["error"]
-    return encode_error(error["type"], error["message"], error["traceback"])
+    # payload version 1's error reply, which workers no longer send but clients decode
+    header = {"v": 1, "ok": False, "error": meaning["error"]}
+    return [json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()]
 
 
 def with_frames(case: dict[str, Any]) -> dict[str, Any]:

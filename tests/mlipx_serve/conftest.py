@@ -25,6 +25,8 @@ import pytest
 import support
 from support import Proc
 
+from mlipx_serve import environment  # imports only os: numpy is not loaded yet
+
 # BLAS threads fighting over a small shared machine made scipy's tiny 3x3 matrix functions
 # (used by ase.filters) ten times slower. Set before numpy loads: mlipx_serve is imported
 # lazily below for that reason, and children inherit the setting.
@@ -34,9 +36,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 HEARTBEAT = "0.3"
 WAIT = 30.0  # seconds any condition may take on a busy machine before a test fails
-OUR_ENV = ("MLIPX_SERVE_BROKER", "MLIPX_USE_SERVE", "MLIPX_SERVE_MODELS", "MLIPX_SERVE_TIMEOUT",
-           "MLIPX_SERVE_CURVE_SERVER_KEY", "MLIPX_SERVE_HOOK",
-           "MLIPX_SERVE_CURVE_SECRET_KEY")
+OUR_ENV = environment.ALL  # the tests' own settings must not leak into their children
 
 T = TypeVar("T")
 

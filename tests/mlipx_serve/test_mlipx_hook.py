@@ -179,4 +179,5 @@ def test_without_mlipx_the_hook_loads_nothing_else():
         print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in
                                 ("mlipx", "mlipx_serve", "mdp", "zmq", "ase", "numpy"))))
     """)], capture_output=True, text=True, timeout=50, env=_base_env())
-    assert json.loads(done.stdout) == ["mlipx_serve", "mlipx_serve.mlipx_hook"]
+    assert json.loads(done.stdout) == ["mlipx_serve", "mlipx_serve.environment",
+                                       "mlipx_serve.mlipx_hook"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from ase import Atoms
+from ase.calculators.calculator import CalculationFailed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from mlipx_serve.payload import (
     RemoteCalculationError,
     decode_reply,
     decode_request,
-    encode_error,
     encode_request,
     encode_results,
 )
@@ -34,6 +34,15 @@ VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "ase_pa
 
 def as_bytes(frames: list[Any]) -> list[bytes]:
     return [bytes(frame) for frame in frames]
+
+
+def version1_error(kind: str, message: str, traceback: str = "",
+                   worker: str | None = None) -> list[bytes]:
+    """An error reply as workers of payload version 1 sent them (decoded, no longer sent)."""
+    error = {"type": kind, "message": message, "traceback": traceback}
+    if worker is not None:
+        error["worker"] = worker
+    return [json.dumps({"v": 1, "ok": False, "error": error}, separators=(",", ":")).encode()]
 
 
 def random_atoms(seed: int) -> Atoms:
@@ -171,11 +180,11 @@ def test_complex_scalar_travels_as_0d_array() -> None:
 
 
 def test_error_reply_raises_remote_error() -> None:
-    frames = encode_error("ValueError", "bad cell", "Traceback ...\nValueError: bad cell\n")
+    frames = version1_error("ValueError", "bad cell", "Traceback ...\nValueError: bad cell\n")
     with pytest.raises(RemoteCalculationError) as info:
         decode_reply(frames)
     error = info.value
-    assert isinstance(error, RuntimeError)
+    assert isinstance(error, CalculationFailed)
     assert (error.error_type, error.remote_message) == ("ValueError", "bad cell")
     assert error.remote_traceback.endswith("bad cell\n")
     assert error.model is None and error.worker is None
@@ -196,7 +205,7 @@ def test_remote_error_names_model_and_worker() -> None:
 
 def test_error_reply_carries_the_worker_that_failed() -> None:
     with pytest.raises(RemoteCalculationError) as info:
-        decode_reply(encode_error("ValueError", "bad cell", worker="node7:4242"))
+        decode_reply(version1_error("ValueError", "bad cell", worker="node7:4242"))
     assert info.value.worker == "node7:4242"
     assert str(info.value) == "ValueError: bad cell (worker 'node7:4242')"
 
@@ -444,7 +453,7 @@ REPLY_MUTATIONS = {
         "must be strings",
     ),
     "error with frames": (
-        lambda h, a: [*encode_error("E", "m"), b"x"],
+        lambda h, a: [*version1_error("E", "m"), b"x"],
         "error reply: expected 1 frame, got 2",
     ),
 }
@@ -496,10 +505,7 @@ def encode_vector(case: dict[str, Any]) -> list[Any]:
     meaning = case["meaning"]
     if case["kind"] == "request":
         return encode_request(vector_atoms(meaning), meaning["properties"])
-    if case["kind"] == "reply":
-        return encode_results(vector_results(meaning))
-    error = meaning["error"]
-    return encode_error(error["type"], error["message"], error["traceback"])
+    return encode_results(vector_results(meaning))
 
 
 def test_vectors_cover_the_required_cases() -> None:
@@ -507,8 +513,10 @@ def test_vectors_cover_the_required_cases() -> None:
     assert kinds.count("request") >= 2 and "reply" in kinds and "error" in kinds
 
 
-@pytest.mark.parametrize("case", load_vectors(), ids=lambda case: case["name"])
+@pytest.mark.parametrize("case", [case for case in load_vectors() if case["kind"] != "error"],
+                         ids=lambda case: case["name"])
 def test_vector_encodes_byte_for_byte(case: dict[str, Any]) -> None:
+    """Error replies are decoded only: workers now report failures as MDP worker errors."""
     frames = as_bytes(encode_vector(case))
     assert [frame.hex() for frame in frames] == case["frames"]
     assert frames[0].decode("utf-8") == case["header_text"]
@@ -633,7 +641,7 @@ def _valid_payloads() -> list[tuple[Any, list[bytes]]]:
     atoms.calc = EMT()
     atoms.get_stress()
     reply = as_bytes(encode_results(atoms.calc.results))
-    failed = as_bytes(encode_error("ValueError", "bad", "Traceback ...", "host:1"))
+    failed = version1_error("ValueError", "bad", "Traceback ...", "host:1")
     return [(decode_request, request), (decode_reply, reply), (decode_reply, failed)]
 
 

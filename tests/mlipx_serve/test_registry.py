@@ -15,7 +15,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
-from mlipx_serve import generic, registry
+from mlipx_serve import environment, generic, registry
 from mlipx_serve.extras import EXTRAS, model_extras
 from mlipx_serve.generic import (
     GenericASECalculator,
@@ -306,7 +306,7 @@ def test_files_override_builtins_in_order(tmp_path: Path) -> None:
 def test_registry_files_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = constant_models(tmp_path, "a.py", ["a"], "a")
     b = constant_models(tmp_path, "b.py", ["b"], "b")
-    monkeypatch.setenv(registry.MODELS_ENV, f"{a}{os.pathsep}{b}")
+    monkeypatch.setenv(environment.MODELS, f"{a}{os.pathsep}{b}")
     models = load_registry()
     assert models["a"].get_calculator() == "a"
     assert models["b"].get_calculator() == "b"
@@ -314,7 +314,7 @@ def test_registry_files_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_registry_without_files_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(registry.MODELS_ENV, raising=False)
+    monkeypatch.delenv(environment.MODELS, raising=False)
     assert load_registry() == BUILTIN_MODELS
 
 
@@ -476,7 +476,7 @@ def test_unnamed_model_defined_like_a_builtin_is_served_as_it(serve_hook) -> Non
 def test_hook_import_failure_falls_back(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mlipx_serve.calculator", None)
+    monkeypatch.setitem(sys.modules, "mlipx_serve.served", None)
     with caplog.at_level(logging.WARNING):
         assert isinstance(BUILTIN_MODELS["emt"].get_calculator(use_serve=True), EMT)
     assert "failed to import" in caplog.text

@@ -26,7 +26,10 @@ from ase.calculators.emt import EMT
 from mdp.errors import RequestTimeout
 from mlipx_serve import RemoteCalculator, get_broker_status
 from mlipx_serve.autostart import admit_broker_key, worker_env
-from mlipx_serve.paths import CURVE_ENV, CURVE_SECRET_KEY_ENV, CURVE_SERVER_KEY_ENV
+from mlipx_serve.environment import CURVE as CURVE_ENV
+from mlipx_serve.environment import CURVE_SECRET_KEY as CURVE_SECRET_KEY_ENV
+from mlipx_serve.environment import CURVE_SERVER_KEY as CURVE_SERVER_KEY_ENV
+from mlipx_serve.errors import ServingError
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
@@ -141,8 +144,9 @@ def test_keyed_worker_and_clients_compute_and_others_get_nothing(system, keys, m
         for variable in CURVE_ENV:
             bare.delenv(variable)
         plain = RemoteCalculator("emt", endpoint, timeout=REFUSED)
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(ServingError) as caught:
             assert_emt_results(plain)
+        assert isinstance(caught.value.__cause__, RequestTimeout)
         plain.close()
 
 
@@ -159,7 +163,9 @@ def test_serve_status_needs_admitted_keys(system, keys):
     assert stranger.returncode == 1
     assert admitted.returncode == 0, admitted.stdout + admitted.stderr
     assert "running" in admitted.stdout
-    assert missing.returncode == 1 and "cannot read the CURVE key file" in missing.stderr
+    said = " ".join(missing.stderr.replace("│", " ").split())
+    assert missing.returncode == 2  # a usage error, naming the variable that points nowhere
+    assert "(env var: 'MLIPX_SERVE_CURVE_SERVER_KEY')" in said and "does not exist" in said
 
 
 # ------------------------------------------------------------ autostart

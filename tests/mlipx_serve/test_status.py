@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from mlipx_serve.calculator import available_models, describe_wait
+from mlipx_serve.broker_status import available_models, describe_wait
 from mlipx_serve.status import render
 
 SERVICE = {"workers": 2, "idle": 0, "busy": 2, "queued": 3, "served": 7, "failed": 1,

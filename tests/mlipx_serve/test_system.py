@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.calculators.calculator import CalculationFailed, PropertyNotImplementedError
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
@@ -31,13 +32,16 @@ from ase.units import fs
 from support import load_module
 
 import mdp.client
-from mdp.errors import RequestTimeout, ServiceStartFailed
+from mdp.errors import RequestTimeout, ServiceStartFailed, WorkerError
 from mlipx_serve import (
     Models,
+    PayloadError,
     RemoteCalculationError,
     RemoteCalculator,
+    ServingError,
     served_calculator_or_none,
 )
+from mlipx_serve.calculator import remote_error
 from mlipx_serve.registry import BUILTIN_MODELS
 
 if TYPE_CHECKING:
@@ -258,9 +262,12 @@ def failing_bus(system: ServeSystem, start_timeout: str) -> str:
 
 
 def start_failure(broker: str, model: str) -> ServiceStartFailed:
-    with pytest.raises(ServiceStartFailed) as caught:
+    """What the bus said, under the ASE-typed error the calculator raised."""
+    with pytest.raises(ServingError) as caught:
         results_with(rattled_cu(0), remote(broker, model, timeout=60))
-    return caught.value
+    assert isinstance(caught.value, CalculationFailed)
+    assert isinstance(caught.value.__cause__, ServiceStartFailed)
+    return caught.value.__cause__
 
 
 def test_a_model_that_fails_to_load_reaches_the_client(serve_system: ServeSystem):
@@ -326,8 +333,9 @@ def test_unknown_model_is_a_clear_error(bus: str, shared_system: ServeSystem):
 
 def test_a_broker_that_is_not_running_is_a_clear_error(serve_system: ServeSystem):
     nowhere = serve_system.ipc("nobody-here.ipc")
-    with pytest.raises(RequestTimeout, match=re.escape(nowhere)):
+    with pytest.raises(ServingError, match=re.escape(nowhere)) as caught:
         results_with(rattled_cu(0), remote(nowhere, timeout=0.3))
+    assert isinstance(caught.value.__cause__, RequestTimeout)
     run = serve_system.run(*MLIPX, "serve-status", "--broker", nowhere)
     assert run.returncode == 1
     assert f"No model broker answers at {nowhere}" in run.stdout
@@ -338,12 +346,16 @@ def test_a_rejected_structure_is_a_clear_error_and_the_worker_goes_on(
         bus: str, shared_system: ServeSystem):
     system = shared_system
     calc = remote(bus)
+    failed = system.service(bus, "emt")["failed"]
     uranium = Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]])
     with pytest.raises(RemoteCalculationError) as caught:
         results_with(uranium, calc)
     error = caught.value
+    assert isinstance(error, CalculationFailed)
     assert error.error_type == "NotImplementedError" and error.model == "emt"
     assert "NotImplementedError: No EMT-potential for U" in str(error)
+    assert "No EMT-potential for U" in error.remote_traceback.splitlines()[-1]
+    assert system.service(bus, "emt")["failed"] == failed + 1  # the broker counts it
     assert "'emt'" in str(error)
     assert f"worker '{error.worker}'" in str(error)
     pid = int(error.worker.split(":")[1])
@@ -374,7 +386,8 @@ def table_row(text: str, first_cell: str) -> list[str]:
 
 def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     results_with(rattled_cu(0), remote(bus))
-    served = str(shared_system.service(bus, "emt")["served"])
+    counts = shared_system.service(bus, "emt")
+    served, failed = str(counts["served"]), str(counts["failed"])  # other tests' too
     run = shared_system.run(*MLIPX, "serve-status", "--broker", bus)
     assert run.returncode == 0, run.stderr
     assert "Broker" in run.stdout and "Models" in run.stdout
@@ -382,7 +395,7 @@ def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     assert table_row(run.stdout, "autostart")[1] == "on"
     columns = ["model", "idle", "busy", "queued", "served", "failed", "autostart"]
     assert table_row(run.stdout, "model") == columns
-    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", served, "0", "yes"]
+    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", served, failed, "yes"]
     assert table_row(run.stdout, "mace-mpa-0") == ["mace-mpa-0", *"00000", "yes"]
 
 
@@ -429,3 +442,56 @@ def test_other_subcommands_need_the_full_mlipx(serve_system: ServeSystem):
     assert run.returncode == 2
     assert "'foo' is not one of serve-broker, serve, serve-status" in said
     assert "need mlipx: pip install mlipx" in said
+
+
+def test_ase_sees_its_own_exception_types_and_the_calculator_says_what_it_is(bus: str):
+    atoms = rattled_cu(1)
+    with remote(bus) as calc:
+        atoms.calc = calc
+        with pytest.raises(PropertyNotImplementedError) as caught:
+            atoms.get_charges()  # EMT has none
+        assert caught.value.model == "emt"
+        assert atoms.get_potential_energy() == pytest.approx(
+            results_with(atoms, EMT())["energy"], abs=EXACT)
+        assert calc.todict() == {"model": "emt", "broker": bus}
+        assert calc._client is not None
+    assert calc._client is None  # the context manager closed its socket
+
+
+def test_a_malformed_request_is_a_payload_error_from_the_worker(bus: str):
+    results_with(rattled_cu(0), remote(bus))  # so that a worker runs
+    with mdp.client.Client(bus, timeout=30) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.request("emt", b'{"v":1,"arrays":[{"name":"numbers","dtype":[1]}]}')
+    assert caught.value.error_type == "PayloadError"
+    assert "dtype [1] is not allowed" in caught.value.message
+    mapped = remote_error(caught.value, "emt")
+    assert isinstance(mapped, PayloadError) and "dtype [1]" in str(mapped)
+
+
+
+def test_a_broken_models_file_is_one_clear_error(serve_system: ServeSystem, tmp_path: Path):
+    broken = tmp_path / "bad.py"
+    broken.write_text("ALL_MODELS = {'x': 1 / 0}\n")
+    run = serve_system.run(*MLIPX, "serve", "x", "--models", str(broken), "--no-uv")
+    said = " ".join(run.stderr.split())
+    assert run.returncode == 1
+    assert f"error: models file '{broken}' failed to run: ZeroDivisionError" in said
+    assert "Traceback" not in said and "Exit" not in said
+
+
+def test_a_models_file_without_autostart_is_refused(serve_system: ServeSystem, tmp_path: Path):
+    run = serve_system.run(*MLIPX, "serve-broker", "--path", serve_system.ipc("unused.ipc"),
+                           "--models", str(MODELS_FILE))
+    assert run.returncode == 1
+    assert "needs --autostart" in " ".join(run.stderr.split())
+
+
+def test_help_names_the_environment_variables(serve_system: ServeSystem):
+    for command, variables in [("serve", ["MLIPX_SERVE_BROKER", "MLIPX_SERVE_CURVE_SERVER_KEY",
+                                          "MLIPX_SERVE_MODELS"]),
+                               ("serve-status", ["MLIPX_SERVE_BROKER"]),
+                               ("serve-broker", ["MLIPX_SERVE_BROKER", "MLIPX_SERVE_MODELS"])]:
+        run = serve_system.run(*MLIPX, command, "--help", COLUMNS="200")
+        for variable in variables:
+            assert variable in run.stdout, (command, variable)

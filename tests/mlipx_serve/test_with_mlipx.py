@@ -162,7 +162,8 @@ def test_without_mlipx_imported_nothing_is_loaded(env, shared_system):
         print(json.dumps(loaded))
     """)
     assert run.returncode == 0, run.stderr
-    assert last_json(run.stdout) == ["mlipx_serve", "mlipx_serve.mlipx_hook"]
+    assert last_json(run.stdout) == ["mlipx_serve", "mlipx_serve.environment",
+                                     "mlipx_serve.mlipx_hook"]
 
 
 # ------------------------------------------------------------ models files
