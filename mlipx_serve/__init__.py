@@ -16,6 +16,8 @@ _EXPORTS = {
     "ServedModel": "served",
     "served_calculator_or_none": "served",
     "get_broker_status": "broker_status",
+    "evaluate": "mapping",
+    "StructureFailed": "mapping",
     "serve_model": "python_models",
     "ModelProcess": "python_models",
     "MlipxServeError": "errors",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         ServingError,
     )
     from .generic import GenericASECalculator  # noqa: F401
+    from .mapping import StructureFailed, evaluate  # noqa: F401
     from .python_models import ModelProcess, serve_model  # noqa: F401
     from .served import Models, ServedModel, served_calculator_or_none  # noqa: F401
 

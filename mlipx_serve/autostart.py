@@ -52,9 +52,11 @@ def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
 
 @dataclass
 class Start:
+    model: str
     process: subprocess.Popen
     started_at: float
     log_path: Path
+    gpu: str | None = None  # its CUDA_VISIBLE_DEVICES
 
 
 @dataclass
@@ -67,6 +69,13 @@ class AutostartConfig:
     heartbeat: float = 2.5  # the broker's: a worker must heartbeat as often as it expects
     models_files: list[str] = field(default_factory=list)
     curve_key: Path | None = None  # the broker's NAME.key_secret, when it uses CURVE
+    gpus: list[str] = field(default_factory=list)  # spread workers over these, max_workers each
+    batch_size: int = 1  # passed on to the workers: `mlipx serve --batch-size`
+    batch_wait: float = 0.01
+
+    @property
+    def workers_per_model(self) -> int:
+        return self.max_workers * max(1, len(self.gpus))
 
 
 class Autostarter:
@@ -75,7 +84,7 @@ class Autostarter:
         self.registry = registry
         self.config = config
         self.starting: dict[str, Start] = {}
-        self.processes: list[subprocess.Popen] = []
+        self.started: list[Start] = []  # every worker started and not yet seen to end
         self._checking = False
         broker.add_hook(self.on_event)
         broker.core.mmi_handlers[b"mmi.mlipx"] = self.mmi_status
@@ -89,21 +98,34 @@ class Autostarter:
                 log.info("worker for '%s' came up in %.1f s", event.service,
                          time.monotonic() - start.started_at)
         elif event.service in self.registry and wants_worker(
-                event, event.service in self.starting, self.config.max_workers):
+                event, event.service in self.starting, self.config.workers_per_model):
             self.start(event.service)
 
     def start(self, name: str) -> None:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.config.log_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        gpu = self._least_used_gpu(name)
+        env = worker_env() if gpu is None else {**worker_env(), "CUDA_VISIBLE_DEVICES": gpu}
         with open(log_path, "ab") as output:
             process = subprocess.Popen(self.worker_command(name), stdin=subprocess.DEVNULL,
-                                       stdout=output, stderr=subprocess.STDOUT,
-                                       env=worker_env(), start_new_session=True)
-        log.info("starting a worker for '%s' (pid %d, output in %s)", name, process.pid,
+                                       stdout=output, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        on = "" if gpu is None else f" on GPU {gpu}"
+        log.info("starting a worker for '%s'%s (pid %d, output in %s)", name, on, process.pid,
                  log_path)
-        self.processes.append(process)
-        self.starting[name] = Start(process, time.monotonic(), log_path)
+        start = Start(name, process, time.monotonic(), log_path, gpu)
+        self.started.append(start)
+        self.starting[name] = start
         self._schedule_check()
+
+    def _least_used_gpu(self, name: str) -> str | None:
+        """The GPU with the fewest workers of this model, then the fewest of any."""
+        if not self.config.gpus:
+            return None
+        alive = [s for s in self.started if s.process.poll() is None]
+        return min(self.config.gpus, key=lambda gpu: (
+            sum(s.gpu == gpu and s.model == name for s in alive),
+            sum(s.gpu == gpu for s in alive)))
 
     def worker_command(self, name: str) -> list[str]:
         command = [sys.executable, "-m", "mlipx_serve.cli", "serve", name,
@@ -111,6 +133,9 @@ class Autostarter:
                    "--timeout", str(self.config.worker_timeout),
                    "--heartbeat", str(self.config.heartbeat),
                    "--exit-with", str(os.getpid())]
+        if self.config.batch_size > 1:
+            command += ["--batch-size", str(self.config.batch_size),
+                        "--batch-wait", str(self.config.batch_wait)]
         for path in self.config.models_files:
             command += ["--models", str(path)]
         if self.config.curve_key is not None:  # the secret file holds the public key too
@@ -137,8 +162,8 @@ class Autostarter:
                 start.process.kill()
                 self._failed(name, start, f"the worker did not register within "
                                           f"{self.config.start_timeout:g} s")
-        self.processes = [proc for proc in self.processes if proc.poll() is None]
-        if self.starting or self.processes:
+        self.started = [start for start in self.started if start.process.poll() is None]
+        if self.starting or self.started:
             self._schedule_check()
 
     def _failed(self, name: str, start: Start, why: str) -> None:
@@ -163,16 +188,17 @@ class Autostarter:
             "autostart": True,
             "models": models,
             "starting": {name: now - s.started_at for name, s in self.starting.items()},
-            "started_pids": [proc.pid for proc in self.processes if proc.poll() is None],
+            "started_pids": [s.process.pid for s in self.started if s.process.poll() is None],
+            "gpus": {str(s.process.pid): s.gpu for s in self.started if s.gpu is not None},
             "start_timeout": self.config.start_timeout,
             "worker_timeout": self.config.worker_timeout,
-            "max_workers": self.config.max_workers,
+            "max_workers": self.config.workers_per_model,
         }
         return [json.dumps(status).encode()]
 
     def stop_all(self, grace: float = 10.0) -> None:
         """End every worker this broker started; called after the broker's loop ends."""
-        alive = [proc for proc in self.processes if proc.poll() is None]
+        alive = [s.process for s in self.started if s.process.poll() is None]
         for proc in alive:
             proc.terminate()
         deadline = time.monotonic() + grace

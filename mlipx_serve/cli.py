@@ -41,6 +41,11 @@ CURVE_SECRET_KEY = typer.Option(
 BROKER = typer.Option(None, "--broker", envvar=environment.BROKER, show_default=False,
                       help="Broker endpoint, its client or its worker path (default: the "
                            "private per-user broker).")
+BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Requests a worker takes at once "
+                          "and evaluates in one model call (models with calculate_batch: "
+                          "CHGNet, TorchSim; others one after another).")
+BATCH_WAIT = typer.Option(0.01, "--batch-wait", min=0.0, help="Seconds a batching worker "
+                          "waits for a fuller batch once a request is in.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (connections, "
                        "worker starts, failed requests), not only warnings.")
 T = TypeVar("T")
@@ -94,7 +99,11 @@ def serve_broker(
                                                "take to register before waiting clients get "
                                                "an error."),
     max_workers_per_model: int = typer.Option(1, help="Workers autostart may run per model "
-                                              "while requests queue."),
+                                              "(per GPU with --gpus) while requests queue."),
+    gpus: str = typer.Option("", "--gpus", metavar="0,1,...", help="Spread the workers "
+                             "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES)."),
+    batch_size: int = BATCH_SIZE,
+    batch_wait: float = BATCH_WAIT,
     expiry: float = typer.Option(900.0, help="Seconds a request may wait for a worker."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
     curve_secret_key: Path | None = typer.Option(
@@ -130,12 +139,20 @@ def serve_broker(
                 worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
                 start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
                 max_workers=max_workers_per_model, models_files=[str(p) for p in models],
-                heartbeat=heartbeat, curve_key=curve_secret_key))
+                heartbeat=heartbeat, curve_key=curve_secret_key, gpus=_gpus(gpus),
+                batch_size=batch_size, batch_wait=batch_wait))
         _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
         _run_broker(broker, starter)
     finally:
         if admitted != curve_clients:
             shutil.rmtree(admitted, ignore_errors=True)
+
+
+def _gpus(text: str) -> list[str]:
+    gpus = [part.strip() for part in text.split(",") if part.strip()]
+    if len(set(gpus)) != len(gpus):
+        _fail(f"--gpus {text!r} names a GPU twice")
+    return gpus
 
 
 def _admitted(clients: Path | None, secret_key: Path | None) -> Path | None:
@@ -195,6 +212,8 @@ def serve(
     no_uv: bool = typer.Option(False, "--no-uv", help="Never re-run under `uv run` to get "
                                "the model's extras."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
+    batch_size: int = BATCH_SIZE,
+    batch_wait: float = BATCH_WAIT,
     factory: Path | None = typer.Option(
         None, "--factory", exists=True, dir_okay=False,
         help="Serve the calculator a pickled Python function builds (a private file that "
@@ -223,7 +242,8 @@ def serve(
         _fail(str(error))
     err.print(f"loading model '{name}' ...")
     try:
-        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with)
+        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with,
+                   batch_size, batch_wait)
     except MlipxServeError as error:
         _fail(str(error))
     except Exception as error:  # the model's own code failed: its traceback tells where

@@ -9,9 +9,10 @@ from mlipx_serve import (
     Models,
     RemoteCalculator,
     ServedModel,
+    evaluate,
     get_broker_status,
     serve_model,
 )
 
-__all__ = ["ModelProcess", "Models", "RemoteCalculator", "ServedModel", "get_broker_status",
-           "serve_model"]
+__all__ = ["ModelProcess", "Models", "RemoteCalculator", "ServedModel", "evaluate",
+           "get_broker_status", "serve_model"]

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -34,20 +35,21 @@ def find_model(name: str, registry: Mapping[str, object]) -> object:
                          f"Add it to a models.py file (ALL_MODELS) and pass --models") from None
 
 
-def make_handler(calc: Calculator) -> Callable[[list], list]:
+Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+
+
+def make_handler(compute_results: Compute) -> Callable[[list], list]:
     """Requests in, results out. What a request raises (a ``PayloadError``, the model's
     own exception) the worker sends back as an MDP worker error, with the traceback: the
     broker counts it as failed, the client raises it typed, and the worker goes on."""
 
     def handle(frames: list) -> list:
-        atoms, properties = decode_request(frames)
-        compute(calc, atoms, properties)
-        return encode_results(calc.results)
+        return encode_results(compute_results(*decode_request(frames)))
 
     return handle
 
 
-def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> None:
+def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
     """Fill ``calc.results`` for a request's atoms, skipping ASE's change checks.
 
     Every request brings atoms of its own, so comparing them with the last ones (ASE's
@@ -62,6 +64,7 @@ def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> None:
     for prop in properties:
         if prop not in calc.results:
             calc.get_property(prop, atoms if calc.atoms is None else None)
+    return calc.results
 
 
 def build_calculator(model: object) -> Calculator:
@@ -73,25 +76,65 @@ def build_calculator(model: object) -> Calculator:
 
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
           heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
-          exit_with: int | None = None) -> None:
+          exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01) -> None:
     """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``);
-    ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's)."""
+    ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's);
+    ``batch_size`` > 1: that many connections, their requests evaluated in batches."""
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
     log.info("model '%s' loaded; serving it at %s", name, broker)
-    worker = Worker(broker, name, make_handler(calc), idle_timeout=idle_timeout,
-                    heartbeat_interval=heartbeat, copy=False, **(curve or {}))
+    if batch_size > 1:
+        compute_results = _batched(calc, name, batch_size, batch_wait)
+    else:
+        def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
+            return compute(calc, atoms, properties)
+    workers = [Worker(broker, name, make_handler(compute_results), idle_timeout=idle_timeout,
+                      heartbeat_interval=heartbeat, copy=False, **(curve or {}))
+               for _ in range(max(1, batch_size))]
     if exit_with is not None:
-        threading.Thread(target=_stop_when_gone, args=(exit_with, worker), daemon=True,
+        threading.Thread(target=_stop_when_gone, args=(exit_with, workers), daemon=True,
                          name="exit-with").start()
-    worker.run()
+    if len(workers) == 1:
+        workers[0].run()  # in this thread: it stops on SIGTERM/SIGINT itself
+    else:
+        _run_together(workers)
 
 
-def _stop_when_gone(pid: int, worker: Worker, every: float = 1.0) -> None:
+def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:
+    from .batching import Batcher, batch_function
+
+    evaluate, one_call = batch_function(calc)
+    if not one_call:
+        log.warning("model '%s' (%s) has no calculate_batch: --batch-size %d takes %d "
+                    "requests at a time but computes them one after another", name,
+                    type(calc).__name__, size, size)
+    return Batcher(evaluate, size, wait).compute
+
+
+def _run_together(workers: list[Worker]) -> None:
+    """Each connection in a thread of its own; SIGTERM/SIGINT stops them all."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: [worker.stop() for worker in workers])
+    threads = [threading.Thread(target=worker.run, name=f"mdp-worker-{n}")
+               for n, worker in enumerate(workers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # join() with a timeout lets the signals in
+                thread.join(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_when_gone(pid: int, workers: list[Worker], every: float = 1.0) -> None:
     while _alive(pid):
         time.sleep(every)
     log.info("process %d has ended; leaving after the request in hand", pid)
-    worker.stop()
+    for worker in workers:
+        worker.stop()
 
 
 def _alive(pid: int) -> bool:

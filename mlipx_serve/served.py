@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from ase import Atoms
 
 from .broker_status import available_models, get_broker_status
 from .calculator import RemoteCalculator
+from .mapping import DEFAULT_PROPERTIES, map_structures
 from .paths import default_broker
 
 log = logging.getLogger("mlipx_serve")
@@ -45,6 +48,11 @@ class ServedModel:
 
     def get_calculator(self, **kwargs: Any) -> RemoteCalculator:
         return RemoteCalculator(self.name, self.broker, **kwargs)
+
+    def map(self, structures: Iterable[Atoms],
+            properties: Sequence[str] = DEFAULT_PROPERTIES, **options: Any) -> Iterator[Atoms]:
+        """Each structure with its results, many in flight at once (``map_structures``)."""
+        return map_structures(self.name, structures, properties, broker=self.broker, **options)
 
     def __repr__(self) -> str:
         return f"ServedModel({self.name!r}, broker={self.broker!r})"

@@ -61,12 +61,19 @@ def models_table(status: dict) -> Table:
 
 def workers_table(status: dict) -> Table:
     table = Table(title="Workers")
-    for column in ("worker", "model", "state", "served", "up"):
+    for column in ("worker", "model", "state", "served", "up", "GPU"):
         table.add_column(column, justify="right" if column in ("served", "up") else "left")
+    gpus = status["autostart"].get("gpus", {})
     for worker in status["status"]["workers"]:
         table.add_row(worker["id"], worker["service"], worker["state"], str(worker["served"]),
-                      _duration(worker["since"]))
+                      _duration(worker["since"]), gpus.get(_pid(worker["id"]), ""))
     return table
+
+
+def _pid(worker_id: str) -> str:
+    """The pid in a worker's name, ``host:pid:connection`` as mdp workers name themselves."""
+    parts = worker_id.split(":")
+    return parts[-2] if len(parts) >= 3 else ""
 
 
 def _duration(seconds: float) -> str:

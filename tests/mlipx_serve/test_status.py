@@ -47,12 +47,16 @@ def rendered(status: dict) -> str:
 def test_status_tables_show_broker_models_and_workers():
     worker = {"id": "node:42:1", "service": "emt", "dialect": "MDP/0.2", "state": "busy",
               "served": 7, "since": 65.0}
-    text = rendered(running({"emt": SERVICE}, workers=[worker]))
+    by_hand = dict(worker, id="node:43:1", state="idle")
+    text = rendered(running({"emt": SERVICE}, autostart={"autostart": True, "models": {},
+                                                          "gpus": {"42": "1"}},
+                            workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
             if line.startswith("│")]
     assert ["emt", "0", "2", "3", "7", "1", "no"] in rows
-    assert ["node:42:1", "emt", "busy", "7", "1m 05s"] in rows
+    assert ["node:42:1", "emt", "busy", "7", "1m 05s", "1"] in rows  # on GPU 1
+    assert ["node:43:1", "emt", "idle", "7", "1m 05s", ""] in rows
 
 
 def test_nothing_running_says_what_to_type():

@@ -33,3 +33,22 @@ class SlowToLoad:
 
 
 ALL_MODELS = {"broken": MissingWeights(), "slow": SlowToLoad()}
+
+
+class SleepyEMT(EMT):
+    """EMT that takes a while per call, like a model on a slow device."""
+
+    seconds = 0.05
+
+    def calculate(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        super().calculate(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class Sleepy:
+    def get_calculator(self, **kwargs):
+        return SleepyEMT()
+
+
+ALL_MODELS["sleepy-emt"] = Sleepy()

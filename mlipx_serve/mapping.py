@@ -1,0 +1,236 @@
+"""Many structures through one served model, with many requests in flight from one script.
+
+``evaluate(model, structures)`` and ``Models()[model].map(structures)`` send up to
+``max_in_flight`` requests at once (the asyncio client, one connection per request), so
+every worker of the model, and a batching worker's whole batch, has work while the next
+requests are on their way. The asyncio loop runs in a thread of its own: the caller may
+be a plain script or a Jupyter cell whose own loop is already running.
+
+A failed structure, by default, raises ``StructureFailed`` when its turn comes (as
+``concurrent.futures.Executor.map`` does), naming its index and the model's error;
+``on_error="keep"`` instead hands back every structure, a failed one without a
+calculator and with the error in ``atoms.info["error"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ase import Atoms
+from ase.calculators.calculator import all_properties
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mdp.aio import AsyncClient
+from mdp.errors import MDPError, WorkerError
+
+from .calculator import default_timeout, remote_error
+from .errors import MlipxServeError, ServingError
+from .paths import curve_options, default_broker
+from .payload import decode_reply, encode_request
+
+DEFAULT_PROPERTIES = ("energy", "forces")
+ON_ERROR = ("raise", "keep")
+_DONE = object()
+
+
+class StructureFailed(MlipxServeError):
+    """One structure of a ``map`` or ``evaluate`` failed; ``__cause__`` says how."""
+
+    def __init__(self, index: int, error: Exception):
+        super().__init__(f"structure {index} failed: {error}")
+        self.index = index
+        self.error = error
+
+
+def evaluate(model: str, structures: Iterable[Atoms],
+             properties: Sequence[str] = DEFAULT_PROPERTIES, *, broker: str | None = None,
+             **options: Any) -> list[Atoms]:
+    """``map``'s results as a list, in input order (see ``map_structures``)."""
+    return list(map_structures(model, structures, properties, broker=broker, **options))
+
+
+def map_structures(model: str, structures: Iterable[Atoms],
+                   properties: Sequence[str] = DEFAULT_PROPERTIES, *,
+                   broker: str | None = None, max_in_flight: int = 32, ordered: bool = True,
+                   on_error: str = "raise", progress: bool | None = None,
+                   timeout: float | None = None) -> Iterator[Atoms]:
+    """For each structure, a copy whose ``calc`` is a SinglePointCalculator with the results.
+
+    ``structures`` may be any iterable (a list, ``ase.io.iread(...)``): it is read as
+    requests are sent. ``ordered=False`` yields each result as it arrives. ``progress``
+    shows a bar (default: on a terminal or in Jupyter). ``timeout`` bounds the wait for
+    each reply (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+    if isinstance(properties, str):
+        raise TypeError("properties must be a list of names, not a single string")
+    total = len(structures) if hasattr(structures, "__len__") else None
+    return _results(lambda: _Run(model, broker or default_broker(), structures,
+                                 list(properties), max(1, max_in_flight),
+                                 default_timeout() if timeout is None else timeout),
+                    ordered, on_error, _progress(progress, model, total))
+
+
+def _results(start, ordered: bool, on_error: str, progress) -> Iterator[Atoms]:
+    """The generator behind ``map_structures``: nothing is sent before the first ``next``."""
+    run = start()
+    with progress as advance:
+        try:
+            for index, result in (run.in_order() if ordered else run.as_completed()):
+                advance()
+                if isinstance(result, Exception):
+                    if on_error == "raise":
+                        raise StructureFailed(index, result) from result
+                    yield _failed_copy(run.inputs[index], result)
+                else:
+                    yield result
+                run.inputs.pop(index, None)
+        finally:
+            run.stop()
+
+
+class _Run:
+    """The requests of one map, sent from an event loop in a thread of its own; results
+    come back to the caller's thread through a queue as (index, Atoms or exception)."""
+
+    def __init__(self, model: str, broker: str, structures: Iterable[Atoms],
+                 properties: list[str], max_in_flight: int, timeout: float):
+        self.model = model
+        self.properties = properties
+        self.inputs: dict[int, Atoms] = {}  # sent, not yet handed back
+        self.results: queue.Queue = queue.Queue()
+        self._client = AsyncClient(broker, max_in_flight=max_in_flight, timeout=timeout,
+                                   copy=False, **curve_options())
+        self._slots = max_in_flight
+        self._structures = iter(structures)
+        self._loop = asyncio.new_event_loop()
+        self._main: asyncio.Task | None = None
+        self._thread = threading.Thread(target=self._run, name="mlipx-map", daemon=True)
+        self._thread.start()
+
+    def in_order(self) -> Iterator[tuple[int, Any]]:
+        waiting: dict[int, Any] = {}
+        next_index = 0
+        for index, result in self.as_completed():
+            waiting[index] = result
+            while next_index in waiting:
+                yield next_index, waiting.pop(next_index)
+                next_index += 1
+
+    def as_completed(self) -> Iterator[tuple[int, Any]]:
+        while (item := self.results.get()) is not _DONE:
+            if isinstance(item, BaseException):  # the loop itself broke: say so here
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Cancel what is still in flight (the caller stopped early) and end the thread."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._cancel)
+            self._thread.join()
+        self._loop.close()
+
+    def _cancel(self) -> None:
+        if self._main is not None:
+            self._main.cancel()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._main = self._loop.create_task(self._send_all())
+            self._loop.run_until_complete(self._main)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as error:  # reading the structures failed, say
+            self.results.put(error)
+        finally:
+            self._client.close()
+            self.results.put(_DONE)
+
+    async def _send_all(self) -> None:
+        slots = asyncio.Semaphore(self._slots)
+        tasks = set()
+        try:
+            for index, atoms in enumerate(self._structures):
+                await slots.acquire()
+                self.inputs[index] = atoms
+                task = asyncio.create_task(self._one(index, atoms, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+        finally:  # cancelled (the caller stopped early): end the requests still out
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _one(self, index: int, atoms: Atoms, slots: asyncio.Semaphore) -> None:
+        try:
+            reply = await self._client.request(self.model, *encode_request(atoms, self.properties))
+            self.results.put((index, _with_results(atoms, decode_reply(reply))))
+        except WorkerError as error:
+            self.results.put((index, remote_error(error, self.model)))
+        except MDPError as error:
+            failure = ServingError(f"model '{self.model}': {error}")
+            failure.__cause__ = error
+            self.results.put((index, failure))
+        except MlipxServeError as error:  # a reply that is not a payload
+            self.results.put((index, error))
+        finally:
+            slots.release()
+
+
+def _with_results(atoms: Atoms, results: dict[str, Any]) -> Atoms:
+    """A copy with a SinglePointCalculator; results ASE has no name for (a model's own
+    extras) are kept in its ``results`` too, beside the ones its getters answer."""
+    copy = atoms.copy()
+    copy.calc = SinglePointCalculator(copy, **{name: value for name, value in results.items()
+                                               if name in all_properties})
+    copy.calc.results.update((name, value) for name, value in results.items()
+                             if name not in all_properties)
+    return copy
+
+
+def _failed_copy(atoms: Atoms, error: Exception) -> Atoms:
+    copy = atoms.copy()
+    copy.info["error"] = f"{type(error).__name__}: {error}"
+    return copy
+
+
+class _progress:
+    """A rich progress bar on a terminal or in Jupyter; ``advance()`` per result."""
+
+    def __init__(self, wanted: bool | None, model: str, total: int | None):
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        self.shown = (console.is_terminal or console.is_jupyter) if wanted is None else wanted
+        self.console, self.model, self.total = console, model, total
+
+    def __enter__(self):
+        if not self.shown:
+            return lambda: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=False)
+        self.bar.start()
+        task = self.bar.add_task(f"model '{self.model}'", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.bar.stop()
+

@@ -1,0 +1,51 @@
+"""Models for the batching and GPU tests: they report how they were called in their results.
+
+``counting-emt`` offers ``calculate_batch`` and tags each result with the batch it came
+in; a batch that holds uranium raises as a whole (one bad structure must then fail alone).
+``gpu-emt`` is slow and tags each result with the worker's CUDA_VISIBLE_DEVICES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+
+from ase.calculators.emt import EMT
+
+
+def emt_results(atoms, properties) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    atoms.get_potential_energy()
+    return dict(atoms.calc.results)
+
+
+class CountingBatchEMT(EMT):
+    calls = itertools.count(1)
+
+    def calculate_batch(self, structures, properties):
+        call = next(self.calls)
+        if len(structures) > 1 and any(92 in atoms.numbers for atoms in structures):
+            raise ValueError("a batch with uranium in it")
+        return [{**emt_results(atoms, properties), "batch_call": call,
+                 "batch_size": len(structures)} for atoms in structures]
+
+
+class GpuEMT(EMT):
+    def calculate(self, *args, **kwargs):
+        time.sleep(0.05)
+        super().calculate(*args, **kwargs)
+        self.results["gpu"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@dataclasses.dataclass
+class Build:
+    calculator: type
+
+    def get_calculator(self, **kwargs):
+        return self.calculator()
+
+
+ALL_MODELS = {"counting-emt": Build(CountingBatchEMT), "gpu-emt": Build(GpuEMT)}

@@ -1,0 +1,119 @@
+"""Batching workers (`mlipx serve --batch-size`) and GPU placement (`--gpus`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from mlipx_serve import evaluate
+from mlipx_serve.batching import Batcher
+
+if TYPE_CHECKING:
+    from conftest import ServeSystem
+
+pytestmark = pytest.mark.timeout(120)
+
+MODELS = Path(__file__).parent / "helpers" / "batch_models.py"
+EXACT = 1e-12
+
+
+def cells(count: int) -> list[Atoms]:
+    found = []
+    for i in range(count):
+        atoms = bulk("Cu", cubic=True) * (1 + i % 2, 1, 1)
+        atoms.rattle(0.03, seed=i)
+        found.append(atoms)
+    return found
+
+
+def assert_emt(given: Atoms, got: Atoms) -> None:
+    local = given.copy()
+    local.calc = EMT()
+    assert got.get_potential_energy() == pytest.approx(local.get_potential_energy(), abs=EXACT)
+    np.testing.assert_allclose(got.get_forces(), local.get_forces(), rtol=0, atol=EXACT)
+
+
+def batched_worker(system: ServeSystem, model: str, size: int, wait: float) -> str:
+    bus = system.broker()
+    system.worker(model, bus, "--models", str(MODELS), "--batch-size", str(size),
+                  "--batch-wait", str(wait))
+    system.wait_workers(bus, model, size)  # one connection per place in the batch
+    return bus
+
+
+def test_sixty_four_in_flight_go_in_a_few_batches_of_sixteen(serve_system: ServeSystem):
+    bus = batched_worker(serve_system, "counting-emt", 16, 0.2)
+    inputs = cells(64)
+    got = evaluate("counting-emt", inputs, broker=bus, max_in_flight=64)
+    for given, result in zip(inputs, got, strict=True):
+        assert_emt(given, result)
+    calls = {int(result.calc.results["batch_call"]) for result in got}
+    sizes = [int(result.calc.results["batch_size"]) for result in got]
+    assert len(calls) <= 8 and max(sizes) == 16
+
+
+def test_a_structure_that_fails_in_a_batch_fails_alone(serve_system: ServeSystem):
+    bus = batched_worker(serve_system, "counting-emt", 8, 0.2)
+    inputs = cells(7)
+    inputs.insert(3, Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]]))
+    got = evaluate("counting-emt", inputs, broker=bus, on_error="keep")
+    assert "No EMT-potential for U" in got[3].info["error"]
+    for given, result in zip(inputs[:3] + inputs[4:], got[:3] + got[4:], strict=True):
+        assert_emt(given, result)
+
+
+def test_a_model_without_calculate_batch_is_served_one_after_another(serve_system):
+    bus = serve_system.broker()
+    worker = serve_system.worker("emt", bus, "--batch-size", "4")
+    serve_system.wait_workers(bus, "emt", 4)
+    inputs = cells(12)
+    for given, result in zip(inputs, evaluate("emt", inputs, broker=bus), strict=True):
+        assert_emt(given, result)
+    assert "has no calculate_batch" in worker.log()
+
+
+def test_the_batcher_waits_for_a_fuller_batch_but_not_for_ever():
+    sizes = []
+
+    def evaluate_batch(structures, properties):
+        sizes.append(len(structures))
+        return [{"n": len(atoms)} if len(atoms) != 13 else ValueError("13") for atoms in
+                structures]
+
+    batcher = Batcher(evaluate_batch, size=4, wait=0.3)
+    results, errors = {}, {}
+
+    def compute(n: int) -> None:
+        try:
+            results[n] = batcher.compute(Atoms(f"H{n}"), ["energy"])
+        except ValueError as error:
+            errors[n] = str(error)
+
+    threads = [threading.Thread(target=compute, args=(n,)) for n in (1, 2, 13, 4, 5)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join(5)
+    assert results == {n: {"n": n} for n in (1, 2, 4, 5)} and errors == {13: "13"}
+    assert sizes == [4, 1]  # a full batch at once; the fifth after waiting 0.3 s alone
+
+
+def test_gpus_share_out_the_autostarted_workers(serve_system: ServeSystem):
+    bus = serve_system.broker("--autostart", "--models", str(MODELS), "--gpus", "0,1",
+                              "--max-workers-per-model", "1")
+    got = evaluate("gpu-emt", cells(80), broker=bus, max_in_flight=16)
+    assert {result.calc.results["gpu"] for result in got} == {"0", "1"}
+    run = serve_system.run(*[__import__("sys").executable, "-m", "mlipx_serve.cli"],
+                           "serve-status", "--broker", bus, "--json")
+    gpus = json.loads(run.stdout)["autostart"]["gpus"]
+    assert sorted(gpus.values()) == ["0", "1"]

@@ -1,0 +1,137 @@
+"""Many structures from one script: evaluate() and Models()[name].map()."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mlipx_serve import Models, StructureFailed, evaluate
+
+if TYPE_CHECKING:
+    from conftest import ServeSystem
+
+pytestmark = pytest.mark.timeout(120)
+
+EXACT = 1e-12
+
+
+def structures(count: int) -> list[Atoms]:
+    """Cells and molecules of different sizes, so that replies come back out of order."""
+    found = []
+    for i in range(count):
+        atoms = bulk("Cu", cubic=True) * (1 + i % 3, 1, 1) if i % 4 else molecule("CH4")
+        atoms.rattle(0.03, seed=i)
+        found.append(atoms)
+    return found
+
+
+def local(atoms: Atoms) -> tuple[float, np.ndarray]:
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+def assert_results_of(inputs: list[Atoms], outputs: list[Atoms]) -> None:
+    assert len(outputs) == len(inputs)
+    for given, got in zip(inputs, outputs, strict=True):
+        assert got is not given and got.calc is not None
+        assert isinstance(got.calc, SinglePointCalculator)
+        assert got.get_chemical_formula() == given.get_chemical_formula()
+        assert np.array_equal(got.positions, given.positions)
+        energy, forces = local(given)
+        assert got.get_potential_energy() == pytest.approx(energy, abs=EXACT)
+        np.testing.assert_allclose(got.get_forces(), forces, rtol=0, atol=EXACT)
+
+
+def test_evaluate_keeps_the_order_and_equals_local(bus: str):
+    inputs = structures(30)
+    assert_results_of(inputs, evaluate("emt", inputs, broker=bus, max_in_flight=8))
+
+
+def test_map_unordered_gives_the_same_results(bus: str):
+    inputs = structures(12)
+    got = list(Models(bus)["emt"].map(iter(inputs), ordered=False, progress=False))
+    by_formula_and_energy = sorted((a.get_chemical_formula(), a.get_potential_energy())
+                                   for a in got)
+    expected = sorted((a.get_chemical_formula(), local(a)[0]) for a in inputs)
+    assert [f for f, _ in by_formula_and_energy] == [f for f, _ in expected]
+    np.testing.assert_allclose([e for _, e in by_formula_and_energy],
+                               [e for _, e in expected], rtol=0, atol=EXACT)
+
+
+def uranium() -> Atoms:
+    return Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]])  # EMT has no U
+
+
+def test_a_failed_structure_raises_when_its_turn_comes(bus: str):
+    inputs = [*structures(3), uranium(), *structures(3)]
+    seen = []
+    with pytest.raises(StructureFailed) as caught:
+        for atoms in Models(bus)["emt"].map(inputs, progress=False):
+            seen.append(atoms)
+    assert caught.value.index == 3 and len(seen) == 3
+    assert "No EMT-potential for U" in str(caught.value)
+    assert_results_of(inputs[:3], seen)
+
+
+def test_a_failed_structure_can_come_back_as_data(bus: str):
+    inputs = [*structures(3), uranium(), *structures(3)]
+    got = evaluate("emt", inputs, broker=bus, on_error="keep")
+    assert got[3].calc is None and "No EMT-potential for U" in got[3].info["error"]
+    assert_results_of(inputs[:3] + inputs[4:], got[:3] + got[4:])
+
+
+def test_it_works_where_an_event_loop_already_runs(bus: str):
+    """As in a Jupyter cell: the caller's thread runs a loop of its own."""
+    inputs = structures(5)
+
+    async def cell() -> list[Atoms]:
+        return evaluate("emt", inputs, broker=bus)
+
+    assert_results_of(inputs, asyncio.run(cell()))
+
+
+def test_stopping_early_leaves_nothing_running(bus: str):
+    before = threading.active_count()
+    results = Models(bus)["emt"].map(structures(40), max_in_flight=4, progress=False)
+    first = next(results)
+    results.close()
+    assert first.calc is not None
+    assert threading.active_count() == before
+
+
+SCRIPT = """
+    import sys
+    from ase.build import bulk
+    from mlipx_serve import evaluate
+    evaluate("emt", [bulk("Cu", cubic=True)] * 3, broker=sys.argv[1], progress={progress})
+"""
+
+
+@pytest.mark.parametrize("progress, shown", [("None", False), ("True", True)])
+def test_the_progress_bar_is_off_when_not_on_a_terminal(bus: str, shared_system: ServeSystem,
+                                                         progress: str, shown: bool):
+    run = shared_system.run(sys.executable, "-c",
+                            textwrap.dedent(SCRIPT.format(progress=progress)), bus)
+    assert run.returncode == 0, run.stderr
+    assert ("3/3" in run.stderr) is shown
+
+
+def test_a_long_map_makes_autostart_add_workers(serve_system: ServeSystem):
+    models = Path(__file__).parent / "helpers" / "models.py"
+    bus = serve_system.broker("--autostart", "--models", str(models),
+                              "--max-workers-per-model", "2")
+    inputs = structures(60)
+    assert_results_of(inputs, evaluate("sleepy-emt", inputs, broker=bus, max_in_flight=16))
+    assert len(serve_system.workers_of(bus, "sleepy-emt")) == 2
