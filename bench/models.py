@@ -1,14 +1,28 @@
-"""A models file for the benchmarks: a calculator that does almost no work.
+"""A models file for the benchmarks.
 
-``bench/calc_overhead.py`` serves ``zero`` with ``mlipx serve zero --models bench/models.py``
-and runs the same calculator locally and behind ASE's SocketIOCalculator, so that what the
-timings differ by is the transport, not the model.
+``bench/calc_overhead.py`` serves ``zero``, a calculator that does almost no work, and runs
+the same calculator locally and behind ASE's SocketIOCalculator, so that what the timings
+differ by is the transport, not the model.
+
+``bench/throughput.py`` serves EMT under several names (one per worker set-up), and
+``device``: a stand-in for a model on a GPU, which keeps the host CPU free while it works
+(it sleeps) and costs a fixed time per call plus a little per structure, so that a batch
+costs far less than its structures one by one.
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+
+from mlipx_serve.registry import BUILTIN_MODELS
+
+DEVICE_CALL = float(os.environ.get("BENCH_DEVICE_CALL", "0.004"))  # seconds per model call
+DEVICE_STRUCTURE = float(os.environ.get("BENCH_DEVICE_STRUCTURE", "0.0002"))  # and each
 
 
 class ZeroCalculator(Calculator):
@@ -39,4 +53,29 @@ class ZeroModel:
         return ZeroCalculator()
 
 
-ALL_MODELS = {"zero": ZeroModel()}
+class DeviceLikeCalculator(ZeroCalculator):
+    """Sleeps as a GPU model computes: a fixed cost per call plus a small one per structure."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        time.sleep(DEVICE_CALL + DEVICE_STRUCTURE)
+        super().calculate(atoms, properties, system_changes)
+
+    def calculate_batch(self, structures, properties):
+        time.sleep(DEVICE_CALL + DEVICE_STRUCTURE * len(structures))
+        return [{"energy": 0.0, "free_energy": 0.0, "forces": np.zeros((len(atoms), 3)),
+                 "stress": np.zeros(6)} for atoms in structures]
+
+
+class Build:
+    def __init__(self, calculator: type):
+        self.calculator = calculator
+
+    def get_calculator(self, **kwargs) -> Calculator:
+        return self.calculator()
+
+
+ALL_MODELS = {"zero": ZeroModel(), "device": Build(DeviceLikeCalculator), "emt": Build(EMT),
+              "chgnet": BUILTIN_MODELS["chgnet"]}
+# One name per worker set-up of bench/throughput.py, so that all can wait side by side.
+ALL_MODELS.update({f"{model}-{setup}": ALL_MODELS[model] for model in ("emt", "device", "chgnet")
+                   for setup in ("one", "many", "batched")})

@@ -109,3 +109,26 @@ def test_registry_entry_served_matches_local(chgnet_bus, local_chgnet, monkeypat
         assert_same(results_of(atoms, calc), results_of(atoms, local_chgnet))
     finally:
         calc.close()
+
+
+def test_a_batching_chgnet_worker_matches_local(shared_system, local_chgnet):
+    """CHGNet's own batched prediction (one predict_graph call per batch) gives what
+    CHGNetCalculator gives for each structure alone."""
+    from mlipx_serve import evaluate
+
+    endpoint = shared_system.broker(path="batching.ipc")
+    worker = shared_system.worker("chgnet", worker_endpoint(endpoint), "--no-uv",
+                                  "--timeout", "0", "--batch-size", "8", "--batch-wait", "0.2")
+    shared_system.wait_until(lambda: worker.alive() and
+                             shared_system.service(endpoint, "chgnet")["workers"] == 8,
+                             "the batching chgnet worker", timeout=LOAD_TIMEOUT)
+    inputs = [rattled_silicon() if i % 2 else strained_rocksalt() for i in range(16)]
+    for i, atoms in enumerate(inputs):
+        atoms.rattle(0.01, seed=10 + i)
+    got = evaluate("chgnet", inputs, ("energy", "forces", "stress"), broker=endpoint,
+                   max_in_flight=16, timeout=120)
+    for given, result in zip(inputs, got, strict=True):
+        served = {name: result.calc.results[name] for name in COMPARED
+                  if name in result.calc.results}
+        assert_same(served, results_of(given, local_chgnet))
+    assert "has no calculate_batch" not in worker.log()
