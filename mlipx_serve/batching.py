@@ -14,6 +14,7 @@ alone, so that one bad structure fails alone.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -113,8 +114,9 @@ def _one_after_another(calc: Calculator) -> BatchFunction:
         results: list[Any] = []
         for atoms in structures:
             try:
-                compute(calc, atoms, properties)
-                results.append(dict(calc.results))
+                found = compute(calc, atoms, properties)
+                # copies: a calculator may fill the same arrays again for the next one
+                results.append({name: copy.copy(value) for name, value in found.items()})
             except Exception as error:
                 results.append(error)
         return results
