@@ -12,6 +12,7 @@ from mdp.errors import MDPError, WorkerError
 
 from . import environment
 from .broker_status import describe_wait, get_broker_status
+from .changes import changes
 from .errors import (
     PayloadError,
     RemoteCalculationError,
@@ -60,6 +61,10 @@ class RemoteCalculator(Calculator):
         self.timeout = default_timeout() if timeout is None else timeout
         self.curve = curve_options(curve_server_key, curve_secret_key)
         self._client: Client | None = None
+
+    def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's change check, exact and cheap (``changes``): asked once per property."""
+        return changes(self.atoms, atoms)
 
     def todict(self) -> dict[str, Any]:
         """What trajectories and logs record of this calculator."""
