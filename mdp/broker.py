@@ -3,6 +3,8 @@
 The loop never blocks on anything but ``poll``. Work from other threads (and signals)
 reaches it through ``call_soon``, which wakes the poll through a pipe; timed work of
 layers above (e.g. checking on a worker that is starting) goes through ``call_later``.
+When a peer's connection closes, libzmq says so and the core hears it at once
+(``Connections``), so a dead worker's request goes to another worker in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from .core import BrokerConfig, BrokerCore, Event, Outgoing
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
@@ -68,6 +71,8 @@ class Broker:
         self._stopping = False
         self._wakeup = Wakeup()
         self._sockets: dict[bytes, zmq.Socket] = {}
+        self._monitors: list[zmq.Socket] = []  # one per ROUTER: its disconnect events
+        self._connections = Connections()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ control
@@ -126,7 +131,11 @@ class Broker:
             self._shutdown()
 
     def _loop(self) -> None:
+        # poll() answers in the order of registration: disconnects are read before the
+        # messages that came after them.
         poller = zmq.Poller()
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
         for sock in self._sockets.values():
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup.fileno(), zmq.POLLIN)
@@ -135,10 +144,12 @@ class Broker:
         while not self._stopping:
             timeout = max(0.0, self._next_deadline() - time.monotonic())
             for sock, _ in poller.poll(timeout * 1000):
-                if sock == self._wakeup.fileno():
+                if sock in sides:
+                    self._drain(sock, sides[sock])
+                elif sock == self._wakeup.fileno():
                     self._run_calls()
                 else:
-                    self._drain(sock, sides[sock])
+                    self.send(self._read_disconnects(time.monotonic()))
             now = time.monotonic()
             if now >= core.next_deadline():
                 self.send(core.tick(now))
@@ -158,6 +169,7 @@ class Broker:
         now = time.monotonic()
         prefix = side if len(self._sockets) > 1 else b""
         recv = sock.recv
+        known = self._connections.knows
         held: Outgoing = []
         held_peers: set[bytes] = set()
         for _ in range(BATCH):
@@ -165,11 +177,16 @@ class Broker:
                 identity = recv(zmq.NOBLOCK)  # short: copied into bytes, cheaper than a Frame
             except zmq.Again:
                 break
-            for target, out in core.handle(prefix + identity, _body_frames(recv), now):
+            peer, frames = prefix + identity, _body_frames(recv)
+            if known(peer):
+                out = core.handle(peer, frames, now)
+            else:
+                out = self._learn(peer, frames[0], now) + core.handle(peer, frames, now)
+            for target, message in out:
                 if target in core.workers and target not in held_peers:
-                    self._send(target, out)
+                    self._send(target, message)
                 else:
-                    held.append((target, out))
+                    held.append((target, message))
                     held_peers.add(target)
         self.send(held)
 
@@ -184,6 +201,32 @@ class Broker:
             # copy=True is right for both kinds: zmq.Frames from the wire (bodies, however
             # large) are always sent by reference; bytes are the broker's own short frames.
             _send_frame(sock, frame, SNDMORE if i < last else 0)
+
+    def _learn(self, peer: bytes, frame: zmq.Frame, now: float) -> Outgoing:
+        """Note the connection of a peer heard from for the first time.
+
+        The disconnect events read first may free the very descriptor it came on: the
+        event of a connection that closed is written before its descriptor can be
+        reused, so reading them all now leaves none that could be taken for this peer's.
+        """
+        out = self._read_disconnects(now)
+        displaced = self._connections.learn(peer, frame)
+        if displaced is not None:  # its closing event was lost (the monitor's queue is finite)
+            out += self.core.peer_disconnected(displaced, now)
+        return out
+
+    def _read_disconnects(self, now: float) -> Outgoing:
+        out: Outgoing = []
+        for monitor in self._monitors:
+            while True:
+                try:
+                    event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                peer = self._connections.closed(int(event["value"]))
+                if peer is not None:
+                    out += self.core.peer_disconnected(peer, now)
+        return out
 
     def _next_deadline(self) -> float:
         deadline = self.core.next_deadline()
@@ -202,11 +245,9 @@ class Broker:
             self._guarded(fn)
 
     def _deliver_events(self) -> None:
-        events = self.core.events
-        if not events:
+        if not self.core.events:
             return
-        self.core.events = []
-        for event in events:
+        for event in self.core.take_events():
             for hook in self.hooks:
                 self._guarded(lambda hook=hook, event=event: hook(event))
 
@@ -233,6 +274,7 @@ class Broker:
             if self.curve is not None:
                 self.curve.apply(sock)
             self._sockets[side] = sock
+            self._monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
             for endpoint in endpoints:
                 _prepare_ipc_dir(endpoint)
                 try:
@@ -261,7 +303,7 @@ class Broker:
         return restore
 
     def _shutdown(self) -> None:
-        self.send(self.core.shutdown())
+        self.send(self.core.shutdown(time.monotonic()))
         self._deliver_events()
         self._close_sockets()
         for endpoint in self.endpoints + self.worker_endpoints:
@@ -270,9 +312,12 @@ class Broker:
         log.info("broker stopped")
 
     def _close_sockets(self) -> None:
+        for sock, monitor in zip(self._sockets.values(), self._monitors, strict=True):
+            sock.disable_monitor()
+            monitor.close(linger=0)
         for sock in self._sockets.values():
             sock.close()
-        self._sockets = {}
+        self._sockets, self._monitors = {}, []
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -290,6 +335,47 @@ def _body_frames(recv: Callable[..., zmq.Frame]) -> list:
         frame = recv(0, copy=False)
         frames.append(frame)
     return frames
+
+
+class Connections:
+    """Which connection each peer speaks on, so that libzmq's disconnect events, which name
+    a file descriptor and not a peer, reach the core as the peer that left.
+
+    libzmq has ROUTER_NOTIFY for this only in its draft API, which pyzmq's wheels leave
+    out; a socket monitor's EVENT_DISCONNECTED and the message property ZMQ_SRCFD (the
+    descriptor a message came on) give the same on any build. A peer whose descriptor
+    cannot be read (inproc) is remembered without one and left to heartbeats.
+    """
+
+    def __init__(self) -> None:
+        self._fd_of: dict[bytes, int | None] = {}
+        self._peer_on: dict[int, bytes] = {}
+
+    def knows(self, peer: bytes) -> bool:
+        return peer in self._fd_of
+
+    def learn(self, peer: bytes, frame: zmq.Frame) -> bytes | None:
+        """Note the connection ``frame`` came on; returns the peer that was noted on the
+        same descriptor before, if any: its connection must have closed."""
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:
+            fd = None
+        self._fd_of[peer] = fd
+        if fd is None:
+            return None
+        displaced = self._peer_on.get(fd)
+        if displaced is not None:
+            del self._fd_of[displaced]
+        self._peer_on[fd] = peer
+        return displaced
+
+    def closed(self, fd: int) -> bytes | None:
+        """The peer whose connection on ``fd`` closed (None if it never sent anything)."""
+        peer = self._peer_on.pop(fd, None)
+        if peer is not None:
+            del self._fd_of[peer]
+        return peer
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -15,10 +15,12 @@ import zmq
 
 from . import protocol as p
 from .errors import (
+    BROKER_ERROR_MARKER,
+    WORKER_ERROR_MARKER,
     RequestTimeout,
     decode_broker_error,
     decode_worker_error,
-    is_worker_error,
+    reserved_marker,
 )
 from .security import KeyPath, client_curve
 
@@ -36,14 +38,12 @@ def encode_body(frames: Sequence[Any]) -> list:
 
 def check_reply(reply: p.ClientReply, service: bytes) -> list:
     """The reply's body, or the typed exception it carries."""
-    body = reply.body
-    if reply.service == p.MMI_ERROR:
-        raise decode_broker_error(body)
-    if reply.service is None and body and bytes(body[0]) == p.MMI_ERROR:
-        raise decode_broker_error(body[1:])  # majortomo dialect: no service frame
-    if is_worker_error(body):
-        raise decode_worker_error(body, service.decode("utf-8", "replace"))
-    return body
+    marker = reserved_marker(reply.body)
+    if marker == BROKER_ERROR_MARKER:
+        raise decode_broker_error(reply.body, service.decode("utf-8", "replace"))
+    if marker == WORKER_ERROR_MARKER:
+        raise decode_worker_error(reply.body, service.decode("utf-8", "replace"))
+    return reply.body
 
 
 class ClientBase:

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
-from .errors import WORKER_ERROR_MARKER, worker_error_body
+from .errors import reserved_marker, worker_error_body
 from .security import KeyPath, client_curve
 from .wakeup import Wakeup
 
@@ -32,6 +32,7 @@ log = logging.getLogger("mdp.worker")
 
 Handler = Callable[[list], Any]
 _CONNECTIONS = itertools.count(1)  # numbers every worker connection this process makes
+TRACEBACK_LIMIT = 16_000  # characters of a handler's traceback sent with its error
 
 
 def as_frames(result: Any) -> list:
@@ -202,8 +203,10 @@ class Worker:
                 self._results.put((request.address, _checked(as_frames(result)), True))
         except Exception as error:
             log.warning("handler raised %s: %s", type(error).__name__, error)
-            log.debug("%s", traceback.format_exc())
-            body = worker_error_body(type(error).__name__, str(error))
+            trace = traceback.format_exc()
+            log.debug("%s", trace)
+            body = worker_error_body(type(error).__name__, str(error),
+                                     trace[-TRACEBACK_LIMIT:], self.identity)
             self._results.put((request.address, body, True))
         self._wakeup.wake()
 
@@ -300,11 +303,9 @@ class Worker:
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
-RESERVED_FIRST_FRAMES = (WORKER_ERROR_MARKER, p.MMI_ERROR)
-
-
 def _checked(frames: list) -> list:
     """Replies may not start like an error, or a client would take them for one."""
-    if frames and len(frames[0]) < 32 and bytes(frames[0]) in RESERVED_FIRST_FRAMES:
-        raise ValueError(f"a reply may not start with the reserved frame {bytes(frames[0])!r}")
+    marker = reserved_marker(frames)
+    if marker is not None:
+        raise ValueError(f"a reply may not start with the reserved frame {marker!r}")
     return frames

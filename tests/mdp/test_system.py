@@ -158,9 +158,10 @@ def test_poisoned_request_is_given_up(mdp_system):
     with pytest.raises(AttemptsExhausted) as caught:
         call(endpoint, "fragile", "exit", timeout=30)
     assert caught.value.service == "fragile"
-    dead = mdp_system.wait_until(lambda: [w for w in workers if not w.alive()],
-                                 "the poisoned workers to die")
-    assert len(dead) == 2
+    # The broker hears of a death when the connection closes, a moment before the
+    # process can be reaped: wait for both.
+    mdp_system.wait_until(lambda: len([w for w in workers if not w.alive()]) == 2,
+                          "the poisoned workers to die")
     (survivor,) = [w for w in workers if w.alive()]
     assert served_by(endpoint, "fragile", "echo") == survivor.pid_bytes
     state = mdp_system.service(endpoint, "fragile")
@@ -405,3 +406,16 @@ def test_cli_status_without_broker(mdp_system):
     result = run_cli("status", "-b", mdp_system.ipc("nothing"), "--timeout", "0.5")
     assert result.returncode == 1
     assert "no broker answered" in result.stderr
+
+
+# ------------------------------------------------------------------ closed connections
+
+
+def test_a_killed_idle_worker_is_forgotten_without_waiting_for_heartbeats(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    # 0.2 s x 1000: heartbeats would take 200 s to give the dead worker up
+    _, (victim, survivor) = mdp_system.serve(endpoint, "echo", 2, liveness=1000)
+    victim.signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    mdp_system.wait_workers(endpoint, "echo", 1)
+    assert [served_by(endpoint, "echo", "echo") for _ in range(3)] == [survivor.pid_bytes] * 3
