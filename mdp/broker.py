@@ -12,7 +12,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -23,7 +25,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from .core import BrokerConfig, BrokerCore, Event, Outgoing
+from .core import BrokerConfig, BrokerCore, Event, MMIHandler, Outgoing
+from .errors import BrokerError
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
 from .wakeup import Wakeup
 
@@ -46,12 +49,14 @@ class Broker:
     With ``curve_secret_key`` (a NAME.key_secret file) every bound socket is a CURVE
     server; ``curve_clients`` (a directory of NAME.key files) admits only those keys,
     without it any key is admitted (encryption without client authentication).
+    The socket file of an ipc endpoint gets ``ipc_mode`` (default owner-only; None leaves
+    it to the umask).
     """
 
     def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
                  config: BrokerConfig | None = None, context: zmq.Context | None = None,
                  *, curve_secret_key: KeyPath | None = None,
-                 curve_clients: KeyPath | None = None):
+                 curve_clients: KeyPath | None = None, ipc_mode: int | None = 0o600):
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
         self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
         if not self.endpoints:
@@ -60,6 +65,7 @@ class Broker:
             raise ValueError("curve_clients needs curve_secret_key (the broker's key pair)")
         self.curve = server_curve(curve_secret_key)
         self.curve_clients = None if curve_clients is None else check_clients_dir(curve_clients)
+        self.ipc_mode = ipc_mode
         self._auth: ThreadAuthenticator | None = None  # ZAP handler while CURVE is bound
         self.core = BrokerCore(config, time.monotonic(), emit_events=False)  # until a hook
         self.context = context or zmq.Context.instance()
@@ -99,6 +105,24 @@ class Broker:
         """Send what a call into ``self.core`` returned. Loop thread only."""
         for peer, frames in out:
             self._send(peer, frames)
+
+    # ------------------------------------------------------------ for layers above
+
+    def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
+        """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in the
+        loop's thread. Call it before ``start`` or from the loop's thread."""
+        name = service.encode() if isinstance(service, str) else service
+        if not name.startswith(b"mmi."):
+            raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
+        self.core.mmi_handlers[name] = handler
+
+    def fail_queued(self, service: str | bytes, error: BrokerError) -> None:
+        """Answer every request waiting for ``service`` with ``error``. Loop thread only."""
+        self.send(self.core.fail_queued(_name(service), error))
+
+    def service_workers(self, service: str | bytes) -> int:
+        """How many workers are registered for ``service``. Loop thread only."""
+        return self.core.service_workers(_name(service))
 
     def stop(self) -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
@@ -276,10 +300,9 @@ class Broker:
             self._sockets[side] = sock
             self._monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
             for endpoint in endpoints:
-                _prepare_ipc_dir(endpoint)
                 try:
-                    sock.bind(endpoint)
-                except zmq.ZMQError as error:
+                    _bind(sock, endpoint, self.ipc_mode)
+                except (zmq.ZMQError, OSError) as error:
                     self._close_sockets()
                     raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
         log.info("broker bound to %s", ", ".join(self.endpoints + self.worker_endpoints))
@@ -378,14 +401,44 @@ class Connections:
         return peer
 
 
+def _name(service: str | bytes) -> bytes:
+    return service.encode() if isinstance(service, str) else service
+
+
 def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
 
 
-def _prepare_ipc_dir(endpoint: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, ipc_mode: int | None) -> None:
     path = ipc_path(endpoint)
-    if path is not None and not path.name.startswith("@"):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None or path.name.startswith("@"):  # tcp, or an abstract socket: no file
+        sock.bind(endpoint)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ipc_mode is None:
+        sock.bind(endpoint)
+    else:
+        _bind_ipc_file(sock, path, ipc_mode)
+
+
+def _bind_ipc_file(sock: zmq.Socket, path: Path, mode: int) -> None:
+    """Bind to the socket file ``path`` with ``mode``, never wider for a moment.
+
+    The socket is bound in a fresh directory only this user can enter, given its mode
+    there, then renamed into place (atomic, and the socket stays bound). Setting the umask
+    around the bind would do as well, but the umask belongs to the whole process and
+    another thread may create files meanwhile; a chmod after the bind would leave the
+    file open to anyone for a moment, long enough to connect.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))  # mode 0700
+    temporary = scratch / "s"
+    try:
+        sock.bind(f"ipc://{temporary}")
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        scratch.rmdir()
 
 
 def _remove_ipc_file(endpoint: str) -> None:

@@ -25,7 +25,12 @@ import zmq
 from mdp import protocol as p
 from mdp.aio import AsyncClient
 from mdp.client import Client
-from mdp.errors import AttemptsExhausted, QueueFull, RequestExpired, WorkerError
+from mdp.errors import (
+    AttemptsExhausted,
+    QueueFull,
+    RequestExpired,
+    WorkerError,
+)
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -419,3 +424,18 @@ def test_a_killed_idle_worker_is_forgotten_without_waiting_for_heartbeats(mdp_sy
     assert victim.wait() == -signal.SIGKILL
     mdp_system.wait_workers(endpoint, "echo", 1)
     assert [served_by(endpoint, "echo", "echo") for _ in range(3)] == [survivor.pid_bytes] * 3
+
+
+# ------------------------------------------------------------------ bounds
+
+
+def test_the_ipc_socket_file_is_owner_only_whatever_the_umask(mdp_system):
+    modes = {}
+    for name, options in (("default", []), ("group", ["--ipc-mode", "660"])):
+        endpoint = mdp_system.ipc(name)
+        command = " ".join([*MDP, "broker", "--bind", endpoint, *options])
+        mdp_system.spawn("broker", ["sh", "-c", f"umask 000 && exec {command}"])
+        mdp_system.wait_until(lambda e=endpoint: mdp_system.status(e), f"a broker at {endpoint}")
+        modes[name] = Path(endpoint.removeprefix("ipc://")).stat().st_mode & 0o777
+    assert modes == {"default": 0o600, "group": 0o660}
+    assert [p.name for p in mdp_system.directory.iterdir() if p.name.startswith(".")] == []
