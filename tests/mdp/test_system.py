@@ -29,6 +29,7 @@ from mdp.errors import (
     AttemptsExhausted,
     QueueFull,
     RequestExpired,
+    ServiceNameTooLong,
     WorkerError,
 )
 
@@ -426,7 +427,48 @@ def test_a_killed_idle_worker_is_forgotten_without_waiting_for_heartbeats(mdp_sy
     assert [served_by(endpoint, "echo", "echo") for _ in range(3)] == [survivor.pid_bytes] * 3
 
 
+def test_a_request_whose_client_went_away_is_never_run(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    mdp_system.broker(endpoint)
+    sock = send_raw(endpoint, p.client_request(p.Dialect.V02, b"late", [b"work", b"0",
+                                                                      b"forgotten"]))
+    mdp_system.wait_until(lambda: mdp_system.service(endpoint, "late")["queued"] == 1,
+                          "the request to be queued")
+    sock.close()
+    mdp_system.wait_until(lambda: mdp_system.service(endpoint, "late")["abandoned"] == 1,
+                          "the broker to drop the request")
+    assert mdp_system.service(endpoint, "late")["queued"] == 0
+    worker = mdp_system.worker(endpoint, "late")
+    assert call(endpoint, "late", "work", "0", "wanted") == [worker.pid_bytes, b"wanted"]
+    (registered,) = mdp_system.service_workers(endpoint, "late")
+    assert registered["served"] == 1  # the forgotten one never reached it
+
+
 # ------------------------------------------------------------------ bounds
+
+
+def test_many_service_names_leave_nothing_behind(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    mdp_system.broker(endpoint, expiry=1.0)
+    count = 3000
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        for n in range(count):
+            sock.send_multipart(p.client_request(p.Dialect.V02, b"name-%d" % n, [b"x"]))
+        for _ in range(count):  # every one expires, 504
+            assert sock.poll(30_000), "a request was not answered"
+            assert sock.recv_multipart()[3:6] == [b"\x00mdp.broker-error", b"504", b"expired"]
+    finally:
+        sock.close()
+    assert call(endpoint, "mmi.services") == [b"[]"]
+    services = mdp_system.status(endpoint)["services"]
+    assert len(services) == 1000  # the most recent forgotten ones, counters kept
+    assert services[f"name-{count - 1}"]["expired"] == 1
+    with pytest.raises(ServiceNameTooLong) as caught:
+        call(endpoint, "n" * 256 * 1024, "x")
+    assert caught.value.code == 400 and "262144 bytes" in caught.value.message
 
 
 def test_the_ipc_socket_file_is_owner_only_whatever_the_umask(mdp_system):
