@@ -444,6 +444,14 @@ def test_a_request_whose_client_went_away_is_never_run(mdp_system):
     assert registered["served"] == 1  # the forgotten one never reached it
 
 
+def test_an_idle_worker_without_a_broker_leaves(mdp_system):
+    """Its idle clock runs on while it reconnects (0.2 s x 3 of silence each time)."""
+    worker = mdp_system.worker(mdp_system.ipc("nobody-here"), "echo", liveness=3,
+                               idle_timeout=2.0)
+    assert worker.wait() == 0, worker.log()
+    assert "no request for 2 s; leaving" in worker.log()
+
+
 # ------------------------------------------------------------------ bounds
 
 

@@ -66,3 +66,9 @@ def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint):
     assert "in handler" in error.traceback and "KeyError: 'missing key'" in error.traceback
     worker.stop()
     worker.join(10)
+
+
+@pytest.mark.parametrize("name", [b"", b"n" * 256])
+def test_a_worker_refuses_a_service_name_the_broker_would_refuse(name):
+    with pytest.raises(ValueError, match="1 to 255 bytes"):
+        Worker("ipc:///nowhere", name, lambda frames: frames)
