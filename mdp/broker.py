@@ -79,6 +79,7 @@ class Broker:
         self._sockets: dict[bytes, zmq.Socket] = {}
         self._monitors: list[zmq.Socket] = []  # one per ROUTER: its disconnect events
         self._connections = Connections()
+        self._gone: list[bytes] = []  # peers whose connection closed, not yet told the core
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ control
@@ -155,13 +156,11 @@ class Broker:
             self._shutdown()
 
     def _loop(self) -> None:
-        # poll() answers in the order of registration: disconnects are read before the
-        # messages that came after them.
         poller = zmq.Poller()
-        for monitor in self._monitors:
-            poller.register(monitor, zmq.POLLIN)
         for sock in self._sockets.values():
             poller.register(sock, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
         poller.register(self._wakeup.fileno(), zmq.POLLIN)
         sides = {sock: side for side, sock in self._sockets.items()}
         core = self.core
@@ -173,15 +172,17 @@ class Broker:
                 elif sock == self._wakeup.fileno():
                     self._run_calls()
                 else:
-                    self.send(self._read_disconnects(time.monotonic()))
+                    self._note_disconnects()
+            if self._gone:
+                self._tell_disconnects(sides)
             now = time.monotonic()
             if now >= core.next_deadline():
                 self.send(core.tick(now))
             self._run_timers(now)
             self._deliver_events()
 
-    def _drain(self, sock: zmq.Socket, side: bytes) -> None:
-        """Handle what has arrived on ``sock``, up to BATCH messages.
+    def _drain(self, sock: zmq.Socket, side: bytes) -> bool:
+        """Handle what has arrived on ``sock``, up to BATCH messages; True if that was all.
 
         What goes to a worker is sent at once, so that it starts while the loop goes on;
         what goes to a client waits until the batch is done, so that a client with many
@@ -196,10 +197,12 @@ class Broker:
         known = self._connections.knows
         held: Outgoing = []
         held_peers: set[bytes] = set()
+        emptied = False
         for _ in range(BATCH):
             try:
                 identity = recv(zmq.NOBLOCK)  # short: copied into bytes, cheaper than a Frame
             except zmq.Again:
+                emptied = True
                 break
             peer, frames = prefix + identity, _body_frames(recv)
             if known(peer):
@@ -213,6 +216,7 @@ class Broker:
                     held.append((target, message))
                     held_peers.add(target)
         self.send(held)
+        return emptied
 
     def _send(self, peer: bytes, frames: list) -> None:
         if len(self._sockets) > 1:
@@ -226,21 +230,30 @@ class Broker:
             # large) are always sent by reference; bytes are the broker's own short frames.
             _send_frame(sock, frame, SNDMORE if i < last else 0)
 
+    # ------------------------------------------------------------ closed connections
+    #
+    # libzmq reports a closed connection after the messages that came on it, and before
+    # its descriptor can be reused. So: read the reports before noting a new peer's
+    # descriptor (it may be a reused one), and tell the core only once the sockets have
+    # been emptied after the reports were read (the peer's last messages come first).
+
     def _learn(self, peer: bytes, frame: zmq.Frame, now: float) -> Outgoing:
         """Note the connection of a peer heard from for the first time.
 
-        The disconnect events read first may free the very descriptor it came on: the
-        event of a connection that closed is written before its descriptor can be
-        reused, so reading them all now leaves none that could be taken for this peer's.
+        A peer that chose its identity may be back on a new connection before its old
+        one was told the core: that is told now, or it would undo the new one. (Its old
+        messages are all read: libzmq takes no second connection with an identity in use.)
         """
-        out = self._read_disconnects(now)
+        self._note_disconnects()
         displaced = self._connections.learn(peer, frame)
-        if displaced is not None:  # its closing event was lost (the monitor's queue is finite)
-            out += self.core.peer_disconnected(displaced, now)
-        return out
+        if displaced is not None:  # its closing report was lost (a monitor's queue is finite)
+            self._gone.append(displaced)
+        if peer in self._gone:
+            self._gone.remove(peer)
+            return self.core.peer_disconnected(peer, now)
+        return []
 
-    def _read_disconnects(self, now: float) -> Outgoing:
-        out: Outgoing = []
+    def _note_disconnects(self) -> None:
         for monitor in self._monitors:
             while True:
                 try:
@@ -249,8 +262,22 @@ class Broker:
                     break
                 peer = self._connections.closed(int(event["value"]))
                 if peer is not None:
-                    out += self.core.peer_disconnected(peer, now)
-        return out
+                    self._gone.append(peer)
+
+    def _tell_disconnects(self, sides: dict[zmq.Socket, bytes]) -> None:
+        """Hand the core the peers whose connection closed, once every socket has been
+        emptied since (a socket kept busy past BATCH puts it off to a later round)."""
+        while True:
+            noted = len(self._gone)
+            for sock, side in sides.items():
+                if not self._drain(sock, side):
+                    return
+            if len(self._gone) == noted:
+                break
+        gone, self._gone = self._gone, []
+        now = time.monotonic()
+        for peer in gone:
+            self.send(self.core.peer_disconnected(peer, now))
 
     def _next_deadline(self) -> float:
         deadline = self.core.next_deadline()

@@ -16,6 +16,7 @@ import support
 import zmq
 
 from mdp import Broker, Client, Worker
+from mdp import protocol as p
 from mdp.broker import Connections
 from mdp.core import BrokerConfig
 from mdp.errors import ServiceStartFailed
@@ -83,6 +84,24 @@ def test_the_ipc_file_mode_can_be_left_to_the_umask():
             broker.stop()
             broker.join(10)
         assert not os.path.exists(path)
+
+
+def test_a_worker_that_answers_and_leaves_at_once_is_heard_in_that_order(broker):
+    """Its reply comes before the report that its connection closed; handled the other
+    way round, the request would go back to the queue and its answer be dropped."""
+    endpoint = broker.endpoints[0]
+    with Client(endpoint, timeout=20, retries=0) as client, ThreadPoolExecutor(1) as pool:
+        for n in range(30):
+            worker = zmq.Context.instance().socket(zmq.DEALER)
+            worker.connect(endpoint)
+            worker.send_multipart(p.worker_ready(p.Dialect.V02, b"once"))
+            reply = pool.submit(client.request, "once", str(n))
+            assert worker.poll(20_000), "no request came"
+            request = p.parse_worker_message(p.Dialect.V02, worker.recv_multipart())
+            worker.send_multipart(p.worker_reply(p.Dialect.V02, request.address,
+                                                 [b"done", request.body[0]], True))
+            worker.close(linger=1000)  # no DISCONNECT: only the closed connection tells
+            assert reply.result(timeout=30) == [b"done", str(n).encode()]
 
 
 class FrameFrom:
