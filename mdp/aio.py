@@ -1,13 +1,15 @@
 """The asyncio Majordomo client: many requests in flight from one process.
 
 MDP allows one outstanding request per client connection, so the client keeps a pool of
-connections and gives each request its own. ``max_in_flight`` caps the pool; requests
-beyond it wait for a free connection.
+connections (``Link``s, as the blocking client's) and gives each request its own.
+``max_in_flight`` caps the pool; requests beyond it wait for a free connection. When to
+send again and which errors to raise is the blocking client's rule (mdp/client.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +17,14 @@ import zmq
 import zmq.asyncio
 
 from . import protocol as p
-from .client import ClientBase, check_reply
+from .client import ClientBase, Link, Wait, check_reply
+
+LOOK_EVERY = 0.5  # seconds between looks at a waiting connection's monitor
+
+
+def _readable(sock: zmq.asyncio.Socket) -> bool:
+    """Whether a message waits on ``sock``, without awaiting (ZMQ_EVENTS is synchronous)."""
+    return bool(sock.get(zmq.EVENTS) & zmq.POLLIN)
 
 
 class AsyncClient(ClientBase):
@@ -25,9 +34,9 @@ class AsyncClient(ClientBase):
                  context: zmq.asyncio.Context | None = None, **settings: Any):
         super().__init__(endpoint, **settings)
         self.context = context or zmq.asyncio.Context.instance()
-        self._free: list[zmq.asyncio.Socket] = []
+        self._free: list[Link] = []
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._all: set[zmq.asyncio.Socket] = set()
+        self._all: set[Link] = set()
 
     async def request(self, service: str | bytes, *frames: Any, timeout: float | None = None,
                       retries: int | None = None) -> list:
@@ -39,9 +48,9 @@ class AsyncClient(ClientBase):
 
     async def stream(self, service: str | bytes, *frames: Any, timeout: float | None = None,
                      retries: int | None = None) -> AsyncIterator[list]:
-        service, message, timeout, attempts = self._prepare(service, frames, timeout, retries)
+        service, message, timeout, sends = self._prepare(service, frames, timeout, retries)
         async with self._slots:
-            sock, reply = await self._first_reply(service, message, timeout, attempts)
+            link, reply = await self._first_reply(service, message, timeout, sends)
             finished = False
             try:
                 while True:
@@ -49,59 +58,80 @@ class AsyncClient(ClientBase):
                     yield check_reply(reply, service)
                     if finished:
                         break
-                    reply = await self._receive(sock, timeout)
-                    if reply is None:
-                        raise self._stalled(service, timeout)
+                    reply = await self._wait(link, timeout)
+                    if isinstance(reply, Wait):
+                        raise self._failure(reply, service, link, timeout, 1, True)
             finally:
                 if finished:
-                    self._free.append(sock)
+                    self._free.append(link)
                 else:
-                    self._discard(sock)
+                    self._discard(link)
 
     async def _first_reply(self, service: bytes, message: list, timeout: float,
-                           attempts: int) -> tuple[zmq.asyncio.Socket, p.ClientReply]:
-        for _ in range(attempts):
-            sock = self._take_socket()
-            await sock.send_multipart(message, copy=False)
+                           sends: int) -> tuple[Link, p.ClientReply]:
+        for _ in range(sends):
+            link = self._take_link()
             try:
-                reply = await self._receive(sock, timeout)
+                await self._read_monitor(link)  # what happened while it was idle is no news
+                await link.socket.send_multipart(message, copy=False)
+                reply = await self._wait(link, timeout)
             except BaseException:
-                self._discard(sock)
+                self._discard(link)
                 raise
-            if reply is not None:
-                return sock, reply
-            self._discard(sock)
-        raise self._no_reply(service, attempts, timeout)
+            if not isinstance(reply, Wait):
+                return link, reply
+            self._discard(link)  # a fresh connection: the old one may still hold the message
+            if reply is not Wait.LOST:
+                raise self._failure(reply, service, link, timeout, sends)
+        raise self._failure(Wait.LOST, service, link, timeout, sends)
 
-    async def _receive(self, sock: zmq.asyncio.Socket, timeout: float) -> p.ClientReply | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def _wait(self, link: Link, timeout: float) -> p.ClientReply | Wait:
+        """The next reply on ``link``, or why none will come.
+
+        It waits on the socket alone, looking at the monitor every LOOK_EVERY seconds: an
+        asyncio poller on both per request halved the client's throughput, and a lost
+        broker is not back sooner than that anyway.
+        """
+        deadline, connect_by = self._deadlines(timeout)
+        drops = link.drops
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
+            until = min(self._until(link, deadline, connect_by), time.monotonic() + LOOK_EVERY)
+            receiving = link.socket.recv_multipart(copy=self.copy)
             try:
-                frames = await asyncio.wait_for(sock.recv_multipart(copy=self.copy), remaining)
+                frames = await asyncio.wait_for(receiving, max(0.0, until - time.monotonic()))
             except asyncio.TimeoutError:
-                return None
-            reply = self._parse(frames)
-            if reply is not None:
-                return reply
+                frames = None
+            if frames is not None:
+                reply = self._parse(frames)
+                if reply is not None:
+                    return reply
+                continue
+            await self._read_monitor(link)
+            if link.drops > drops and not _readable(link.socket):
+                return Wait.LOST  # (a reply sent before the drop is read first)
+            over = self._over(link, deadline, connect_by)
+            if over is not None:
+                return over
 
-    def _take_socket(self) -> zmq.asyncio.Socket:
+    @staticmethod
+    async def _read_monitor(link: Link) -> None:
+        while _readable(link.monitor):
+            link.note(await link.monitor.recv_multipart())
+
+    def _take_link(self) -> Link:
         if self._free:
             return self._free.pop()
-        sock = self._connect(self.context)
-        self._all.add(sock)
-        return sock
+        link = Link(self.context, self.endpoint, self.curve)
+        self._all.add(link)
+        return link
 
-    def _discard(self, sock: zmq.asyncio.Socket) -> None:
-        self._all.discard(sock)
-        sock.close(linger=0)
+    def _discard(self, link: Link) -> None:
+        self._all.discard(link)
+        link.close()
 
     def close(self) -> None:
-        for sock in list(self._all):
-            self._discard(sock)
+        for link in list(self._all):
+            self._discard(link)
         self._free.clear()
 
     async def __aenter__(self) -> AsyncClient:

@@ -3,6 +3,8 @@
 The loop never blocks on anything but ``poll``. Work from other threads (and signals)
 reaches it through ``call_soon``, which wakes the poll through a pipe; timed work of
 layers above (e.g. checking on a worker that is starting) goes through ``call_later``.
+When a peer's connection closes, libzmq says so and the core hears it at once
+(``Connections``), so a dead worker's request goes to another worker in milliseconds.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -19,8 +23,10 @@ from pathlib import Path
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
-from .core import BrokerConfig, BrokerCore, Event, Outgoing
+from .core import BrokerConfig, BrokerCore, Event, MMIHandler, Outgoing
+from .errors import BrokerError
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
 from .wakeup import Wakeup
 
@@ -43,12 +49,14 @@ class Broker:
     With ``curve_secret_key`` (a NAME.key_secret file) every bound socket is a CURVE
     server; ``curve_clients`` (a directory of NAME.key files) admits only those keys,
     without it any key is admitted (encryption without client authentication).
+    The socket file of an ipc endpoint gets ``ipc_mode`` (default owner-only; None leaves
+    it to the umask).
     """
 
     def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
                  config: BrokerConfig | None = None, context: zmq.Context | None = None,
                  *, curve_secret_key: KeyPath | None = None,
-                 curve_clients: KeyPath | None = None):
+                 curve_clients: KeyPath | None = None, ipc_mode: int | None = 0o600):
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
         self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
         if not self.endpoints:
@@ -57,6 +65,7 @@ class Broker:
             raise ValueError("curve_clients needs curve_secret_key (the broker's key pair)")
         self.curve = server_curve(curve_secret_key)
         self.curve_clients = None if curve_clients is None else check_clients_dir(curve_clients)
+        self.ipc_mode = ipc_mode
         self._auth: ThreadAuthenticator | None = None  # ZAP handler while CURVE is bound
         self.core = BrokerCore(config, time.monotonic(), emit_events=False)  # until a hook
         self.context = context or zmq.Context.instance()
@@ -68,6 +77,9 @@ class Broker:
         self._stopping = False
         self._wakeup = Wakeup()
         self._sockets: dict[bytes, zmq.Socket] = {}
+        self._monitors: list[zmq.Socket] = []  # one per ROUTER: its disconnect events
+        self._connections = Connections()
+        self._gone: list[bytes] = []  # peers whose connection closed, not yet told the core
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ control
@@ -94,6 +106,24 @@ class Broker:
         """Send what a call into ``self.core`` returned. Loop thread only."""
         for peer, frames in out:
             self._send(peer, frames)
+
+    # ------------------------------------------------------------ for layers above
+
+    def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
+        """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in the
+        loop's thread. Call it before ``start`` or from the loop's thread."""
+        name = service.encode() if isinstance(service, str) else service
+        if not name.startswith(b"mmi."):
+            raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
+        self.core.mmi_handlers[name] = handler
+
+    def fail_queued(self, service: str | bytes, error: BrokerError) -> None:
+        """Answer every request waiting for ``service`` with ``error``. Loop thread only."""
+        self.send(self.core.fail_queued(_name(service), error))
+
+    def service_workers(self, service: str | bytes) -> int:
+        """How many workers are registered for ``service``. Loop thread only."""
+        return self.core.service_workers(_name(service))
 
     def stop(self) -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
@@ -129,24 +159,30 @@ class Broker:
         poller = zmq.Poller()
         for sock in self._sockets.values():
             poller.register(sock, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
         poller.register(self._wakeup.fileno(), zmq.POLLIN)
         sides = {sock: side for side, sock in self._sockets.items()}
         core = self.core
         while not self._stopping:
             timeout = max(0.0, self._next_deadline() - time.monotonic())
             for sock, _ in poller.poll(timeout * 1000):
-                if sock == self._wakeup.fileno():
+                if sock in sides:
+                    self._drain(sock, sides[sock])
+                elif sock == self._wakeup.fileno():
                     self._run_calls()
                 else:
-                    self._drain(sock, sides[sock])
+                    self._note_disconnects()
+            if self._gone:
+                self._tell_disconnects(sides)
             now = time.monotonic()
             if now >= core.next_deadline():
                 self.send(core.tick(now))
             self._run_timers(now)
             self._deliver_events()
 
-    def _drain(self, sock: zmq.Socket, side: bytes) -> None:
-        """Handle what has arrived on ``sock``, up to BATCH messages.
+    def _drain(self, sock: zmq.Socket, side: bytes) -> bool:
+        """Handle what has arrived on ``sock``, up to BATCH messages; True if that was all.
 
         What goes to a worker is sent at once, so that it starts while the loop goes on;
         what goes to a client waits until the batch is done, so that a client with many
@@ -158,20 +194,29 @@ class Broker:
         now = time.monotonic()
         prefix = side if len(self._sockets) > 1 else b""
         recv = sock.recv
+        known = self._connections.knows
         held: Outgoing = []
         held_peers: set[bytes] = set()
+        emptied = False
         for _ in range(BATCH):
             try:
                 identity = recv(zmq.NOBLOCK)  # short: copied into bytes, cheaper than a Frame
             except zmq.Again:
+                emptied = True
                 break
-            for target, out in core.handle(prefix + identity, _body_frames(recv), now):
+            peer, frames = prefix + identity, _body_frames(recv)
+            if known(peer):
+                out = core.handle(peer, frames, now)
+            else:
+                out = self._learn(peer, frames[0], now) + core.handle(peer, frames, now)
+            for target, message in out:
                 if target in core.workers and target not in held_peers:
-                    self._send(target, out)
+                    self._send(target, message)
                 else:
-                    held.append((target, out))
+                    held.append((target, message))
                     held_peers.add(target)
         self.send(held)
+        return emptied
 
     def _send(self, peer: bytes, frames: list) -> None:
         if len(self._sockets) > 1:
@@ -184,6 +229,55 @@ class Broker:
             # copy=True is right for both kinds: zmq.Frames from the wire (bodies, however
             # large) are always sent by reference; bytes are the broker's own short frames.
             _send_frame(sock, frame, SNDMORE if i < last else 0)
+
+    # ------------------------------------------------------------ closed connections
+    #
+    # libzmq reports a closed connection after the messages that came on it, and before
+    # its descriptor can be reused. So: read the reports before noting a new peer's
+    # descriptor (it may be a reused one), and tell the core only once the sockets have
+    # been emptied after the reports were read (the peer's last messages come first).
+
+    def _learn(self, peer: bytes, frame: zmq.Frame, now: float) -> Outgoing:
+        """Note the connection of a peer heard from for the first time.
+
+        A peer that chose its identity may be back on a new connection before its old
+        one was told the core: that is told now, or it would undo the new one. (Its old
+        messages are all read: libzmq takes no second connection with an identity in use.)
+        """
+        self._note_disconnects()
+        displaced = self._connections.learn(peer, frame)
+        if displaced is not None:  # its closing report was lost (a monitor's queue is finite)
+            self._gone.append(displaced)
+        if peer in self._gone:
+            self._gone.remove(peer)
+            return self.core.peer_disconnected(peer, now)
+        return []
+
+    def _note_disconnects(self) -> None:
+        for monitor in self._monitors:
+            while True:
+                try:
+                    event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                peer = self._connections.closed(int(event["value"]))
+                if peer is not None:
+                    self._gone.append(peer)
+
+    def _tell_disconnects(self, sides: dict[zmq.Socket, bytes]) -> None:
+        """Hand the core the peers whose connection closed, once every socket has been
+        emptied since (a socket kept busy past BATCH puts it off to a later round)."""
+        while True:
+            noted = len(self._gone)
+            for sock, side in sides.items():
+                if not self._drain(sock, side):
+                    return
+            if len(self._gone) == noted:
+                break
+        gone, self._gone = self._gone, []
+        now = time.monotonic()
+        for peer in gone:
+            self.send(self.core.peer_disconnected(peer, now))
 
     def _next_deadline(self) -> float:
         deadline = self.core.next_deadline()
@@ -202,11 +296,9 @@ class Broker:
             self._guarded(fn)
 
     def _deliver_events(self) -> None:
-        events = self.core.events
-        if not events:
+        if not self.core.events:
             return
-        self.core.events = []
-        for event in events:
+        for event in self.core.take_events():
             for hook in self.hooks:
                 self._guarded(lambda hook=hook, event=event: hook(event))
 
@@ -233,11 +325,11 @@ class Broker:
             if self.curve is not None:
                 self.curve.apply(sock)
             self._sockets[side] = sock
+            self._monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
             for endpoint in endpoints:
-                _prepare_ipc_dir(endpoint)
                 try:
-                    sock.bind(endpoint)
-                except zmq.ZMQError as error:
+                    _bind(sock, endpoint, self.ipc_mode)
+                except (zmq.ZMQError, OSError) as error:
                     self._close_sockets()
                     raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
         log.info("broker bound to %s", ", ".join(self.endpoints + self.worker_endpoints))
@@ -261,7 +353,7 @@ class Broker:
         return restore
 
     def _shutdown(self) -> None:
-        self.send(self.core.shutdown())
+        self.send(self.core.shutdown(time.monotonic()))
         self._deliver_events()
         self._close_sockets()
         for endpoint in self.endpoints + self.worker_endpoints:
@@ -270,9 +362,12 @@ class Broker:
         log.info("broker stopped")
 
     def _close_sockets(self) -> None:
+        for sock, monitor in zip(self._sockets.values(), self._monitors, strict=True):
+            sock.disable_monitor()
+            monitor.close(linger=0)
         for sock in self._sockets.values():
             sock.close()
-        self._sockets = {}
+        self._sockets, self._monitors = {}, []
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -292,14 +387,85 @@ def _body_frames(recv: Callable[..., zmq.Frame]) -> list:
     return frames
 
 
+class Connections:
+    """Which connection each peer speaks on, so that libzmq's disconnect events, which name
+    a file descriptor and not a peer, reach the core as the peer that left.
+
+    libzmq has ROUTER_NOTIFY for this only in its draft API, which pyzmq's wheels leave
+    out; a socket monitor's EVENT_DISCONNECTED and the message property ZMQ_SRCFD (the
+    descriptor a message came on) give the same on any build. A peer whose descriptor
+    cannot be read (inproc) is remembered without one and left to heartbeats.
+    """
+
+    def __init__(self) -> None:
+        self._fd_of: dict[bytes, int | None] = {}
+        self._peer_on: dict[int, bytes] = {}
+
+    def knows(self, peer: bytes) -> bool:
+        return peer in self._fd_of
+
+    def learn(self, peer: bytes, frame: zmq.Frame) -> bytes | None:
+        """Note the connection ``frame`` came on; returns the peer that was noted on the
+        same descriptor before, if any: its connection must have closed."""
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:
+            fd = None
+        self._fd_of[peer] = fd
+        if fd is None:
+            return None
+        displaced = self._peer_on.get(fd)
+        if displaced is not None:
+            del self._fd_of[displaced]
+        self._peer_on[fd] = peer
+        return displaced
+
+    def closed(self, fd: int) -> bytes | None:
+        """The peer whose connection on ``fd`` closed (None if it never sent anything)."""
+        peer = self._peer_on.pop(fd, None)
+        if peer is not None:
+            del self._fd_of[peer]
+        return peer
+
+
+def _name(service: str | bytes) -> bytes:
+    return service.encode() if isinstance(service, str) else service
+
+
 def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
 
 
-def _prepare_ipc_dir(endpoint: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, ipc_mode: int | None) -> None:
     path = ipc_path(endpoint)
-    if path is not None and not path.name.startswith("@"):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None or path.name.startswith("@"):  # tcp, or an abstract socket: no file
+        sock.bind(endpoint)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ipc_mode is None:
+        sock.bind(endpoint)
+    else:
+        _bind_ipc_file(sock, path, ipc_mode)
+
+
+def _bind_ipc_file(sock: zmq.Socket, path: Path, mode: int) -> None:
+    """Bind to the socket file ``path`` with ``mode``, never wider for a moment.
+
+    The socket is bound in a fresh directory only this user can enter, given its mode
+    there, then renamed into place (atomic, and the socket stays bound). Setting the umask
+    around the bind would do as well, but the umask belongs to the whole process and
+    another thread may create files meanwhile; a chmod after the bind would leave the
+    file open to anyone for a moment, long enough to connect.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))  # mode 0700
+    temporary = scratch / "s"
+    try:
+        sock.bind(f"ipc://{temporary}")
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        scratch.rmdir()
 
 
 def _remove_ipc_file(endpoint: str) -> None:

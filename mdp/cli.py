@@ -49,6 +49,16 @@ def _dialect(name: str) -> Dialect:
         raise typer.BadParameter(f"choose one of {', '.join(DIALECTS)}") from None
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise typer.BadParameter(f"an octal mode such as 600 or 660, not {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise typer.BadParameter(f"a mode is 000 to 777, not {text}")
+    return mode
+
+
 def _or_exit(make: Callable[[], T]) -> T:
     """Build a broker, client or worker; unusable options or key files end the command."""
     try:
@@ -81,12 +91,18 @@ def broker(
     worker_bind: list[str] = typer.Option([], "--worker-bind",
                                           help="Separate endpoint(s) for workers only."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats to workers."),
-    liveness: int = typer.Option(3, help="Heartbeats a worker may miss before it is dropped."),
+    liveness: int = typer.Option(3, help="Heartbeats an idle worker may miss before it is "
+                                 "dropped."),
+    busy_timeout: float = typer.Option(900.0, help="Seconds a busy worker may stay silent "
+                                       "before it is dropped (0: forever); one whose "
+                                       "connection closes is dropped at once."),
     expiry: float = typer.Option(300.0, help="Seconds a request may wait for a worker "
                                  "(0: forever)."),
     queue_limit: int = typer.Option(10_000, help="Requests a service may queue (0: no limit)."),
     max_attempts: int = typer.Option(3, help="Workers a request may be tried on before it "
                                      "is given up."),
+    ipc_mode: str = typer.Option("600", help="Permissions (octal) of the socket file of each "
+                                 "ipc endpoint; e.g. 660 lets the group connect."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every connection."),
     curve_secret_key: Path | None = typer.Option(
         None, "--curve-secret-key", exists=True, dir_okay=False,
@@ -98,10 +114,11 @@ def broker(
     """Run a broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
     config = BrokerConfig(heartbeat_interval=heartbeat, heartbeat_liveness=liveness,
-                          request_expiry=expiry or None, queue_limit=queue_limit or None,
-                          max_attempts=max_attempts)
+                          busy_timeout=busy_timeout or None, request_expiry=expiry or None,
+                          queue_limit=queue_limit or None, max_attempts=max_attempts)
     server = _or_exit(lambda: Broker(bind, worker_bind, config, curve_secret_key=curve_secret_key,
-                                     curve_clients=curve_clients))
+                                     curve_clients=curve_clients,
+                                     ipc_mode=_octal_mode(ipc_mode)))
     err_console.print(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)")
     if curve_secret_key is not None:
         err_console.print(f"CURVE: admitting the keys in {curve_clients}" if curve_clients

@@ -1,29 +1,47 @@
-"""The blocking Majordomo client.
+"""The blocking Majordomo client, and what it shares with the asyncio one.
 
-One request at a time per connection, as MDP wants. When no reply comes in time the
-client closes its socket, opens a new one and sends again (the RFC's way to survive a
-broker restart), up to ``retries`` times, then raises ``RequestTimeout``.
+One request at a time per connection, as MDP wants. Each connection is a ``Link``: a
+DEALER socket and a monitor of it, so the client knows whether a broker is there at all
+(``BrokerUnavailable`` within ``broker_timeout`` if not) and when a connection that
+carried a request closed. That is the one time a request is sent again (on a fresh
+connection, up to ``retries`` times): the broker was lost or restarted and the request
+with it. A reply that is merely slow is waited for, never duplicated; a client that gives
+up closes its connection, and the broker then forgets the request (protocol/mdp.md 10).
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol as p
 from .errors import (
+    BROKER_ERROR_MARKER,
+    WORKER_ERROR_MARKER,
+    BrokerUnavailable,
     RequestTimeout,
     decode_broker_error,
     decode_worker_error,
-    is_worker_error,
+    reserved_marker,
 )
 from .security import KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
 Waiting = Callable[[float], None]
+
+_MISMATCH = "the handshake failed (CURVE on one side only, or the wrong server key?)"
+_REFUSALS = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: _MISMATCH,
+             zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: _MISMATCH,
+             zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication was refused (CURVE keys?)"}
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+for _event in _REFUSALS:
+    _EVENTS |= _event
 
 
 def encode_service(service: str | bytes) -> bytes:
@@ -36,51 +54,109 @@ def encode_body(frames: Sequence[Any]) -> list:
 
 def check_reply(reply: p.ClientReply, service: bytes) -> list:
     """The reply's body, or the typed exception it carries."""
-    body = reply.body
-    if reply.service == p.MMI_ERROR:
-        raise decode_broker_error(body)
-    if reply.service is None and body and bytes(body[0]) == p.MMI_ERROR:
-        raise decode_broker_error(body[1:])  # majortomo dialect: no service frame
-    if is_worker_error(body):
-        raise decode_worker_error(body, service.decode("utf-8", "replace"))
-    return body
+    marker = reserved_marker(reply.body)
+    if marker == BROKER_ERROR_MARKER:
+        raise decode_broker_error(reply.body, service.decode("utf-8", "replace"))
+    if marker == WORKER_ERROR_MARKER:
+        raise decode_worker_error(reply.body, service.decode("utf-8", "replace"))
+    return reply.body
+
+
+def ms_until(moment: float) -> int:
+    """Milliseconds to ``moment`` for poll, rounded up so that it does not wake early."""
+    return max(0, math.ceil((moment - time.monotonic()) * 1000))
+
+
+class Link:
+    """A DEALER connection to the broker, and what its monitor has said about it.
+
+    ``up`` while a broker has completed the handshake; ``drops`` counts the times the
+    connection closed after that; ``refused`` says why a handshake failed, if one did.
+    The owner reads the monitor socket and hands each message to ``note``.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, curve: Any):
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.socket)
+        self.monitor = self.socket.get_monitor_socket(_EVENTS)
+        self.socket.connect(endpoint)
+        self.up = False
+        self.drops = 0
+        self.refused = ""
+
+    def note(self, frames: list) -> None:
+        event = parse_monitor_message(frames)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.up, self.refused = True, ""
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self.up:
+                self.up = False
+                self.drops += 1
+        else:
+            self.refused = _REFUSALS.get(event, f"monitor event {event}")
+
+    def close(self) -> None:
+        self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+
+class Wait(enum.Enum):
+    """Why waiting for a reply ended without one."""
+
+    TIMEOUT = "timeout"
+    NO_BROKER = "no broker"
+    LOST = "lost"
 
 
 class ClientBase:
     """What the blocking and the asyncio client share: settings, framing, error texts.
 
-    ``timeout`` is how long one attempt waits for the (next part of the) reply;
-    ``retries`` is how many times it is sent again after that on a fresh socket.
-    ``curve_server_key`` (the broker's NAME.key) encrypts the connection with CURVE, using
-    the key pair in ``curve_secret_key`` (NAME.key_secret) or else an ephemeral one.
+    ``timeout`` is how long to wait for the (next part of the) reply; ``broker_timeout``
+    how long to wait for a broker to accept the connection; ``retries`` how many times a
+    request is sent again because the connection that carried it closed (the broker was
+    lost). ``curve_server_key`` (the broker's NAME.key) encrypts the connection with CURVE,
+    using the key pair in ``curve_secret_key`` (NAME.key_secret) or else an ephemeral one.
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 60.0, retries: int = 2,
-                 dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 curve_server_key: KeyPath | None = None,
+                 broker_timeout: float = 10.0, dialect: p.Dialect = p.Dialect.V02,
+                 copy: bool = True, curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
         self.curve = client_curve(curve_server_key, curve_secret_key)
         self.timeout = timeout
         self.retries = retries
+        self.broker_timeout = broker_timeout
         self.dialect = dialect
         self.copy = copy
 
     def _prepare(self, service: str | bytes, frames: Sequence[Any], timeout: float | None,
                  retries: int | None) -> tuple[bytes, list, float, int]:
-        """The service name, the message, the timeout and how many attempts to make."""
+        """The service name, the message, the timeout and how many times to send it."""
         service = encode_service(service)
         message = p.client_request(self.dialect, service, encode_body(frames))
         timeout = self.timeout if timeout is None else timeout
         return service, message, timeout, 1 + (self.retries if retries is None else retries)
 
-    def _connect(self, context: zmq.Context) -> zmq.Socket:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.apply(sock)
-        sock.connect(self.endpoint)
-        return sock
+    def _deadlines(self, timeout: float) -> tuple[float, float]:
+        """(give up on the reply, give up on a broker) for a wait that starts now."""
+        now = time.monotonic()
+        return now + timeout, now + min(timeout, self.broker_timeout)
+
+    @staticmethod
+    def _until(link: Link, deadline: float, connect_by: float) -> float:
+        """When waiting on ``link`` must be looked at again, if nothing comes."""
+        return deadline if link.up else connect_by
+
+    @staticmethod
+    def _over(link: Link, deadline: float, connect_by: float) -> Wait | None:
+        now = time.monotonic()
+        if not link.up and now >= connect_by:
+            return Wait.NO_BROKER
+        return Wait.TIMEOUT if now >= deadline else None
 
     def _parse(self, frames: list) -> p.ClientReply | None:
         """The reply, or None for a message that is not ours to act on."""
@@ -89,16 +165,28 @@ class ClientBase:
         except p.ProtocolError:
             return None
 
-    def _no_reply(self, service: bytes, attempts: int, timeout: float) -> RequestTimeout:
-        return RequestTimeout(
-            f"no reply from '{service.decode()}' via {self.endpoint} after {attempts} "
-            f"attempt(s) of {timeout:g} s each; is a broker running there and a worker "
-            f"serving '{service.decode()}'?")
-
-    @staticmethod
-    def _stalled(service: bytes, timeout: float) -> RequestTimeout:
-        return RequestTimeout(f"'{service.decode()}' stopped sending parts of its reply: "
-                              f"none came for {timeout:g} s")
+    def _failure(self, why: Wait, service: bytes, link: Link, timeout: float, sends: int,
+                 streaming: bool = False) -> RequestTimeout:
+        name = service.decode("utf-8", "replace")
+        if why is Wait.NO_BROKER:
+            wait = min(timeout, self.broker_timeout)
+            if link.refused:
+                return BrokerUnavailable(f"the broker at {self.endpoint} refused the "
+                                         f"connection: {link.refused}")
+            return BrokerUnavailable(
+                f"no broker answers at {self.endpoint} (no connection within {wait:g} s); "
+                f"start one, e.g. `mdp broker --bind {self.endpoint}`")
+        if why is Wait.LOST:
+            what = "while it streamed the reply of" if streaming else \
+                f"{sends} time(s), each time holding the request to"
+            return BrokerUnavailable(f"the connection to the broker at {self.endpoint} "
+                                     f"closed {what} '{name}'")
+        if streaming:
+            return RequestTimeout(f"'{name}' stopped sending parts of its reply: none came "
+                                  f"for {timeout:g} s")
+        return RequestTimeout(f"no reply from '{name}' via {self.endpoint} within "
+                              f"{timeout:g} s; the broker is there, is a worker serving "
+                              f"'{name}'? (`mdp status` shows)")
 
 
 class Client(ClientBase):
@@ -107,7 +195,7 @@ class Client(ClientBase):
     def __init__(self, endpoint: str, *, context: zmq.Context | None = None, **settings: Any):
         super().__init__(endpoint, **settings)
         self.context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
+        self._link: Link | None = None
 
     def request(self, service: str | bytes, *frames: Any, timeout: float | None = None,
                 retries: int | None = None, waiting: Waiting | None = None) -> list:
@@ -122,59 +210,81 @@ class Client(ClientBase):
                retries: int | None = None, waiting: Waiting | None = None) -> Iterator[list]:
         """Send one request and yield each reply part as it arrives, the FINAL last.
 
-        Once a part has arrived the request is not sent again: a retry would run the
-        work a second time and send its parts twice. ``waiting(seconds)`` is called every
+        Once a part has arrived the request is not sent again: that would run the work a
+        second time and send its parts twice. ``waiting(seconds)`` is called every
         ``WAITING_EVERY`` seconds while no reply has come, so a caller can say why.
         """
-        service, message, timeout, attempts = self._prepare(service, frames, timeout, retries)
+        service, message, timeout, sends = self._prepare(service, frames, timeout, retries)
         finished = False
         try:
-            reply = self._first_reply(service, message, timeout, attempts, waiting)
+            reply = self._first_reply(service, message, timeout, sends, waiting)
             while True:
                 finished = reply.final
                 yield check_reply(reply, service)
                 if finished:
                     return
-                reply = self._receive(timeout)
-                if reply is None:
-                    raise self._stalled(service, timeout)
+                reply = self._wait(self._link, timeout)
+                if isinstance(reply, Wait):
+                    raise self._failure(reply, service, self._link, timeout, 1, True)
         finally:
             if not finished:
                 self._reset()  # parts of an abandoned reply must not reach the next request
 
-    def _first_reply(self, service: bytes, message: list, timeout: float, attempts: int,
+    def _first_reply(self, service: bytes, message: list, timeout: float, sends: int,
                      waiting: Waiting | None) -> p.ClientReply:
-        for _ in range(attempts):
-            self._socket_or_new().send_multipart(message, copy=False)
-            reply = self._receive(timeout, waiting)
-            if reply is not None:
+        for _ in range(sends):
+            link = self._link_or_new()
+            self._read_monitor(link)  # what happened while it was idle is no news
+            link.socket.send_multipart(message, copy=False)
+            reply = self._wait(link, timeout, waiting)
+            if not isinstance(reply, Wait):
                 return reply
-            self._reset()
-        raise self._no_reply(service, attempts, timeout)
+            if reply is not Wait.LOST:
+                raise self._failure(reply, service, link, timeout, sends)
+            self._reset()  # a fresh connection: the old one may still hold the message
+        raise self._failure(Wait.LOST, service, link, timeout, sends)
 
-    def _receive(self, timeout: float, waiting: Waiting | None = None) -> p.ClientReply | None:
-        sock = self._socket
-        start = time.monotonic()
+    def _wait(self, link: Link, timeout: float,
+              waiting: Waiting | None = None) -> p.ClientReply | Wait:
+        """The next reply on ``link``, or why none will come."""
+        deadline, connect_by = self._deadlines(timeout)
+        start, drops = time.monotonic(), link.drops
+        next_call = start + WAITING_EVERY if waiting is not None else float("inf")
+        poller = zmq.Poller()
+        poller.register(link.socket, zmq.POLLIN)
+        poller.register(link.monitor, zmq.POLLIN)
         while True:
-            remaining = start + timeout - time.monotonic()
-            if remaining <= 0:
-                return None
-            if sock.poll(min(remaining, WAITING_EVERY) * 1000):
-                reply = self._parse(sock.recv_multipart(copy=self.copy))
+            ready = dict(poller.poll(ms_until(min(self._until(link, deadline, connect_by),
+                                                   next_call))))
+            if link.socket in ready:
+                reply = self._parse(link.socket.recv_multipart(copy=self.copy))
                 if reply is not None:
                     return reply
-            elif waiting is not None and remaining > WAITING_EVERY:
+            if link.monitor in ready:
+                self._read_monitor(link)
+            if link.drops > drops and not link.socket.poll(0):
+                return Wait.LOST  # (a reply sent before the drop is read first)
+            over = self._over(link, deadline, connect_by)
+            if over is not None:
+                return over
+            if time.monotonic() >= next_call:
                 waiting(time.monotonic() - start)
+                next_call += WAITING_EVERY
 
-    def _socket_or_new(self) -> zmq.Socket:
-        if self._socket is None:
-            self._socket = self._connect(self.context)
-        return self._socket
+    @staticmethod
+    def _read_monitor(link: Link) -> None:
+        while link.monitor.poll(0):
+            link.note(link.monitor.recv_multipart())
+
+    def _link_or_new(self) -> Link:
+        if self._link is None:
+            self._link = Link(self.context, self.endpoint, self.curve)
+        return self._link
 
     def _reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     def close(self) -> None:
         self._reset()

@@ -2,10 +2,11 @@
 
 No sockets and no clock here. ``BrokerCore.handle`` takes what one peer sent and the
 current time and returns ``(peer, frames)`` pairs for the loop to send; ``tick`` does the
-timed work (heartbeats, dead workers, expired requests). Whatever a layer above may want
-to react to (a request waiting for a service with no worker, a worker lost, ...) is
-appended to ``events`` for the loop to hand on, unless ``emit_events`` is false: a loop
-with nobody listening turns them off, so that a request costs no Event objects.
+timed work (heartbeats, dead workers, expired requests); ``peer_disconnected`` takes the
+news that a peer's connection closed. Whatever a layer above may want to react to (a
+request waiting for a service with no worker, a worker lost, ...) is collected for
+``take_events``, unless ``emit_events`` is false: a loop with nobody listening turns them
+off, so that a request costs no Event objects.
 
 Each request the broker forwards gets a fresh 8-byte id as its "client address", so a
 late reply from a worker that was given up for dead is recognised and dropped instead of
@@ -14,22 +15,30 @@ being sent twice.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import __version__
 from . import protocol as p
 from .errors import (
+    BROKER_ERROR_MARKER,
+    MARKER_LENGTH,
+    WORKER_ERROR_MARKER,
     AttemptsExhausted,
     BrokerError,
+    BrokerStopping,
     QueueFull,
     RequestExpired,
+    ServiceNameTooLong,
     broker_error_body,
-    is_worker_error,
+    reserved_marker,
+    worker_error_body,
 )
+from .protocol import MAX_SERVICE_NAME
 
 log = logging.getLogger("mdp.broker")
 
@@ -41,17 +50,19 @@ MMIHandler = Callable[[list], list]
 @dataclass
 class BrokerConfig:
     heartbeat_interval: float = 2.5
-    heartbeat_liveness: int = 3
+    heartbeat_liveness: int = 3  # intervals an idle worker may stay silent
+    busy_timeout: float | None = 900.0  # how long a busy worker may stay silent
     request_expiry: float | None = 300.0  # how long a request may wait for a worker
     queue_limit: int | None = 10_000  # per service
     max_attempts: int = 3  # workers a request may be tried on before it is given up
+    retired_services: int = 1000  # forgotten services whose counters mmi.status keeps
 
     @property
     def worker_expiry(self) -> float:
         return self.heartbeat_interval * self.heartbeat_liveness
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Request:
     id: bytes
     client: Peer
@@ -61,30 +72,64 @@ class Request:
     queued_at: float
     expires_at: float
     attempts: int = 0
-    partials: list = field(default_factory=list)  # buffered for MDP/0.1 clients
+    abandoned: bool = False  # its client's connection closed: nobody waits for it
+    partials: tuple = ()  # buffered for MDP/0.1 clients (a tuple: most requests need none)
 
 
-@dataclass
+class WorkerState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+
+
+IDLE, BUSY = WorkerState.IDLE, WorkerState.BUSY  # plain names: an Enum's attributes are slow
+
+
+class StateError(RuntimeError):
+    """A worker was moved in a way its state does not allow: a bug, never bad input."""
+
+
+@dataclass(eq=False, slots=True)
 class Worker:
+    """A registered worker. Its state changes only through ``assign`` and ``release``."""
+
     peer: Peer
     dialect: p.Dialect
     service: bytes
-    expires_at: float
+    heard_at: float  # when it last sent anything
     since: float
+    state: WorkerState = IDLE
     request: Request | None = None
     served: int = 0
 
+    def assign(self, request: Request) -> None:
+        if self.state is not IDLE:
+            raise StateError(f"worker {peer_name(self.peer)} is busy; it cannot take "
+                             f"another request")
+        self.state, self.request = BUSY, request
 
-@dataclass
+    def release(self) -> Request:
+        """The request it finished (or held when it was lost); it is idle again."""
+        if self.state is not BUSY:
+            raise StateError(f"worker {peer_name(self.peer)} is idle; it holds no request")
+        request, self.request = self.request, None
+        self.state = IDLE
+        return request
+
+
+@dataclass(eq=False, slots=True)
 class Service:
     name: bytes
     queue: deque = field(default_factory=deque)
-    idle: deque = field(default_factory=deque)  # least recently used on the left
     workers: set = field(default_factory=set)
+    idle: OrderedDict = field(default_factory=OrderedDict)  # peer -> Worker, LRU first
     served: int = 0
     failed: int = 0
     expired: int = 0
     rejected: int = 0
+    abandoned: int = 0
+
+    def in_use(self) -> bool:
+        return bool(self.workers or self.queue)
 
 
 @dataclass(frozen=True)
@@ -105,7 +150,8 @@ class BrokerCore:
                  emit_events: bool = True):
         self.config = config or BrokerConfig()
         self.started_at = now
-        self.services: dict[bytes, Service] = {}
+        self.services: dict[bytes, Service] = {}  # in use: with workers or a queue
+        self.retired: OrderedDict[bytes, Service] = OrderedDict()  # forgotten, newest last
         self.workers: dict[Peer, Worker] = {}
         self.emit_events = emit_events
         self.events: list[Event] = []
@@ -143,20 +189,49 @@ class BrokerCore:
     def next_deadline(self) -> float:
         return min(self._next_heartbeat, self._next_expiry)
 
-    def shutdown(self) -> Outgoing:
-        """DISCONNECT every worker, so they reconnect to the next broker at once."""
+    def peer_disconnected(self, peer: Peer, now: float) -> Outgoing:
+        """The connection of ``peer`` closed: a worker is gone at once (its request goes
+        to another), and the requests of a client are abandoned (protocol/mdp.md 10)."""
+        worker = self.workers.get(peer)
+        if worker is not None:
+            self._remove_worker(worker, now, "connection closed")
+        self._abandon_requests_of(peer)
+        return self._take()
+
+    def shutdown(self, now: float = 0.0) -> Outgoing:
+        """Answer every request held with 503 broker-stopping, and DISCONNECT every worker
+        so that it reconnects to the next broker at once. Leaves the core empty."""
+        for state in list(self.services.values()):
+            while state.queue:
+                self._reply_error(state.queue.popleft(), _stopping(state))
+            self._retire_if_unused(state)
         for worker in list(self.workers.values()):
+            if worker.state is BUSY:
+                request = worker.release()
+                if not request.abandoned:
+                    self._reply_error(request, _stopping(self.services[worker.service]))
             self._send(worker.peer, p.to_worker_disconnect(worker.dialect))
+            self._remove_worker(worker, now, "the broker stopped")
         return self._take()
 
     def fail_queued(self, service: bytes, error: BrokerError) -> Outgoing:
         """Answer every request waiting for ``service`` with ``error`` (e.g. start failed)."""
         state = self.services.get(service)
-        while state and state.queue:
-            request = state.queue.popleft()
-            state.failed += 1
-            self._reply_error(request, error)
+        if state is not None:
+            while state.queue:
+                state.failed += 1
+                self._reply_error(state.queue.popleft(), error)
+            self._retire_if_unused(state)
         return self._take()
+
+    def service_workers(self, service: bytes) -> int:
+        """How many workers are registered for ``service`` now."""
+        state = self.services.get(service)
+        return len(state.workers) if state is not None else 0
+
+    def take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
 
     # ------------------------------------------------------------ dispatch
 
@@ -165,7 +240,7 @@ class BrokerCore:
         """``name`` is the client address of a WorkerReply, the service of a Ready."""
         worker = self.workers.get(peer)
         if worker is not None:
-            worker.expires_at = now + self.config.worker_expiry
+            worker.heard_at = now
         if kind is p.WorkerReply:
             self._on_worker_reply(peer, worker, dialect, name, body, final)
         elif kind is p.Heartbeat:
@@ -180,6 +255,9 @@ class BrokerCore:
     def _on_client_request(self, peer: Peer, dialect: p.Dialect, service: bytes, body: list,
                            now: float) -> None:
         self.counters["requests"] += 1
+        if len(service) > MAX_SERVICE_NAME:
+            self._send(peer, _error_reply(dialect, service, _name_too_long(service)))
+            return
         if service.startswith(p.MMI_PREFIX):
             self._answer_mmi(peer, dialect, service, body, now)
             return
@@ -189,7 +267,8 @@ class BrokerCore:
             state.rejected += 1
             error = QueueFull(f"{len(state.queue)} requests already wait for "
                               f"'{_text(service)}' (limit {limit})", _text(service))
-            self._send(peer, _error_reply(dialect, error))
+            self._send(peer, _error_reply(dialect, service, error))
+            self._retire_if_unused(state)
             return
         self._next_id += 1
         expiry = self.config.request_expiry
@@ -206,16 +285,16 @@ class BrokerCore:
         if worker is not None:
             self._disconnect(worker, now, "sent READY twice")
             return
-        if service.startswith(p.MMI_PREFIX):
-            self._warn_once(f"mmi-ready:{peer!r}",
-                            f"worker tried to register reserved service {service!r}")
+        refusal = _refuse_registration(service)
+        if refusal:
+            self._warn_once(f"ready:{refusal}", f"refused a worker's READY: {refusal}")
             self._send(peer, p.to_worker_disconnect(dialect))
             return
-        worker = Worker(peer, dialect, service, now + self.config.worker_expiry, now)
+        worker = Worker(peer, dialect, service, now, now)
         self.workers[peer] = worker
         state = self._service(service)
         state.workers.add(peer)
-        state.idle.append(peer)
+        state.idle[peer] = worker
         self._emit_service_event("worker-ready", state, worker)
         self._dispatch(state)
 
@@ -229,33 +308,46 @@ class BrokerCore:
             self._warn_once(f"stale:{peer!r}", "dropped a reply for a request the worker "
                             "no longer holds (it was given up and re-sent elsewhere)")
             return
+        # (the length test first: most replies are not errors, and a call costs)
+        marker = reserved_marker(body) if body and len(body[0]) == MARKER_LENGTH else None
+        if marker == BROKER_ERROR_MARKER:
+            body, marker = self._forged_broker_error(worker), WORKER_ERROR_MARKER
         if not final:
-            self._relay_partial(request, body)
+            if not request.abandoned:
+                self._relay_partial(request, body)
             return
-        self._relay_final(request, body)
+        if not request.abandoned:
+            self._relay_final(request, body)
         self.counters["replies"] += 1
-        worker.request = None
+        worker.release()
         worker.served += 1
         state = self.services[worker.service]
-        failed = is_worker_error(body)
+        failed = marker is not None
         if failed:
             state.failed += 1
         else:
             state.served += 1
-        state.idle.append(peer)
+        state.idle[peer] = worker
         self._emit_service_event("served", state, worker, "failed" if failed else "ok")
         self._dispatch(state)
 
+    def _forged_broker_error(self, worker: Worker) -> list:
+        """Only the broker may say "broker error"; a worker that tries is reported instead."""
+        why = ("the worker's reply began with the reserved broker-error frame; the broker "
+               "replaced it with this error")
+        self._warn_once(f"forged:{worker.peer!r}", f"worker {peer_name(worker.peer)}: {why}")
+        return worker_error_body("ProtocolError", why, "", peer_name(worker.peer))
+
     def _relay_partial(self, request: Request, body: list) -> None:
         if request.dialect is p.Dialect.V01:
-            request.partials.extend(body)
+            request.partials += tuple(body)
         else:
             self._send(request.client, p.to_client_reply(request.dialect, request.service,
                                                          body, final=False))
 
     def _relay_final(self, request: Request, body: list) -> None:
         if request.partials:
-            body = request.partials + body
+            body = [*request.partials, *body]
         self._send(request.client, p.to_client_reply(request.dialect, request.service, body))
 
     # ------------------------------------------------------------ queues and workers
@@ -264,9 +356,9 @@ class BrokerCore:
         """Hand queued requests to idle workers, least recently used first."""
         while state.queue and state.idle:
             request = state.queue.popleft()
-            worker = self.workers[state.idle.popleft()]
+            _, worker = state.idle.popitem(last=False)
+            worker.assign(request)
             request.attempts += 1
-            worker.request = request
             self._send(worker.peer, p.to_worker_request(worker.dialect, request.id,
                                                         request.body))
 
@@ -274,16 +366,18 @@ class BrokerCore:
         del self.workers[worker.peer]
         state = self.services[worker.service]
         state.workers.discard(worker.peer)
-        try:
-            state.idle.remove(worker.peer)
-        except ValueError:
-            pass
+        state.idle.pop(worker.peer, None)
         self._emit_service_event("worker-lost", state, worker, reason)
-        if worker.request is not None:
-            self._requeue(state, worker.request, now)
+        if worker.state is BUSY:
+            self._requeue(state, worker.release(), now)
+        self._retire_if_unused(state)
 
     def _requeue(self, state: Service, request: Request, now: float) -> None:
-        """Put a request whose worker died back at the front, unless it has killed enough."""
+        """Put a request whose worker died back at the front, unless it has killed enough
+        or nobody waits for it any more."""
+        if request.abandoned:
+            state.abandoned += 1
+            return
         if request.attempts >= self.config.max_attempts:
             state.failed += 1
             error = AttemptsExhausted(
@@ -294,7 +388,7 @@ class BrokerCore:
             if self.emit_events:
                 self.events.append(Event("dropped", _text(state.name), detail=error.reason))
             return
-        request.partials.clear()
+        request.partials = ()
         expiry = self.config.request_expiry
         request.expires_at = now + expiry if expiry is not None else float("inf")
         self._next_expiry = min(self._next_expiry, request.expires_at)
@@ -302,6 +396,18 @@ class BrokerCore:
         self._dispatch(state)
         if state.queue:
             self._emit_service_event("demand", state)
+
+    def _abandon_requests_of(self, client: Peer) -> None:
+        """Nobody waits for these any more: drop the queued ones, mark the held ones."""
+        for state in list(self.services.values()):
+            if any(request.client == client for request in state.queue):
+                kept = deque(r for r in state.queue if r.client != client)
+                state.abandoned += len(state.queue) - len(kept)
+                state.queue = kept
+                self._retire_if_unused(state)
+        for worker in self.workers.values():
+            if worker.request is not None and worker.request.client == client:
+                worker.request.abandoned = True
 
     def _disconnect(self, worker: Worker, now: float, reason: str) -> None:
         self._warn_once(f"disconnect:{reason}", f"disconnecting a worker: {reason}")
@@ -312,15 +418,25 @@ class BrokerCore:
         interval = self.config.heartbeat_interval
         self._next_heartbeat = max(self._next_heartbeat + interval, now + interval)
         for worker in list(self.workers.values()):
-            if now >= worker.expires_at:
+            if now >= worker.heard_at + self._silence_allowed(worker):
                 self._send(worker.peer, p.to_worker_disconnect(worker.dialect))
-                self._remove_worker(worker, now, "heartbeats stopped")
+                reason = ("silent while busy for longer than the busy timeout"
+                          if worker.state is BUSY else "heartbeats stopped")
+                self._remove_worker(worker, now, reason)
             else:
                 self._send(worker.peer, p.to_worker_heartbeat(worker.dialect))
 
+    def _silence_allowed(self, worker: Worker) -> float:
+        """A busy worker may be one that cannot heartbeat while its handler runs (RFC 7's
+        reference worker is single-threaded), so it gets the long busy timeout."""
+        if worker.state is IDLE:
+            return self.config.worker_expiry
+        busy_timeout = self.config.busy_timeout
+        return busy_timeout if busy_timeout is not None else float("inf")
+
     def _expire_requests(self, now: float) -> None:
         soonest = float("inf")
-        for state in self.services.values():
+        for state in list(self.services.values()):
             if not state.queue:
                 continue
             kept = deque()
@@ -332,7 +448,29 @@ class BrokerCore:
                     kept.append(request)
                     soonest = min(soonest, request.expires_at)
             state.queue = kept
+            self._retire_if_unused(state)
         self._next_expiry = soonest
+
+    # ------------------------------------------------------------ services
+
+    def _service(self, name: bytes) -> Service:
+        """The service in use by that name; one forgotten lately comes back with its
+        counters."""
+        state = self.services.get(name)
+        if state is None:
+            state = self.retired.pop(name, None) or Service(name)
+            self.services[name] = state
+        return state
+
+    def _retire_if_unused(self, state: Service) -> None:
+        """Forget a service nobody offers or waits for, so that names cost no memory for
+        ever; the most recent few keep their counters for mmi.status."""
+        if state.in_use() or self.services.get(state.name) is not state:
+            return
+        del self.services[state.name]
+        self.retired[state.name] = state
+        while len(self.retired) > self.config.retired_services:
+            self.retired.popitem(last=False)
 
     # ------------------------------------------------------------ MMI
 
@@ -365,42 +503,29 @@ class BrokerCore:
     def _mmi_service(self, body: list) -> bytes:
         if not body:
             return b"400"
-        state = self.services.get(p._b(body[0]))
-        return b"200" if state is not None and state.workers else b"404"
+        return b"200" if self.service_workers(p._b(body[0])) else b"404"
 
     def status(self, now: float) -> dict:
         """Everything `mdp status` shows, as plain data."""
+        services = {**self.retired, **self.services}
         return {
             "version": __version__,
             "uptime": now - self.started_at,
             "counters": dict(self.counters),
-            "services": {_text(name): self._service_status(state)
-                         for name, state in sorted(self.services.items())},
+            "services": {_text(name): _service_status(state)
+                         for name, state in sorted(services.items())},
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
-                 "dialect": worker.dialect.value,
-                 "state": "busy" if worker.request is not None else "idle",
+                 "dialect": worker.dialect.value, "state": worker.state.value,
                  "served": worker.served, "since": now - worker.since}
                 for worker in self.workers.values()
             ],
         }
 
-    def _service_status(self, state: Service) -> dict:
-        return {"workers": len(state.workers), "idle": len(state.idle),
-                "busy": len(state.workers) - len(state.idle), "queued": len(state.queue),
-                "served": state.served, "failed": state.failed, "expired": state.expired,
-                "rejected": state.rejected}
-
     # ------------------------------------------------------------ helpers
 
-    def _service(self, name: bytes) -> Service:
-        state = self.services.get(name)
-        if state is None:
-            state = self.services[name] = Service(name)
-        return state
-
     def _reply_error(self, request: Request, error: BrokerError) -> None:
-        self._send(request.client, _error_reply(request.dialect, error))
+        self._send(request.client, _error_reply(request.dialect, request.service, error))
 
     def _emit_service_event(self, kind: str, state: Service, worker: Worker | None = None,
                             detail: str = "") -> None:
@@ -428,11 +553,25 @@ class BrokerCore:
             log.warning(text)
 
 
-def _error_reply(dialect: p.Dialect, error: BrokerError) -> list:
-    body = broker_error_body(error)
-    if dialect is p.Dialect.MAJORTOMO:
-        return p.to_client_reply(dialect, p.MMI_ERROR, [p.MMI_ERROR, *body])
-    return p.to_client_reply(dialect, p.MMI_ERROR, body)
+def _service_status(state: Service) -> dict:
+    return {"workers": len(state.workers), "idle": len(state.idle),
+            "busy": len(state.workers) - len(state.idle), "queued": len(state.queue),
+            "served": state.served, "failed": state.failed, "expired": state.expired,
+            "rejected": state.rejected, "abandoned": state.abandoned}
+
+
+def _refuse_registration(service: bytes) -> str:
+    """Why a worker may not register ``service``, or "" if it may."""
+    if service.startswith(p.MMI_PREFIX):
+        return f"the service name {service[:40]!r} is reserved for the broker"
+    if len(service) > MAX_SERVICE_NAME:
+        return (f"the service name is {len(service)} bytes long "
+                f"(at most {MAX_SERVICE_NAME})")
+    return ""
+
+
+def _error_reply(dialect: p.Dialect, service: bytes, error: BrokerError) -> list:
+    return p.to_client_reply(dialect, service, broker_error_body(error))
 
 
 def _expired_error(state: Service, request: Request, now: float) -> RequestExpired:
@@ -441,6 +580,17 @@ def _expired_error(state: Service, request: Request, now: float) -> RequestExpir
            else f"all {len(state.workers)} workers stayed busy")
     return RequestExpired(f"request to '{_text(state.name)}' expired after {waited:.1f} s "
                           f"in the queue: {why}", _text(state.name))
+
+
+def _stopping(state: Service) -> BrokerStopping:
+    return BrokerStopping(f"the broker stopped before '{_text(state.name)}' answered; "
+                          f"send the request again once a broker runs", _text(state.name))
+
+
+def _name_too_long(service: bytes) -> ServiceNameTooLong:
+    shown = _text(service[:40])
+    return ServiceNameTooLong(f"the service name '{shown}...' is {len(service)} bytes long; "
+                              f"at most {MAX_SERVICE_NAME} are allowed", shown)
 
 
 def peer_name(peer: Peer) -> str:

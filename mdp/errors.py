@@ -1,13 +1,14 @@
 """Typed exceptions, and the wire convention for errors that MDP itself has no words for.
 
-Broker-originated errors travel as a FINAL (MDP/0.1: REPLY) whose service frame is
-``mmi.error``. Workers cannot register ``mmi.`` names and never choose the service frame
-of a reply (the broker writes it), so no worker reply can look like this. The body is
-[status code, reason, message, requested service], all UTF-8.
+Both conventions put a reserved marker in the first body frame of a final reply, and leave
+the service frame alone: it always names the service the client asked for, as RFC 7 and
+RFC 18 clients check (protocol/mdp.md section 8).
 
-A handler that raises is a worker-originated error: its FINAL body is
-[WORKER_ERROR_MARKER, exception type, message]. The worker library refuses to send a
-normal reply that starts with the marker, so the two cannot be confused either.
+- A broker error (the broker answers in place of a worker): [BROKER_ERROR_MARKER, status
+  code, reason, message]. No worker can send it: the worker library refuses to, and the
+  broker turns a foreign worker's reply that starts with it into a worker error.
+- A worker error (the handler raised): [WORKER_ERROR_MARKER, exception type, message,
+  traceback, worker]; the last two frames are optional.
 """
 
 from __future__ import annotations
@@ -16,14 +17,25 @@ from collections.abc import Sequence
 from typing import Any
 
 WORKER_ERROR_MARKER = b"\x00mdp.worker-error"
+BROKER_ERROR_MARKER = b"\x00mdp.broker-error"
+MARKER_LENGTH = 17  # both markers: the length test is the cheap first check
+RESERVED_MARKERS = (WORKER_ERROR_MARKER, BROKER_ERROR_MARKER)
 
 
 class MDPError(Exception):
-    """Base of every error this package raises about a request."""
+    """Base of every error this package raises."""
 
 
 class RequestTimeout(MDPError, TimeoutError):
-    """No reply arrived in time (after every retry)."""
+    """No reply arrived in time."""
+
+
+class BrokerUnavailable(RequestTimeout):
+    """No broker answers at the endpoint, or the one that did was lost for good.
+
+    A ``RequestTimeout`` of a particular kind, so that code which waits for either need
+    not tell them apart; the message says which it was and how to start a broker.
+    """
 
 
 class BrokerError(MDPError):
@@ -60,6 +72,13 @@ class QueueFull(BrokerError):
     reason = "queue-full"
 
 
+class BrokerStopping(BrokerError):
+    """The broker stopped while it held the request (queued, or with a worker)."""
+
+    code = 503
+    reason = "broker-stopping"
+
+
 class AttemptsExhausted(BrokerError):
     """Every worker that tried the request died on it; it was dropped."""
 
@@ -74,43 +93,72 @@ class ServiceStartFailed(BrokerError):
     reason = "start-failed"
 
 
-class WorkerError(MDPError):
-    """The worker's handler raised; the worker itself goes on."""
+class ServiceNameTooLong(BrokerError):
+    """The service name is longer than the broker accepts (protocol.MAX_SERVICE_NAME)."""
 
-    def __init__(self, error_type: str, message: str, service: str = ""):
+    code = 400
+    reason = "name-too-long"
+
+
+class WorkerError(MDPError):
+    """The worker's handler raised; the worker itself goes on.
+
+    ``traceback`` is the handler's traceback as text and ``worker`` the identity of the
+    worker that ran it, both "" when the worker did not send them.
+    """
+
+    def __init__(self, error_type: str, message: str, service: str = "",
+                 traceback: str = "", worker: str = ""):
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
         self.service = service
+        self.traceback = traceback
+        self.worker = worker
 
 
-_BY_REASON = {cls.reason: cls for cls in
-              (RequestExpired, QueueFull, AttemptsExhausted, ServiceStartFailed)}
+_BY_REASON = {cls.reason: cls for cls in (RequestExpired, QueueFull, BrokerStopping,
+                                          AttemptsExhausted, ServiceStartFailed,
+                                          ServiceNameTooLong)}
+
+
+def reserved_marker(body: Sequence[Any]) -> bytes | None:
+    """The reserved marker the body starts with, if any."""
+    if body and len(body[0]) == MARKER_LENGTH:
+        first = bytes(body[0])
+        if first in RESERVED_MARKERS:
+            return first
+    return None
 
 
 def broker_error_body(error: BrokerError) -> list[bytes]:
-    return [str(error.code).encode(), error.reason.encode(), error.message.encode(),
-            error.service.encode()]
+    return [BROKER_ERROR_MARKER, str(error.code).encode(), error.reason.encode(),
+            error.message.encode()]
 
 
-def decode_broker_error(body: Sequence[Any]) -> BrokerError:
-    parts = [bytes(f).decode("utf-8", "replace") for f in body]
-    parts += [""] * (4 - len(parts))
-    code, reason, message, service = parts[:4]
+def decode_broker_error(body: Sequence[Any], service: str = "") -> BrokerError:
+    """The error a broker-error body carries; frames after the marker may be missing."""
+    code, reason, message = _texts(body[1:4], 3)
     cls = _BY_REASON.get(reason, BrokerError)
     return cls(message, service, code=int(code) if code.isdigit() else 500, reason=reason)
 
 
-def worker_error_body(error_type: str, message: str) -> list[bytes]:
-    return [WORKER_ERROR_MARKER, error_type.encode(), message.encode()]
+def worker_error_body(error_type: str, message: str, traceback: str = "",
+                      worker: str = "") -> list[bytes]:
+    return [WORKER_ERROR_MARKER, error_type.encode(), message.encode(), traceback.encode(),
+            worker.encode()]
 
 
 def is_worker_error(body: Sequence[Any]) -> bool:
-    return bool(body) and len(body[0]) == len(WORKER_ERROR_MARKER) and \
-        bytes(body[0]) == WORKER_ERROR_MARKER
+    return reserved_marker(body) == WORKER_ERROR_MARKER
 
 
 def decode_worker_error(body: Sequence[Any], service: str = "") -> WorkerError:
-    parts = [bytes(f).decode("utf-8", "replace") for f in body[1:3]]
-    parts += [""] * (2 - len(parts))
-    return WorkerError(parts[0], parts[1], service)
+    """The error a worker-error body carries; old three-frame bodies decode too."""
+    error_type, message, traceback, worker = _texts(body[1:5], 4)
+    return WorkerError(error_type, message, service, traceback, worker)
+
+
+def _texts(frames: Sequence[Any], count: int) -> list[str]:
+    texts = [bytes(f).decode("utf-8", "replace") for f in frames]
+    return texts + [""] * (count - len(texts))

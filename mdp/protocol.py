@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import MDPError
+
 Frame = Any  # bytes, or a zmq.Frame / memoryview carried opaquely
 
 CLIENT_V01 = b"MDPC01"
@@ -24,7 +26,7 @@ WORKER_V01 = b"MDPW01"
 WORKER_V02 = b"MDPW02"
 EMPTY = b""
 MMI_PREFIX = b"mmi."
-MMI_ERROR = b"mmi.error"
+MAX_SERVICE_NAME = 255  # bytes; the broker refuses longer names (protocol/mdp.md 1)
 
 
 class Dialect(enum.Enum):
@@ -52,7 +54,7 @@ W_HEARTBEAT_V01 = b"\x04"
 W_DISCONNECT_V01 = b"\x05"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(MDPError, ValueError):
     """A message that no dialect of MDP allows."""
 
 

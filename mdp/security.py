@@ -22,6 +22,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .errors import MDPError
+
 log = logging.getLogger("mdp.security")
 
 KeyPath = str | os.PathLike
@@ -29,7 +31,7 @@ Z85_KEY_LENGTH = 40  # a 32-byte Curve25519 key in Z85 text
 ZAP_RELEASE_WAIT = 1.0  # seconds a closed ZAP handler may take to free its endpoint
 
 
-class CurveError(RuntimeError):
+class CurveError(MDPError, RuntimeError):
     """CURVE cannot be set up: no CURVE in libzmq, or a key file or directory is unusable."""
 
 

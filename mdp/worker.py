@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
-from .errors import WORKER_ERROR_MARKER, worker_error_body
+from .errors import reserved_marker, worker_error_body
 from .security import KeyPath, client_curve
 from .wakeup import Wakeup
 
@@ -32,6 +32,7 @@ log = logging.getLogger("mdp.worker")
 
 Handler = Callable[[list], Any]
 _CONNECTIONS = itertools.count(1)  # numbers every worker connection this process makes
+TRACEBACK_LIMIT = 16_000  # characters of a handler's traceback sent with its error
 
 
 def as_frames(result: Any) -> list:
@@ -54,9 +55,10 @@ class Worker:
     A generator handler streams: each item it yields goes out as a PARTIAL, the last one
     as the FINAL. A handler that raises sends the client an error naming the exception
     and the worker goes on. With ``idle_timeout`` the worker leaves after that many
-    seconds without a request. ``curve_server_key`` (the broker's NAME.key) makes the
-    connection CURVE-encrypted, with the key pair in ``curve_secret_key`` (NAME.key_secret)
-    or, without it, a fresh one that only a broker admitting any key lets in.
+    seconds without a request, whether or not it found a broker meanwhile.
+    ``curve_server_key`` (the broker's NAME.key) makes the connection CURVE-encrypted,
+    with the key pair in ``curve_secret_key`` (NAME.key_secret) or, without it, a fresh
+    one that only a broker admitting any key lets in.
     """
 
     def __init__(self, endpoint: str, service: str | bytes, handler: Handler, *,
@@ -70,6 +72,9 @@ class Worker:
         self.service = service.encode() if isinstance(service, str) else service
         if self.service.startswith(p.MMI_PREFIX):
             raise ValueError("service names starting with 'mmi.' are reserved for the broker")
+        if not 0 < len(self.service) <= p.MAX_SERVICE_NAME:
+            raise ValueError(f"a service name is 1 to {p.MAX_SERVICE_NAME} bytes long, not "
+                             f"{len(self.service)}")
         self.handler = handler
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
@@ -84,6 +89,7 @@ class Worker:
         self._stopping = False
         self._busy: bytes | None = None  # address of the request the handler is on
         self._heard_from_broker = False  # in this session; resets the reconnect back-off
+        self._idle_since = time.monotonic()  # since the last request was done, across sessions
         self.identity = ""
         self._pending: list[p.WorkerRequest] = []
         self._results: queue.Queue = queue.Queue()
@@ -120,7 +126,8 @@ class Worker:
 
     def _serve(self) -> None:
         backoff = 0.1
-        while not self._stopping:
+        self._idle_since = time.monotonic()
+        while not self._stopping and not self._idle_too_long():
             self._connect()
             outcome = self._session()
             if outcome == "stop":
@@ -128,8 +135,23 @@ class Worker:
             log.info("lost the broker at %s (%s); reconnecting in %.1f s",
                      self.endpoint, outcome, backoff)
             self._disconnect_socket()
-            self._sleep(backoff)
+            self._sleep(min(backoff, max(0.0, self._idle_deadline() - time.monotonic())))
             backoff = 0.1 if self._heard_from_broker else min(backoff * 2, self.reconnect_max)
+
+    def _idle_deadline(self) -> float:
+        """When the worker leaves if no request comes; idle means no request served,
+        whatever its connection did meanwhile (a broker that is gone keeps it idle)."""
+        if self.idle_timeout is None:
+            return float("inf")
+        return self._idle_since + self.idle_timeout
+
+    def _idle_too_long(self) -> bool:
+        """Past the idle deadline with nothing in hand: then the worker stops."""
+        if self._busy is None and not self._pending and \
+                time.monotonic() >= self._idle_deadline():
+            log.info("no request for %.0f s; leaving", self.idle_timeout)
+            self._stopping = True
+        return self._stopping
 
     def _session(self) -> str:
         """Serve on one connection; returns why it ended."""
@@ -139,7 +161,6 @@ class Worker:
         now = time.monotonic()
         broker_expires = now + self.heartbeat_interval * self.heartbeat_liveness
         next_heartbeat = now + self.heartbeat_interval
-        idle_since = now
         self._heard_from_broker = False
         while True:
             if self._stopping and self._busy is None:
@@ -147,13 +168,13 @@ class Worker:
                 return "stop"
             now = time.monotonic()
             deadline = min(next_heartbeat, broker_expires)
-            if self.idle_timeout is not None and self._busy is None:
-                deadline = min(deadline, idle_since + self.idle_timeout)
+            if self._busy is None:
+                deadline = min(deadline, self._idle_deadline())
             for sock, _ in poller.poll(max(0.0, deadline - now) * 1000):
                 if sock == self._wakeup.fileno():
                     self._wakeup.drain()
                     if self._send_results():
-                        idle_since = time.monotonic()
+                        self._idle_since = time.monotonic()
                     continue
                 frames = self._socket.recv_multipart(copy=self.copy)
                 self._heard_from_broker = True
@@ -178,10 +199,7 @@ class Worker:
             if now >= next_heartbeat:
                 self._send(p.worker_heartbeat(self.dialect))
                 next_heartbeat = now + self.heartbeat_interval
-            if (self.idle_timeout is not None and self._busy is None and not self._pending
-                    and now - idle_since >= self.idle_timeout):
-                log.info("no request for %.0f s; leaving", self.idle_timeout)
-                self._stopping = True
+            self._idle_too_long()
 
     # ------------------------------------------------------------ requests
 
@@ -202,8 +220,10 @@ class Worker:
                 self._results.put((request.address, _checked(as_frames(result)), True))
         except Exception as error:
             log.warning("handler raised %s: %s", type(error).__name__, error)
-            log.debug("%s", traceback.format_exc())
-            body = worker_error_body(type(error).__name__, str(error))
+            trace = traceback.format_exc()
+            log.debug("%s", trace)
+            body = worker_error_body(type(error).__name__, str(error),
+                                     trace[-TRACEBACK_LIMIT:], self.identity)
             self._results.put((request.address, body, True))
         self._wakeup.wake()
 
@@ -300,11 +320,9 @@ class Worker:
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
-RESERVED_FIRST_FRAMES = (WORKER_ERROR_MARKER, p.MMI_ERROR)
-
-
 def _checked(frames: list) -> list:
     """Replies may not start like an error, or a client would take them for one."""
-    if frames and len(frames[0]) < 32 and bytes(frames[0]) in RESERVED_FIRST_FRAMES:
-        raise ValueError(f"a reply may not start with the reserved frame {bytes(frames[0])!r}")
+    marker = reserved_marker(frames)
+    if marker is not None:
+        raise ValueError(f"a reply may not start with the reserved frame {marker!r}")
     return frames

@@ -87,7 +87,7 @@ class Autostarter:
         self.started: list[Start] = []  # every worker started and not yet seen to end
         self._checking = False
         broker.add_hook(self.on_event)
-        broker.core.mmi_handlers[b"mmi.mlipx"] = self.mmi_status
+        broker.add_mmi_handler("mmi.mlipx", self.mmi_status)
 
     # ------------------------------------------------------------ events
 
@@ -168,15 +168,13 @@ class Autostarter:
 
     def _failed(self, name: str, start: Start, why: str) -> None:
         del self.starting[name]
-        service = self.broker.core.services.get(name.encode())
-        if service is not None and service.workers:
+        if self.broker.service_workers(name):
             log.warning("an extra worker for '%s' failed to start: %s", name, why)
             return
         message = (f"could not start model '{name}': {why}. Last lines of its output "
                    f"({start.log_path}):\n{tail(start.log_path)}")
         log.error(message)
-        self.broker.send(self.broker.core.fail_queued(name.encode(),
-                                                      ServiceStartFailed(message, name)))
+        self.broker.fail_queued(name, ServiceStartFailed(message, name))
 
     # ------------------------------------------------------------ status and stop
 

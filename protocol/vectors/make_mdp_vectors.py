@@ -46,6 +46,10 @@ WITH_ADDRESS = {"REQUEST", "PARTIAL", "FINAL", "REPLY"}
 
 ADDRESS = "0000000000000001"
 WORKER_ERROR = {"hex": b"\x00mdp.worker-error".hex()}
+BROKER_ERROR = {"hex": b"\x00mdp.broker-error".hex()}
+TRACEBACK = ('Traceback (most recent call last):\n  File "w.py", line 3, in handle\n'
+             'ValueError: bad input\n')
+TRACEBACK_FRAME = {"hex": TRACEBACK.encode().hex()}  # not printable: it has line breaks
 
 
 # ------------------------------------------------------------ frames <-> JSON
@@ -136,6 +140,10 @@ BROKER_ERRORS: list[tuple[int, str, str]] = [
     (500, "attempts-exhausted", "request to 'echo' was given up after 3 workers died "
      "or vanished while handling it"),
     (502, "start-failed", "the worker for 'echo' exited with status 1"),
+    (503, "broker-stopping", "the broker stopped before 'echo' answered; send the request "
+     "again once a broker runs"),
+    (400, "name-too-long", "the service name 'echo...' is 300 bytes long; at most 255 are "
+     "allowed"),
 ]
 
 
@@ -152,17 +160,21 @@ def client_vectors(dialect: str) -> list[dict]:
         out.append(vector(name.replace("final", final.lower()), dialect, B2C,
                           {"command": final, "service": service_of(service), "body": body}))
     for code, reason, message in BROKER_ERRORS:
-        body = [str(code), reason, message, "echo"]
-        if dialect == MT:
-            body = ["mmi.error", *body]
-        meaning = {"command": final, "service": service_of("mmi.error"), "body": body,
+        meaning = {"command": final, "service": service_of("echo"),
+                   "body": [BROKER_ERROR, str(code), reason, message],
                    "error": {"code": code, "reason": reason, "message": message,
                              "service": "echo"}}
         out.append(vector(f"error-{reason}", dialect, B2C, meaning))
     out.append(vector("worker-error", dialect, B2C, {
         "command": final, "service": service_of("echo"),
+        "body": [WORKER_ERROR, "ValueError", "bad input", TRACEBACK_FRAME, "host:4242:1"],
+        "worker_error": {"type": "ValueError", "message": "bad input",
+                         "traceback": TRACEBACK, "worker": "host:4242:1"}}))
+    out.append(vector("worker-error-three-frames", dialect, B2C, {
+        "command": final, "service": service_of("echo"),
         "body": [WORKER_ERROR, "ValueError", "bad input"],
-        "worker_error": {"type": "ValueError", "message": "bad input"}}))
+        "worker_error": {"type": "ValueError", "message": "bad input", "traceback": "",
+                         "worker": ""}}))
     return out
 
 
@@ -173,7 +185,8 @@ def worker_vectors(dialect: str) -> list[dict]:
         out.append(vector("partial", dialect, W2B, {"command": "PARTIAL", "address": ADDRESS,
                                                      "body": ["part 1"]}))
     for name, body in (("final", ["hi"]), ("final-empty-body", []),
-                       ("worker-error", [WORKER_ERROR, "ValueError", "bad input"])):
+                       ("worker-error", [WORKER_ERROR, "ValueError", "bad input",
+                                         TRACEBACK_FRAME, "host:4242:1"])):
         out.append(vector(name.replace("final", final.lower()), dialect, W2B,
                           {"command": final, "address": ADDRESS, "body": body}))
     for name, body in (("request", ["hi"]), ("request-empty-body", []),
@@ -205,12 +218,17 @@ def ready(service: str = "echo") -> dict:
     return {"command": "READY", "service": service}
 
 
-def answer(command: str, address: str, *body: str) -> dict:
+def answer(command: str, address: str, *body: str | dict) -> dict:
     return {"command": command, "address": address, "body": list(body)}
 
 
 def beat() -> dict:
     return {"command": "HEARTBEAT"}
+
+
+def gone(time: float, peer: str) -> dict:
+    """The peer's connection closed (the broker loop learns it from libzmq)."""
+    return {"time": time, "disconnected": peer}
 
 
 FIRST, SECOND = "0000000000000001", "0000000000000002"
@@ -307,10 +325,54 @@ EXCHANGES: list[dict[str, Any]] = [
                                            "reason": "start-failed",
                                            "message": "the worker exited with status 1"}}]},
     {"name": "shutdown",
-     "description": "a broker that stops DISCONNECTs every worker in its dialect",
-     "peers": {"w1": ("worker", V02), "w2": ("worker", V01), "w3": ("worker", MT)},
+     "description": "a broker that stops answers every request it holds (queued or with a "
+                    "worker) 503 broker-stopping, and DISCONNECTs every worker in its dialect",
+     "peers": {"w1": ("worker", V02), "w2": ("worker", V01), "w3": ("worker", MT),
+               "c1": ("client", V02), "o1": ("client", V01), "m1": ("client", MT)},
      "steps": [msg(0, "w1", ready()), msg(0, "w2", ready("other")), msg(0, "w3", ready()),
+               msg(0, "c1", req("echo", "x")), msg(0, "o1", req("nobody", "y")),
+               msg(0, "m1", req("other", "z")),
                {"time": 1, "shutdown": True}]},
+    {"name": "busy-worker-keeps-its-request",
+     "description": "a busy worker that sends no heartbeat (RFC 7's reference worker while "
+                    "its handler runs) is kept until the busy timeout; an idle one is not",
+     "config": {"heartbeat_interval": 1.0, "heartbeat_liveness": 2, "busy_timeout": 10.0},
+     "peers": {"w1": ("worker", V01), "w2": ("worker", V01), "o1": ("client", V01)},
+     "steps": [msg(0, "w1", ready()), msg(0, "w2", ready("other")),
+               msg(0, "o1", req("echo", "slow")), tick(1), tick(2), tick(3),
+               msg(3.5, "w1", answer("REPLY", FIRST, "done")), tick(4), tick(5), tick(6)]},
+    {"name": "busy-timeout",
+     "description": "a busy worker silent for longer than the busy timeout is given up; "
+                    "its request goes to another worker",
+     "config": {"heartbeat_interval": 1.0, "heartbeat_liveness": 2, "busy_timeout": 3.0},
+     "peers": {"w1": ("worker", V02), "w2": ("worker", V02), "c1": ("client", V02)},
+     "steps": [msg(0, "w1", ready()), msg(0, "c1", req("echo", "x")), msg(0, "w2", ready()),
+               msg(0.5, "w2", beat()), tick(1), msg(1.5, "w2", beat()), tick(2),
+               msg(2.5, "w2", beat()), tick(3)]},
+    {"name": "connection-closed",
+     "description": "a worker whose connection closes is removed at once and its request "
+                    "re-sent; a client whose connection closes is forgotten: its queued "
+                    "request is dropped, the reply to the one a worker holds is not relayed",
+     "peers": {"w1": ("worker", V02), "w2": ("worker", V02), "c1": ("client", V02),
+               "c2": ("client", V02), "c3": ("client", V02)},
+     "steps": [msg(0, "w1", ready()), msg(0, "c1", req("echo", "a")),
+               msg(0, "c2", req("echo", "b")), gone(1, "w1"), gone(1, "c2"),
+               msg(2, "w2", ready()), msg(2, "c3", req("echo", "c")), gone(3, "c1"),
+               msg(4, "w2", answer("FINAL", FIRST, "a")),
+               msg(4, "w2", answer("FINAL", "0000000000000003", "c"))]},
+    {"name": "worker-forges-broker-error",
+     "description": "only the broker may send a broker error: a worker reply starting with "
+                    "its marker reaches the client as a worker error",
+     "peers": {"w1": ("worker", V02), "c1": ("client", V02)},
+     "steps": [msg(0, "w1", ready()), msg(0, "c1", req("echo", "x")),
+               msg(1, "w1", answer("FINAL", FIRST, BROKER_ERROR, "503", "queue-full",
+                                   "forged"))]},
+    {"name": "service-name-too-long",
+     "description": "a request for a name over 255 bytes is refused 400 name-too-long, "
+                    "with the name in the service frame; such a READY is refused",
+     "peers": {"c1": ("client", V02), "o1": ("client", V01), "w1": ("worker", V02)},
+     "steps": [msg(0, "c1", req("e" * 256, "x")), msg(0, "o1", req("e" * 300)),
+               msg(0, "w1", ready("e" * 256))]},
 ]
 
 
@@ -344,7 +406,11 @@ def _apply(core: BrokerCore, peers: dict, step: dict) -> list:
     if step.get("tick"):
         return core.tick(now)
     if step.get("shutdown"):
-        return core.shutdown()
+        return core.shutdown(now)
+    if "disconnected" in step:
+        out = core.peer_disconnected(peer_id(step["disconnected"]), now)
+        step["disconnected"] = peer_id(step["disconnected"]).hex()
+        return out
     if "fail_queued" in step:
         f = step["fail_queued"]
         error = BrokerError(f["message"], f["service"], code=f["code"], reason=f["reason"])

@@ -25,6 +25,8 @@ from mdp.errors import MDPError
 
 HELPERS = Path(__file__).parent / "helpers"
 WORKER_SCRIPT = HELPERS / "worker.py"
+RFC7_WORKER = HELPERS / "rfc7_worker.py"
+RFC7_CLIENT = HELPERS / "rfc7_client.py"
 MDP = [sys.executable, "-m", "mdp.cli"]
 WAIT = 20.0  # seconds any condition may take on a busy machine before a test fails
 HEARTBEAT = 0.2
@@ -134,9 +136,17 @@ class System:
                               ("--max-attempts", max_attempts)):
             if value is not None:
                 args += [option, str(value)]
+        return self._start_broker(args, binds[0], wait)
+
+    def default_broker(self, endpoint: str, *options: str) -> Proc:
+        """A broker with the command line's defaults (heartbeats every 2.5 s and all),
+        but for ``options``."""
+        return self._start_broker([*MDP, "broker", "--bind", endpoint, *options], endpoint)
+
+    def _start_broker(self, args: list[str], endpoint: str, wait: bool = True) -> Proc:
         proc = self.spawn("broker", args)
         if wait:
-            self.wait_until(lambda: broker_status(binds[0]), f"a broker at {binds[0]}")
+            self.wait_until(lambda: broker_status(endpoint), f"a broker at {endpoint}")
         return proc
 
     def worker(self, endpoint: str, service: str, *, heartbeat: float = HEARTBEAT,
@@ -148,6 +158,17 @@ class System:
         if idle_timeout is not None:
             args += ["--idle-timeout", str(idle_timeout)]
         return self.spawn(f"worker-{service}", args)
+
+    def rfc7_worker(self, endpoint: str, service: str, log: Path) -> Proc:
+        """helpers/rfc7_worker.py: silent while its handler runs, like the zguide's."""
+        return self.spawn(f"rfc7-worker-{service}",
+                          [sys.executable, str(RFC7_WORKER), endpoint, service, str(log)])
+
+    def rfc7_client(self, endpoint: str, timeout: float, *requests: Sequence[str]) -> Proc:
+        """helpers/rfc7_client.py sending ``requests`` (each [service, *body]) in turn."""
+        words = [word for request in requests for word in ("--", *request)][1:]
+        return self.spawn("rfc7-client", [sys.executable, str(RFC7_CLIENT), endpoint,
+                                          str(timeout), *words])
 
     def wait_workers(self, endpoint: str, service: str, count: int) -> dict:
         return self.wait_until(lambda: _with_workers(endpoint, service, count),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,21 +24,28 @@ from hypothesis.stateful import (
 
 from mdp import __version__
 from mdp import protocol as p
-from mdp.core import BrokerConfig, BrokerCore, Event, peer_name
+from mdp.core import BrokerConfig, BrokerCore, Event, StateError, WorkerState, peer_name
 from mdp.errors import (
+    BROKER_ERROR_MARKER,
     AttemptsExhausted,
     BrokerError,
+    BrokerStopping,
     QueueFull,
     RequestExpired,
+    ServiceNameTooLong,
     ServiceStartFailed,
+    broker_error_body,
     decode_broker_error,
+    decode_worker_error,
+    is_worker_error,
+    reserved_marker,
     worker_error_body,
 )
 
 V02, V01, MT = p.Dialect.V02, p.Dialect.V01, p.Dialect.MAJORTOMO
 DIALECTS = list(p.Dialect)
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "mdp.json"
-ID1, ID2, ID3 = (i.to_bytes(8, "big") for i in (1, 2, 3))
+ID1, ID2, ID3, ID4 = (i.to_bytes(8, "big") for i in (1, 2, 3, 4))
 
 
 class Bus:
@@ -78,6 +85,10 @@ class Bus:
     def disconnect(self, worker: bytes) -> list:
         return self.send(worker, p.worker_disconnect(self.dialect(worker)))
 
+    def gone(self, peer: bytes) -> list:
+        """The peer's connection closed."""
+        return self.decode(self.core.peer_disconnected(peer, self.now))
+
     def tick(self, now: float) -> list:
         self.now = now
         return self.decode(self.core.tick(now))
@@ -108,14 +119,13 @@ def request_to(out: list, worker: bytes) -> p.WorkerRequest:
     return message
 
 
-def broker_error(reply: p.ClientReply) -> BrokerError:
-    """The broker error a reply carries, by the convention of protocol/mdp.md 8.1."""
-    assert reply.final
-    if reply.service is None:
-        assert bytes(reply.body[0]) == p.MMI_ERROR
-        return decode_broker_error(reply.body[1:])
-    assert reply.service == p.MMI_ERROR
-    return decode_broker_error(reply.body)
+def broker_error(reply: p.ClientReply, service: bytes = b"echo") -> BrokerError:
+    """The broker error a reply carries, by the convention of protocol/mdp.md 8.1: the
+    service frame (none for majortomo) is the one asked for, the body starts with the
+    marker."""
+    assert reply.final and reply.service in (service, None)
+    assert bytes(reply.body[0]) == BROKER_ERROR_MARKER
+    return decode_broker_error(reply.body, service.decode())
 
 
 def status(bus: Bus) -> dict:
@@ -246,7 +256,7 @@ def test_a_request_nobody_takes_expires_with_504(d):
     assert "no worker offers it" in error.message
     assert status(bus)["services"]["echo"] == {
         "workers": 0, "idle": 0, "busy": 0, "queued": 0, "served": 0, "failed": 0,
-        "expired": 1, "rejected": 0}
+        "expired": 1, "rejected": 0, "abandoned": 0}
     assert bus.ready(b"w") == []  # nothing left to hand out
     assert bus.tick(50.0) == []
 
@@ -372,7 +382,7 @@ def test_a_silent_worker_is_removed_after_interval_times_liveness():
     assert sorted(out) == [(b"late", p.Heartbeat(V02)), (b"w", p.Disconnect(V02))]
     assert list(bus.core.workers) == [b"late"]
     assert bus.tick(4.0) == [(b"late", p.Disconnect(V02))]
-    assert bus.core.workers == {} and bus.core.services[b"echo"].workers == set()
+    assert bus.core.workers == {} and b"echo" not in bus.core.services
     lost = [e for e in bus.core.events if e.kind == "worker-lost"]
     assert [(e.worker, e.detail) for e in lost] == [(peer_name(b"w"), "heartbeats stopped"),
                                                     (peer_name(b"late"), "heartbeats stopped")]
@@ -395,7 +405,7 @@ def test_any_message_from_a_worker_keeps_it_alive():
 
 
 def test_a_dead_workers_request_goes_to_the_front_and_to_another_worker():
-    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=3, max_attempts=3)
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=3, busy_timeout=3.0, max_attempts=3)
     bus.ready(b"w1")
     request_to(bus.request(b"a", b"echo", b"A"), b"w1")
     bus.request(b"b", b"echo", b"B")
@@ -412,9 +422,9 @@ def test_a_dead_workers_request_goes_to_the_front_and_to_another_worker():
     assert out == [(b"a", p.ClientReply(b"echo", [b"ok"])), (b"w2", p.WorkerRequest(ID2, [b"B"]))]
 
 
-@pytest.mark.parametrize("how", ["silence", "disconnect", "ready-twice"])
+@pytest.mark.parametrize("how", ["silence", "disconnect", "ready-twice", "connection-closed"])
 def test_after_max_attempts_deaths_the_client_gets_500(how):
-    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, max_attempts=2)
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, busy_timeout=1.0, max_attempts=2)
     bus.request(b"c", b"echo", b"x", d=MT)
     for n, worker in enumerate((b"w1", b"w2")):
         bus.at(n * 10.0)
@@ -423,6 +433,8 @@ def test_after_max_attempts_deaths_the_client_gets_500(how):
             out = bus.tick(n * 10.0 + 1.0)
         elif how == "disconnect":
             out = bus.disconnect(worker)
+        elif how == "connection-closed":
+            out = bus.gone(worker)
         else:
             out = bus.ready(worker)
     peer, reply = [(peer, m) for peer, m in out if peer == b"c"][0]
@@ -431,12 +443,12 @@ def test_after_max_attempts_deaths_the_client_gets_500(how):
     assert "2 workers" in error.message
     assert status(bus)["services"]["echo"]["failed"] == 1
     assert bus.core.events[-1] == Event("dropped", "echo", detail="attempts-exhausted")
-    assert bus.core.services[b"echo"].queue == deque()
+    assert b"echo" not in bus.core.services  # no worker, no queue: forgotten
     assert bus.at(30.0).ready(b"w3") == []
 
 
 def test_a_late_reply_from_a_worker_given_up_for_dead_is_not_sent_twice():
-    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1)
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, busy_timeout=1.0)
     bus.ready(b"w1")
     bus.request(b"c")
     bus.at(0.5).ready(b"w2")
@@ -480,6 +492,125 @@ def test_a_worker_that_says_disconnect_while_idle_is_just_removed():
     assert bus.kinds() == ["worker-ready", "worker-lost"]
     assert bus.core.events[-1].detail == "disconnected"
     assert bus.disconnect(b"w") == []  # unknown now: ignored
+
+
+# ------------------------------------------------------------ busy workers, closed connections
+
+
+def test_a_busy_worker_that_sends_nothing_is_kept_until_the_busy_timeout():
+    """RFC 7's reference worker is single-threaded: silent while its handler runs."""
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=2, busy_timeout=30.0)
+    bus.ready(b"w", d=V01)
+    bus.ready(b"idle", d=V01)
+    bus.request(b"c", d=V01)  # to w
+    for now in range(1, 30):
+        out = bus.tick(float(now))
+        assert (b"w", p.Heartbeat(V01)) in out, now
+    assert b"idle" not in bus.core.workers  # silent and idle: gone after 2 s
+    assert bus.at(29.5).reply(b"w", ID1, b"done") == [(b"c", p.ClientReply(b"echo", [b"done"]))]
+    assert status(bus)["workers"][0]["state"] == "idle"
+
+
+def test_a_busy_worker_silent_past_the_busy_timeout_is_given_up():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=2, busy_timeout=5.0)
+    bus.ready(b"w")
+    bus.request(b"c")
+    assert (b"w", p.Heartbeat(V02)) in bus.tick(4.0)
+    assert bus.tick(5.0) == [(b"w", p.Disconnect(V02))]
+    assert bus.core.events[-2].detail == "silent while busy for longer than the busy timeout"
+    assert [r.id for r in bus.core.services[b"echo"].queue] == [ID1]
+
+
+def test_without_a_busy_timeout_a_busy_worker_may_stay_silent_for_ever():
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=2, busy_timeout=None)
+    bus.ready(b"w")
+    bus.request(b"c")
+    assert bus.tick(1e6) == [(b"w", p.Heartbeat(V02))]
+
+
+def test_an_idle_worker_whose_connection_closed_is_removed_at_once():
+    bus = Bus()
+    bus.ready(b"w1")
+    bus.ready(b"w2")
+    assert bus.gone(b"w1") == []
+    assert list(bus.core.workers) == [b"w2"]
+    assert bus.core.events[-1] == Event("worker-lost", "echo", peer_name(b"w1"), workers=1,
+                                        detail="connection closed")
+    assert request_to(bus.request(b"c"), b"w2").address == ID1
+
+
+def test_a_busy_worker_whose_connection_closed_hands_its_request_on_at_once():
+    bus = Bus()
+    bus.ready(b"w1")
+    bus.request(b"c", b"echo", b"x")
+    bus.ready(b"w2")
+    assert bus.gone(b"w1") == [(b"w2", p.WorkerRequest(ID1, [b"x"]))]
+    assert bus.reply(b"w2", ID1, b"y") == [(b"c", p.ClientReply(b"echo", [b"y"]))]
+
+
+def test_a_client_that_went_away_leaves_nothing_to_run():
+    bus = Bus(max_attempts=5)
+    bus.ready(b"w1")
+    bus.request(b"c", b"echo", b"held")  # ID1, with w1
+    bus.request(b"c", b"echo", b"queued")  # ID2: a DEALER may have several in flight
+    bus.request(b"c", b"other", b"queued too")  # ID3
+    bus.request(b"d", b"echo", b"stays")  # ID4
+    assert bus.gone(b"c") == []
+    assert [r.id for r in bus.core.services[b"echo"].queue] == [ID4]
+    assert b"other" not in bus.core.services  # nothing left there: forgotten
+    assert status(bus)["services"]["other"]["abandoned"] == 1
+    # The held one runs to its end, but its reply goes nowhere.
+    assert bus.reply(b"w1", ID1, b"late", final=False) == []
+    assert bus.reply(b"w1", ID1, b"late") == [(b"w1", p.WorkerRequest(ID4, [b"stays"]))]
+    bus.ready(b"w2")
+    assert bus.gone(b"w1") == [(b"w2", p.WorkerRequest(ID4, [b"stays"]))]
+    assert status(bus)["services"]["echo"]["abandoned"] == 1
+    assert status(bus)["services"]["echo"]["served"] == 1
+
+
+def test_a_held_request_whose_client_went_away_is_not_requeued_when_its_worker_dies():
+    bus = Bus()
+    bus.ready(b"w1")
+    bus.request(b"c")
+    bus.gone(b"c")
+    bus.ready(b"w2")
+    assert bus.gone(b"w1") == []
+    assert status(bus)["services"]["echo"]["abandoned"] == 1
+    assert status(bus)["workers"][0]["state"] == "idle"
+
+
+def test_a_peer_the_broker_never_heard_of_may_disconnect():
+    bus = Bus()
+    assert bus.gone(b"stranger") == []
+    assert bus.core.services == {} and bus.core.events == []
+
+
+# ------------------------------------------------------------ worker state
+
+
+def test_worker_state_changes_only_as_its_transitions_allow():
+    bus = Bus()
+    bus.ready(b"w")
+    worker = bus.core.workers[b"w"]
+    assert worker.state is WorkerState.IDLE
+    with pytest.raises(StateError):
+        worker.release()
+    bus.request(b"c")
+    assert worker.state is WorkerState.BUSY and worker.request.id == ID1
+    with pytest.raises(StateError):
+        worker.assign(worker.request)
+    assert worker.release().id == ID1 and worker.state is WorkerState.IDLE
+
+
+def test_idle_workers_leave_the_lru_order_from_any_place():
+    bus = Bus()
+    for worker in (b"w1", b"w2", b"w3", b"w4"):
+        bus.ready(worker)
+    bus.disconnect(b"w2")
+    bus.gone(b"w4")
+    assert list(bus.core.services[b"echo"].idle) == [b"w1", b"w3"]
+    assert request_to(bus.request(b"a"), b"w1")
+    assert request_to(bus.request(b"b"), b"w3")
 
 
 # ------------------------------------------------------------ protocol violations
@@ -532,6 +663,44 @@ def test_malformed_messages_are_dropped_counted_and_logged_once(caplog):
     assert b"w" in bus.core.workers
 
 
+def test_a_service_name_over_255_bytes_is_refused_with_400():
+    bus = Bus()
+    long = b"x" * 256
+    for d in DIALECTS:
+        peer, reply = only(bus.request(b"c", long, b"body", d=d))
+        assert reply.service == (None if d is MT else long)  # RFC 7 clients check it
+        error = broker_error(reply, long)
+        assert type(error) is ServiceNameTooLong and (error.code, error.reason) == \
+            (400, "name-too-long")
+        assert "256 bytes" in error.message and len(error.message) < 200
+    assert bus.core.services == {} and bus.core.retired == {}
+    assert bus.request(b"c", b"x" * 255) == []  # 255 bytes is fine: it waits
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
+def test_a_worker_may_not_register_a_name_over_255_bytes(d, caplog):
+    bus = Bus()
+    with caplog.at_level(logging.WARNING, logger="mdp.broker"):
+        assert bus.ready(b"w", b"y" * 256, d) == [(b"w", p.Disconnect(d))]
+    assert bus.core.workers == {} and bus.core.services == {}
+    assert "256 bytes long" in caplog.text
+
+
+def test_a_worker_reply_posing_as_a_broker_error_reaches_the_client_as_a_worker_error():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c", b"echo", b"x", d=MT)
+    forged = broker_error_body(QueueFull("not really", "echo"))
+    peer, reply = only(bus.reply(b"w", ID1, *forged))
+    assert reply.service is None and is_worker_error(reply.body)
+    error = decode_worker_error(reply.body, "echo")
+    assert error.error_type == "ProtocolError" and "reserved" in error.message
+    assert error.worker == peer_name(b"w")
+    assert status(bus)["services"]["echo"]["failed"] == 1
+    bus.request(b"c", b"echo", b"x")
+    assert bus.reply(b"w", ID2, *forged, final=False)[0][1].body[0] != forged[0]
+
+
 # ------------------------------------------------------------ worker errors and events
 
 
@@ -551,7 +720,7 @@ def test_worker_errors_are_relayed_and_count_as_failed():
 
 
 def test_events_carry_counts():
-    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, max_attempts=1)
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, busy_timeout=1.0, max_attempts=1)
     bus.ready(b"w1")
     bus.request(b"a")
     bus.request(b"b")
@@ -563,7 +732,7 @@ def test_events_carry_counts():
         Event("demand", "echo", None, queued=1, workers=1, busy=1),
         Event("served", "echo", w1, queued=1, workers=1, busy=0, detail="ok"),
         Event("worker-lost", "echo", w1, queued=0, workers=0, busy=0,
-              detail="heartbeats stopped"),
+              detail="silent while busy for longer than the busy timeout"),
         Event("dropped", "echo", detail="attempts-exhausted"),
     ]
 
@@ -575,15 +744,28 @@ def test_a_request_an_idle_worker_takes_raises_no_demand():
     assert bus.kinds() == ["worker-ready"]
 
 
-def test_shutdown_disconnects_every_worker_in_its_dialect():
+def test_shutdown_answers_every_held_request_and_disconnects_every_worker():
     bus = Bus()
     bus.ready(b"a", b"echo", V02)
     bus.ready(b"b", b"echo", V01)
     bus.ready(b"c", b"other", MT)
-    bus.request(b"client")
+    bus.request(b"held", d=V01)  # with a
+    bus.request(b"also-held", d=MT)  # with b
+    bus.request(b"queued")
+    bus.request(b"elsewhere", b"nobody")
     out = bus.decode(bus.core.shutdown())
-    assert sorted(out) == [(b"a", p.Disconnect(V02)), (b"b", p.Disconnect(V01)),
-                           (b"c", p.Disconnect(MT))]
+    workers = sorted((peer, m) for peer, m in out if peer in (b"a", b"b", b"c"))
+    assert workers == [(b"a", p.Disconnect(V02)), (b"b", p.Disconnect(V01)),
+                       (b"c", p.Disconnect(MT))]
+    answered = {peer: m for peer, m in out if peer not in (b"a", b"b", b"c")}
+    assert sorted(answered) == [b"also-held", b"elsewhere", b"held", b"queued"]
+    for peer, reply in answered.items():
+        service = b"nobody" if peer == b"elsewhere" else b"echo"
+        error = broker_error(reply, service)
+        assert type(error) is BrokerStopping and (error.code, error.reason) == \
+            (503, "broker-stopping")
+    assert bus.core.workers == {} and bus.core.services == {}
+    assert bus.core.shutdown() == []
 
 
 # ------------------------------------------------------------ MMI
@@ -641,9 +823,9 @@ def test_mmi_status_and_workers():
     assert doc["counters"] == {"requests": 5, "replies": 1, "dropped_messages": 1}
     assert doc["services"] == {
         "calc": {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "served": 0,
-                 "failed": 0, "expired": 0, "rejected": 0},
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0},
         "echo": {"workers": 2, "idle": 0, "busy": 2, "queued": 1, "served": 1,
-                 "failed": 0, "expired": 0, "rejected": 0}}
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0}}
     assert doc["workers"] == [
         {"id": peer_name(b"\x01\x02"), "service": "echo", "dialect": "MDP/0.2", "state": "busy",
          "served": 1, "since": 5.0},
@@ -676,6 +858,47 @@ def test_a_custom_mmi_handler_that_raises_answers_500_and_the_broker_goes_on():
     assert peer == b"w" and request.body == [b"x"]
 
 
+def test_a_service_nobody_offers_or_waits_for_is_forgotten_and_its_counters_kept_bounded():
+    bus = Bus(request_expiry=1.0, heartbeat_interval=100.0, retired_services=50)
+    for n in range(20_000):
+        bus.at(n * 0.001).request(b"c", b"svc-%d" % n)
+        if n % 1000 == 999:
+            bus.tick(bus.now)
+    bus.tick(100.0)
+    assert bus.core.services == {}
+    assert json.loads(mmi(bus, b"mmi.services")) == []
+    assert len(bus.core.retired) == 50
+    doc = status(bus)["services"]
+    assert len(doc) == 50 and doc["svc-19999"]["expired"] == 1
+    assert "svc-0" not in doc
+
+
+def test_a_forgotten_service_comes_back_with_its_counters():
+    bus = Bus(request_expiry=1.0, heartbeat_interval=100.0)
+    bus.request(b"c", b"echo")
+    bus.tick(1.0)
+    assert b"echo" not in bus.core.services and b"echo" in bus.core.retired
+    bus.ready(b"w")
+    assert b"echo" in bus.core.services and b"echo" not in bus.core.retired
+    assert status(bus)["services"]["echo"]["expired"] == 1
+    assert mmi(bus, b"mmi.service", b"echo") == b"200"
+    bus.disconnect(b"w")
+    assert b"echo" not in bus.core.services
+
+
+def test_a_refused_request_leaves_no_service_behind():
+    bus = Bus(queue_limit=0)
+    assert type(broker_error(only(bus.request(b"c"))[1])) is QueueFull
+    assert bus.core.services == {} and status(bus)["services"]["echo"]["rejected"] == 1
+
+
+def test_take_events_hands_over_and_empties():
+    bus = Bus()
+    bus.ready(b"w")
+    assert [e.kind for e in bus.core.take_events()] == ["worker-ready"]
+    assert bus.core.events == [] and bus.core.take_events() == []
+
+
 # ------------------------------------------------------------ recorded exchanges
 
 EXCHANGES = json.loads(VECTORS.read_text())["exchanges"]
@@ -697,7 +920,9 @@ def replay(core: BrokerCore, step: dict) -> list:
     if step.get("tick"):
         return core.tick(now)
     if step.get("shutdown"):
-        return core.shutdown()
+        return core.shutdown(now)
+    if "disconnected" in step:
+        return core.peer_disconnected(bytes.fromhex(step["disconnected"]), now)
     if "fail_queued" in step:
         f = step["fail_queued"]
         error = BrokerError(f["message"], f["service"], code=f["code"], reason=f["reason"])
@@ -713,6 +938,7 @@ WORKERS = {b"w-v02": V02, b"w2-v02": V02, b"w-v01": V01, b"w-mt": MT}
 GARBAGE_PEERS = [b"g1", b"g2"]
 SERVICES = [b"echo", b"calc"]
 SERVICES_OFTEN = [b"echo", b"echo", b"echo", b"calc"]
+TOO_LONG = b"n" * (p.MAX_SERVICE_NAME + 1)
 VOCABULARY = [b"", b"MDPC01", b"MDPC02", b"MDPW01", b"MDPW02", b"echo", b"mmi.service", ID1,
               *(bytes([i]) for i in range(8))]
 garbage = st.lists(st.one_of(st.sampled_from(VOCABULARY), st.binary(max_size=6)), max_size=6)
@@ -724,16 +950,20 @@ class BrokerMachine(RuleBasedStateMachine):
     """Clients with one request at a time, workers that echo the request's token."""
 
     @initialize(expiry=st.sampled_from([None, 2.0, 6.0]), limit=st.sampled_from([None, 3, 1, 0]),
-                attempts=st.integers(1, 3),
+                attempts=st.integers(1, 3), busy_timeout=st.sampled_from([None, 2.0, 10.0]),
+                retired=st.sampled_from([0, 1, 1000]),
                 workers=st.dictionaries(st.sampled_from(sorted(WORKERS)),
                                         st.sampled_from(SERVICES_OFTEN), min_size=1))
-    def setup(self, expiry, limit, attempts, workers):
+    def setup(self, expiry, limit, attempts, busy_timeout, retired, workers):
         config = BrokerConfig(heartbeat_interval=1.0, heartbeat_liveness=3,
-                              request_expiry=expiry, queue_limit=limit, max_attempts=attempts)
+                              busy_timeout=busy_timeout, request_expiry=expiry,
+                              queue_limit=limit, max_attempts=attempts,
+                              retired_services=retired)
         self.core = BrokerCore(config, 0.0)
         self.now = 0.0
         self.tokens = itertools.count()
         self.outstanding: dict[bytes, bytes | None] = {}  # client -> token (None: MMI)
+        self.abandoned: set[bytes] = set()  # tokens of requests whose client went away
         self.finals: Counter = Counter()
         self.given: dict[bytes, list[p.WorkerRequest]] = {}  # worker -> what it was sent
         self.log_level = LOG.level
@@ -751,7 +981,7 @@ class BrokerMachine(RuleBasedStateMachine):
         return [c for c in sorted(CLIENTS) if c not in self.outstanding]
 
     @precondition(lambda self: self.free_clients())
-    @rule(data=st.data(), service=st.sampled_from(SERVICES_OFTEN))
+    @rule(data=st.data(), service=st.sampled_from(SERVICES_OFTEN + [b"other", TOO_LONG]))
     def client_request(self, data, service):
         client = data.draw(st.sampled_from(self.free_clients()), label="client")
         token = b"tok-%d" % next(self.tokens)
@@ -770,7 +1000,7 @@ class BrokerMachine(RuleBasedStateMachine):
         assert client not in self.outstanding, "MMI must be answered at once"
 
     @rule(worker=st.sampled_from(sorted(WORKERS)),
-          service=st.sampled_from([*SERVICES_OFTEN, b"mmi.mine"]),
+          service=st.sampled_from([*SERVICES_OFTEN, b"mmi.mine", TOO_LONG]),
           again=st.sampled_from([False] * 4 + [True]))
     def ready(self, worker, service, again):
         """A registered worker mostly heartbeats; now and then it breaks the rules."""
@@ -781,9 +1011,11 @@ class BrokerMachine(RuleBasedStateMachine):
             self.handle(worker, p.worker_ready(d, service))
 
     @precondition(lambda self: self.given)
-    @rule(data=st.data(), final=st.booleans(), age=st.sampled_from([0, 0, 0, 1, 2, -1]))
-    def worker_reply(self, data, final, age):
-        """Answer the last request this worker got, an older one (age > 0) or none (-1)."""
+    @rule(data=st.data(), final=st.booleans(), age=st.sampled_from([0, 0, 0, 1, 2, -1]),
+          forge=st.sampled_from([False] * 5 + [True]))
+    def worker_reply(self, data, final, age, forge):
+        """Answer the last request this worker got, an older one (age > 0) or none (-1);
+        now and then with a reply that poses as a broker error."""
         worker = data.draw(st.sampled_from(sorted(self.given)), label="worker")
         given = self.given[worker]
         d = WORKERS[worker]
@@ -792,12 +1024,23 @@ class BrokerMachine(RuleBasedStateMachine):
         else:
             request = given[max(0, len(given) - 1 - age)]
             address, body = request.address, list(request.body)
+        if forge:
+            body = broker_error_body(QueueFull("forged", "echo"))
         self.handle(worker, p.worker_reply(d, address, body, final or d is V01))
 
     @rule(worker=st.sampled_from(sorted(WORKERS)), leave=st.sampled_from([False] * 4 + [True]))
     def heartbeat_or_disconnect(self, worker, leave):
         command = p.worker_disconnect if leave else p.worker_heartbeat
         self.handle(worker, command(WORKERS[worker]))
+
+    @rule(peer=st.sampled_from(GARBAGE_PEERS + sorted(CLIENTS) + sorted(WORKERS)))
+    def connection_closed(self, peer):
+        """A worker is gone for good; a client gives up (it may come back under the same
+        identity, as a client that sets its own does)."""
+        token = self.outstanding.pop(peer, None)
+        if token is not None:
+            self.abandoned.add(token)
+        self.process(self.core.peer_disconnected(peer, self.now))
 
     @rule(peer=st.sampled_from(GARBAGE_PEERS + sorted(CLIENTS) + sorted(WORKERS)),
           frames=garbage)
@@ -831,10 +1074,14 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule()
     def shutdown(self):
-        out = self.core.shutdown()
-        assert sorted(peer for peer, _ in out) == sorted(self.core.workers)
-        for peer, frames in out:
-            assert frames == p.to_worker_disconnect(self.core.workers[peer].dialect)
+        workers = {peer: worker.dialect for peer, worker in self.core.workers.items()}
+        out = self.core.shutdown(self.now)
+        for peer, dialect in workers.items():
+            assert (peer, p.to_worker_disconnect(dialect)) in out
+        self.process(out)
+        assert not {c: t for c, t in self.outstanding.items() if t is not None}, \
+            "a request the broker held got no answer when it stopped"
+        assert self.core.workers == {} and self.core.services == {}
 
     # -------------------------------------------------------- what the broker sent
 
@@ -855,9 +1102,12 @@ class BrokerMachine(RuleBasedStateMachine):
     def to_client(self, client: bytes, reply: p.ClientReply) -> None:
         assert client in self.outstanding, "a client got a reply it did not wait for"
         token = self.outstanding[client]
-        is_error = reply.service == p.MMI_ERROR or (
-            reply.service is None and reply.body and bytes(reply.body[0]) == p.MMI_ERROR)
-        if token is not None and not is_error:
+        assert not self.abandoned & {bytes(f) for f in reply.body}, \
+            "a reply for a request whose client went away"
+        marker = reserved_marker(reply.body)
+        if marker == BROKER_ERROR_MARKER:
+            assert reply.final and decode_broker_error(reply.body).code in (400, 500, 502, 503, 504)
+        elif token is not None and marker is None:
             assert all(bytes(f) == token for f in reply.body), "a reply for another request"
         if reply.final:
             del self.outstanding[client]
@@ -870,7 +1120,7 @@ class BrokerMachine(RuleBasedStateMachine):
             assert len(message.address) == 8
             token = bytes(message.body[0]) if len(message.body) == 1 else b""
             if token.startswith(b"tok-"):  # not a stranger's request
-                assert token in self.outstanding.values()
+                assert token in self.outstanding.values(), "a request nobody waits for"
             self.given.setdefault(worker, []).append(message)
 
     # -------------------------------------------------------- invariants
@@ -882,13 +1132,23 @@ class BrokerMachine(RuleBasedStateMachine):
             assert worker.peer == peer
             state = core.services[worker.service]
             assert peer in state.workers
-            assert (peer in state.idle) == (worker.request is None)
+            assert (peer in state.idle) == (worker.state is WorkerState.IDLE)
+            assert (worker.request is None) == (worker.state is WorkerState.IDLE)
             assert worker.request is None or worker.request.service == worker.service
         for state in core.services.values():
             assert all(core.workers[peer].service == state.name for peer in state.workers)
-            assert len(set(state.idle)) == len(state.idle)
+            assert all(core.workers[peer] is worker for peer, worker in state.idle.items())
             assert set(state.idle) <= state.workers
             assert not (state.queue and state.idle), "a request waits beside an idle worker"
+
+    @invariant()
+    def only_services_in_use_are_kept(self):
+        core = self.core
+        assert all(state.in_use() for state in core.services.values()), "a service kept"
+        assert not set(core.services) & set(core.retired)
+        assert all(not state.in_use() for state in core.retired.values())
+        assert len(core.retired) <= core.config.retired_services
+        assert all(len(name) <= p.MAX_SERVICE_NAME for name in core.services)
 
     @invariant()
     def every_request_is_in_one_place(self):
@@ -902,8 +1162,10 @@ class BrokerMachine(RuleBasedStateMachine):
             assert fresh == sorted(fresh), "FIFO order broken"
             assert all(r.attempts > 0 for r in list(state.queue)[:len(state.queue) - len(fresh)]), \
                 "a request re-queued behind fresh ones"
-        mine = {r.client: r for r in queued + held if r.client in CLIENTS}
-        assert len(mine) == len([r for r in queued + held if r.client in CLIENTS])
+        assert not any(r.abandoned for r in queued), "a request nobody waits for is queued"
+        live = [r for r in queued + held if r.client in CLIENTS and not r.abandoned]
+        mine = {r.client: r for r in live}
+        assert len(mine) == len(live)
         waiting = {c: t for c, t in self.outstanding.items() if t is not None}
         assert set(mine) == set(waiting), "a request lost, or an answered one kept"
         for client, request in mine.items():

@@ -17,17 +17,22 @@ from hypothesis import strategies as st
 from mdp import protocol as p
 from mdp.client import check_reply
 from mdp.errors import (
+    BROKER_ERROR_MARKER,
     WORKER_ERROR_MARKER,
     AttemptsExhausted,
     BrokerError,
+    BrokerStopping,
+    MDPError,
     QueueFull,
     RequestExpired,
+    ServiceNameTooLong,
     ServiceStartFailed,
     WorkerError,
     broker_error_body,
     decode_broker_error,
     decode_worker_error,
     is_worker_error,
+    reserved_marker,
     worker_error_body,
 )
 
@@ -187,7 +192,8 @@ def test_frames_parse_in_their_own_dialect_only(vector):
 
 ERROR_VECTORS = [v for v in DATA["vectors"] if "error" in v["meaning"]]
 CLASSES = {"expired": RequestExpired, "queue-full": QueueFull,
-           "attempts-exhausted": AttemptsExhausted, "start-failed": ServiceStartFailed}
+           "attempts-exhausted": AttemptsExhausted, "start-failed": ServiceStartFailed,
+           "broker-stopping": BrokerStopping, "name-too-long": ServiceNameTooLong}
 
 
 @pytest.mark.parametrize("vector", ERROR_VECTORS, ids=[v["name"] for v in ERROR_VECTORS])
@@ -212,9 +218,21 @@ def test_worker_error_vectors_raise_worker_error(vector):
                                  [bytes.fromhex(h) for h in vector["frames"]])
     with pytest.raises(WorkerError) as caught:
         check_reply(reply, b"echo")
-    assert caught.value.error_type == vector["meaning"]["worker_error"]["type"]
-    assert caught.value.message == vector["meaning"]["worker_error"]["message"]
+    expected = vector["meaning"]["worker_error"]
+    assert (caught.value.error_type, caught.value.message) == \
+        (expected["type"], expected["message"])
+    assert (caught.value.traceback, caught.value.worker) == \
+        (expected["traceback"], expected["worker"])
     assert caught.value.service == "echo"
+
+
+@pytest.mark.parametrize("vector", ERROR_VECTORS, ids=[v["name"] for v in ERROR_VECTORS])
+def test_broker_errors_carry_the_requested_service_in_the_service_frame(vector):
+    """RFC 7 and RFC 18 clients check that a reply names the service they asked for."""
+    reply = p.parse_client_reply(p.Dialect(vector["dialect"]),
+                                 [bytes.fromhex(h) for h in vector["frames"]])
+    assert reply.service == (None if vector["dialect"] == "majortomo" else b"echo")
+    assert bytes(reply.body[0]) == BROKER_ERROR_MARKER
 
 
 def test_the_vector_file_is_what_the_generator_writes():
@@ -529,53 +547,74 @@ def test_fuzz_any_bytes_never_raise_anything_else(frames):
 
 
 @pytest.mark.parametrize("cls", [RequestExpired, QueueFull, AttemptsExhausted,
-                                 ServiceStartFailed])
+                                 ServiceStartFailed, BrokerStopping, ServiceNameTooLong])
 def test_broker_error_round_trip(cls):
     body = broker_error_body(cls("it went wrong", "échø"))
-    assert body[:2] == [str(cls.code).encode(), cls.reason.encode()]
-    error = decode_broker_error([memoryview(f) for f in body])
+    assert body[:3] == [BROKER_ERROR_MARKER, str(cls.code).encode(), cls.reason.encode()]
+    error = decode_broker_error([memoryview(f) for f in body], "échø")
     assert type(error) is cls
     assert (error.code, error.message, error.service) == (cls.code, "it went wrong", "échø")
     assert str(error) == f"[{cls.code} {cls.reason}] it went wrong"
 
 
 def test_unknown_broker_error_keeps_code_and_reason():
-    error = decode_broker_error([b"418", b"teapot", b"short and stout", b"tea"])
+    error = decode_broker_error([BROKER_ERROR_MARKER, b"418", b"teapot", b"short", b"more"],
+                                "tea")
     assert type(error) is BrokerError
-    assert (error.code, error.reason, error.service) == (418, "teapot", "tea")
+    assert (error.code, error.reason, error.message, error.service) == \
+        (418, "teapot", "short", "tea")
 
 
 def test_short_or_garbled_broker_error_still_decodes():
-    assert decode_broker_error([]).code == 500
-    error = decode_broker_error([b"x5", b"expired", b"\xff"])
+    assert decode_broker_error([BROKER_ERROR_MARKER]).code == 500
+    error = decode_broker_error([BROKER_ERROR_MARKER, b"x5", b"expired", b"\xff"])
     assert type(error) is RequestExpired and error.code == 500
     assert error.message == "\ufffd" and error.service == ""
 
 
 def test_worker_error_body_and_detection():
-    body = worker_error_body("KeyError", "'energy'")
-    assert body == [WORKER_ERROR_MARKER, b"KeyError", b"'energy'"]
+    body = worker_error_body("KeyError", "'energy'", "Traceback ...\nKeyError", "h:1:2")
+    assert body == [WORKER_ERROR_MARKER, b"KeyError", b"'energy'", b"Traceback ...\nKeyError",
+                    b"h:1:2"]
     assert is_worker_error(body) and is_worker_error([memoryview(body[0])])
     assert not is_worker_error([])
     assert not is_worker_error([b"mdp.worker-error"])
     assert not is_worker_error([b"\x00mdp.worker-errors"])
     assert not is_worker_error([b"\x01mdp.worker-error"])
+    assert not is_worker_error([BROKER_ERROR_MARKER])
     error = decode_worker_error(body, "calc")
     assert (error.error_type, error.message, error.service) == ("KeyError", "'energy'", "calc")
+    assert (error.traceback, error.worker) == ("Traceback ...\nKeyError", "h:1:2")
+    old = decode_worker_error(body[:3])  # before tracebacks and worker names
+    assert (old.error_type, old.message, old.traceback, old.worker) == \
+        ("KeyError", "'energy'", "", "")
     assert decode_worker_error([WORKER_ERROR_MARKER]).error_type == ""
 
 
-def test_marker_is_seventeen_bytes_starting_with_nul():
+def test_markers_are_seventeen_bytes_starting_with_nul():
     assert WORKER_ERROR_MARKER == b"\x00" + b"mdp.worker-error"
-    assert len(WORKER_ERROR_MARKER) == 17
+    assert BROKER_ERROR_MARKER == b"\x00" + b"mdp.broker-error"
+    assert len(WORKER_ERROR_MARKER) == len(BROKER_ERROR_MARKER) == 17
+    assert reserved_marker([b"\x00mdp.broker-error", b"x"]) == BROKER_ERROR_MARKER
+    assert reserved_marker([b"\x00mdp.other-errorx"]) is None
+    assert reserved_marker([b""]) is None and reserved_marker([]) is None
 
 
-def test_client_reads_mmi_error_only_where_the_broker_puts_it():
-    body = broker_error_body(QueueFull("full", "echo"))
-    with pytest.raises(QueueFull):
-        check_reply(p.ClientReply(p.MMI_ERROR, body), b"echo")
-    with pytest.raises(QueueFull):
-        check_reply(p.ClientReply(None, [p.MMI_ERROR, *body]), b"echo")
-    # With a service frame, a body that starts with mmi.error is the worker's business.
-    assert check_reply(p.ClientReply(b"echo", [p.MMI_ERROR, *body]), b"echo") == \
-        [p.MMI_ERROR, *body]
+def test_client_reads_the_error_markers_in_every_dialect():
+    body = broker_error_body(QueueFull("full", "ignored"))
+    for service in (b"echo", None):  # None: majortomo, no service frame
+        with pytest.raises(QueueFull) as caught:
+            check_reply(p.ClientReply(service, body), b"echo")
+        assert caught.value.service == "echo"  # what the client asked for
+        with pytest.raises(WorkerError):
+            check_reply(p.ClientReply(service, worker_error_body("E", "m")), b"echo")
+    # The old convention (service frame mmi.error) is an ordinary reply now.
+    old = [b"503", b"queue-full", b"full", b"echo"]
+    assert check_reply(p.ClientReply(b"mmi.error", old), b"echo") == old
+
+
+def test_error_classes_are_mdp_errors():
+    assert issubclass(p.ProtocolError, MDPError) and issubclass(p.ProtocolError, ValueError)
+    from mdp.security import CurveError
+
+    assert issubclass(CurveError, MDPError)

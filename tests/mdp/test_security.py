@@ -264,7 +264,9 @@ def test_cli_keys_broker_echo_call_status(mdp_system, tmp_path):
     assert json.loads(status.stdout)["services"]["echo"]["workers"] == 1
 
     plain = mdp("call", "echo", "hello", "--broker", endpoint, "--timeout", str(REFUSED))
-    assert plain.returncode == 1 and "RequestTimeout" in plain.stderr
+    assert plain.returncode == 1 and "BrokerUnavailable" in plain.stderr
+    assert "CURVE on one side only" in plain.stderr
     ephemeral = mdp("call", "echo", "--broker", endpoint, "--timeout", str(REFUSED),
                     "--curve-server-key", keys / "broker.key")
-    assert ephemeral.returncode == 1 and "RequestTimeout" in ephemeral.stderr
+    assert ephemeral.returncode == 1 and "BrokerUnavailable" in ephemeral.stderr
+    assert "authentication was refused" in ephemeral.stderr

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,16 @@ import zmq
 from mdp import protocol as p
 from mdp.aio import AsyncClient
 from mdp.client import Client
-from mdp.errors import AttemptsExhausted, QueueFull, RequestExpired, WorkerError
+from mdp.errors import (
+    AttemptsExhausted,
+    BrokerStopping,
+    BrokerUnavailable,
+    QueueFull,
+    RequestExpired,
+    RequestTimeout,
+    ServiceNameTooLong,
+    WorkerError,
+)
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -158,9 +167,10 @@ def test_poisoned_request_is_given_up(mdp_system):
     with pytest.raises(AttemptsExhausted) as caught:
         call(endpoint, "fragile", "exit", timeout=30)
     assert caught.value.service == "fragile"
-    dead = mdp_system.wait_until(lambda: [w for w in workers if not w.alive()],
-                                 "the poisoned workers to die")
-    assert len(dead) == 2
+    # The broker hears of a death when the connection closes, a moment before the
+    # process can be reaped: wait for both.
+    mdp_system.wait_until(lambda: len([w for w in workers if not w.alive()]) == 2,
+                          "the poisoned workers to die")
     (survivor,) = [w for w in workers if w.alive()]
     assert served_by(endpoint, "fragile", "echo") == survivor.pid_bytes
     state = mdp_system.service(endpoint, "fragile")
@@ -179,9 +189,10 @@ def test_handler_exception_is_reported_and_worker_goes_on(mdp_system):
 
 
 def keep_calling(endpoint: str, stop: threading.Event) -> list[tuple[bytes, list[bytes]]]:
-    """Echo requests one after another until ``stop``, each resent until it is answered."""
+    """Echo requests one after another until ``stop``; a request the broker lost is sent
+    again once it is back."""
     results = []
-    with Client(endpoint, timeout=1.0, retries=30) as client:
+    with Client(endpoint, timeout=20, retries=5) as client:
         while not stop.is_set():
             body = str(len(results)).encode()
             results.append((body, [bytes(f) for f in client.request("echo", "echo", body)]))
@@ -200,8 +211,8 @@ def test_broker_restart_while_clients_and_workers_go_on(mdp_system):
                                   "the steady client to get going")
             broker.signal(signal.SIGKILL)
             assert broker.wait() == -signal.SIGKILL
-            pending = pool.submit(call, endpoint, "echo", "echo", "after", timeout=1.0,
-                                  retries=30)
+            pending = pool.submit(call, endpoint, "echo", "echo", "after", timeout=20,
+                                  retries=5)
             mdp_system.broker(endpoint)
             mdp_system.wait_workers(endpoint, "echo", 2)
             assert pending.result(timeout=40) in ([pid, b"after"] for pid in pids)
@@ -405,3 +416,171 @@ def test_cli_status_without_broker(mdp_system):
     result = run_cli("status", "-b", mdp_system.ipc("nothing"), "--timeout", "0.5")
     assert result.returncode == 1
     assert "no broker answered" in result.stderr
+
+
+# ------------------------------------------------------------------ closed connections
+
+
+def test_a_killed_idle_worker_is_forgotten_without_waiting_for_heartbeats(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    # 0.2 s x 1000: heartbeats would take 200 s to give the dead worker up
+    _, (victim, survivor) = mdp_system.serve(endpoint, "echo", 2, liveness=1000)
+    victim.signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    mdp_system.wait_workers(endpoint, "echo", 1)
+    assert [served_by(endpoint, "echo", "echo") for _ in range(3)] == [survivor.pid_bytes] * 3
+
+
+def test_a_request_whose_client_went_away_is_never_run(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    mdp_system.broker(endpoint)
+    sock = send_raw(endpoint, p.client_request(p.Dialect.V02, b"late", [b"work", b"0",
+                                                                      b"forgotten"]))
+    mdp_system.wait_until(lambda: mdp_system.service(endpoint, "late")["queued"] == 1,
+                          "the request to be queued")
+    sock.close()
+    mdp_system.wait_until(lambda: mdp_system.service(endpoint, "late")["abandoned"] == 1,
+                          "the broker to drop the request")
+    assert mdp_system.service(endpoint, "late")["queued"] == 0
+    worker = mdp_system.worker(endpoint, "late")
+    assert call(endpoint, "late", "work", "0", "wanted") == [worker.pid_bytes, b"wanted"]
+    (registered,) = mdp_system.service_workers(endpoint, "late")
+    assert registered["served"] == 1  # the forgotten one never reached it
+
+
+def test_a_slow_reply_is_waited_for_not_sent_again(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    _, workers = mdp_system.serve(endpoint, "slow", 2)
+    log = mdp_system.directory / "work.log"
+    with Client(endpoint, timeout=1.0, retries=2) as client:
+        with pytest.raises(RequestTimeout) as caught:
+            client.request("slow", "work", "3", "once", str(log))
+    assert type(caught.value) is RequestTimeout  # the broker is there: not unavailable
+    assert "is a worker serving 'slow'" in str(caught.value)
+    mdp_system.wait_until(lambda: mdp_system.service(endpoint, "slow")["served"] == 1,
+                          "the worker to finish")
+    assert len(log.read_text().splitlines()) == 1  # one worker ran it, once
+    assert sum(w["served"] for w in mdp_system.service_workers(endpoint, "slow")) == 1
+
+
+def test_a_stopping_broker_answers_the_requests_it_holds(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    broker, (worker,) = mdp_system.serve(endpoint, "slow", 1)
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(call, endpoint, "slow", "sleep", "600", timeout=60)
+        queued = pool.submit(call, endpoint, "nobody", "x", timeout=60)
+        mdp_system.wait_until(
+            lambda: (mdp_system.service(endpoint, "slow")["busy"],
+                     mdp_system.service(endpoint, "nobody")["queued"]) == (1, 1),
+            "one request with the worker and one queued")
+        broker.signal(signal.SIGTERM)
+        for future, service in ((held, "slow"), (queued, "nobody")):
+            with pytest.raises(BrokerStopping) as caught:
+                future.result(timeout=40)
+            assert (caught.value.code, caught.value.reason) == (503, "broker-stopping")
+            assert caught.value.service == service
+    assert broker.wait() == 0
+    worker.signal(signal.SIGKILL)  # rather than wait for its 600 s request to end
+
+
+def test_no_broker_is_a_clear_error_without_waiting_the_request_timeout(mdp_system):
+    nowhere = mdp_system.ipc("nobody-here")
+    with Client(nowhere, timeout=600, broker_timeout=1.0) as client:
+        with pytest.raises(BrokerUnavailable) as caught:
+            client.request("echo", "x")
+    assert nowhere in str(caught.value) and "mdp broker --bind" in str(caught.value)
+
+    async def ask() -> None:
+        async with AsyncClient(nowhere, timeout=600, broker_timeout=1.0) as client:
+            await client.request("echo", "x")
+
+    with pytest.raises(BrokerUnavailable):
+        asyncio.run(ask())
+
+
+def test_an_idle_worker_without_a_broker_leaves(mdp_system):
+    """Its idle clock runs on while it reconnects (0.2 s x 3 of silence each time)."""
+    worker = mdp_system.worker(mdp_system.ipc("nobody-here"), "echo", liveness=3,
+                               idle_timeout=2.0)
+    assert worker.wait() == 0, worker.log()
+    assert "no request for 2 s; leaving" in worker.log()
+
+
+# ------------------------------------------------------------------ bounds
+
+
+def test_many_service_names_leave_nothing_behind(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    mdp_system.broker(endpoint, expiry=1.0)
+    count = 3000
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        for n in range(count):
+            sock.send_multipart(p.client_request(p.Dialect.V02, b"name-%d" % n, [b"x"]))
+        for _ in range(count):  # every one expires, 504
+            assert sock.poll(30_000), "a request was not answered"
+            assert sock.recv_multipart()[3:6] == [b"\x00mdp.broker-error", b"504", b"expired"]
+    finally:
+        sock.close()
+    assert call(endpoint, "mmi.services") == [b"[]"]
+    services = mdp_system.status(endpoint)["services"]
+    assert len(services) == 1000  # the most recent forgotten ones, counters kept
+    assert services[f"name-{count - 1}"]["expired"] == 1
+    with pytest.raises(ServiceNameTooLong) as caught:
+        call(endpoint, "n" * 256 * 1024, "x")
+    assert caught.value.code == 400 and "262144 bytes" in caught.value.message
+
+
+def test_the_ipc_socket_file_is_owner_only_whatever_the_umask(mdp_system):
+    modes = {}
+    for name, options in (("default", []), ("group", ["--ipc-mode", "660"])):
+        endpoint = mdp_system.ipc(name)
+        command = " ".join([*MDP, "broker", "--bind", endpoint, *options])
+        mdp_system.spawn("broker", ["sh", "-c", f"umask 000 && exec {command}"])
+        mdp_system.wait_until(lambda e=endpoint: mdp_system.status(e), f"a broker at {endpoint}")
+        modes[name] = Path(endpoint.removeprefix("ipc://")).stat().st_mode & 0o777
+    assert modes == {"default": 0o600, "group": 0o660}
+    assert [p.name for p in mdp_system.directory.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ chaos
+
+
+def numbered_calls(endpoint: str, name: str, count: int) -> list[tuple[bytes, list[bytes]]]:
+    with Client(endpoint, timeout=60, retries=20, broker_timeout=30) as client:
+        return [(token, [bytes(f) for f in client.request("chaos", "work", "0.1", token)])
+                for token in (f"{name}-{i}".encode() for i in range(count))]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_chaos_every_request_answered_once(mdp_system):
+    """Workers SIGKILLed every half second (and replaced), the broker SIGKILLed and
+    restarted once: every request is answered, once, with its own answer."""
+    endpoint = mdp_system.ipc("bus")
+    broker, workers = mdp_system.serve(endpoint, "chaos", 4, max_attempts=1000)
+    clients, per_client = 4, 75
+    rng = random.Random(7)
+    with ThreadPoolExecutor(clients) as pool:
+        runs = [pool.submit(numbered_calls, endpoint, f"c{i}", per_client)
+                for i in range(clients)]
+        restarted = False
+        while not all(run.done() for run in runs):
+            served = (mdp_system.status(endpoint) or {"services": {}})["services"] \
+                .get("chaos", {}).get("served", 0)
+            if not restarted and served >= 100:
+                broker.signal(signal.SIGKILL)
+                broker.wait()
+                broker = mdp_system.broker(endpoint, max_attempts=1000, wait=False)
+                restarted = True
+            victim = rng.choice([w for w in workers if w.alive()])
+            victim.signal(signal.SIGKILL)
+            workers.append(mdp_system.worker(endpoint, "chaos"))
+            wait(runs, timeout=0.5)  # the pace of the killing, cut short when all are done
+        results = [result for run in runs for result in run.result()]
+    assert restarted
+    assert len(results) == clients * per_client
+    assert len({token for token, _ in results}) == clients * per_client
+    assert all(reply[1:] == [token] for token, reply in results), "a wrong or duplicate answer"

@@ -11,7 +11,7 @@ import pytest
 from mdp.broker import Broker
 from mdp.client import Client
 from mdp.core import BrokerConfig
-from mdp.errors import WorkerError
+from mdp.errors import BROKER_ERROR_MARKER, WORKER_ERROR_MARKER, WorkerError
 from mdp.worker import Worker
 
 
@@ -30,7 +30,7 @@ def serve(endpoint: str, handler) -> Worker:
     assert worker.connected.wait(10)
     return worker
 
-@pytest.mark.parametrize("first", [b"mmi.error", b"\x00mdp.worker-error"])
+@pytest.mark.parametrize("first", [BROKER_ERROR_MARKER, WORKER_ERROR_MARKER])
 def test_a_reply_that_looks_like_an_error_is_refused_and_the_worker_goes_on(endpoint, first):
     worker = serve(endpoint, lambda frames: [first, *frames] if frames[0] == b"fake" else frames)
     with Client(endpoint, timeout=10, retries=0) as client:
@@ -50,3 +50,25 @@ def test_worker_names_itself_after_its_process(endpoint):
     assert int(pid) > 0 and host
     worker.stop()
     worker.join(10)
+
+
+def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint):
+    def handler(frames):
+        return {}["missing key"]
+
+    worker = serve(endpoint, handler)
+    with Client(endpoint, timeout=10, retries=0) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.request("svc", b"x")
+    error = caught.value
+    assert error.error_type == "KeyError" and error.worker == worker.identity
+    assert error.traceback.startswith("Traceback (most recent call last)")
+    assert "in handler" in error.traceback and "KeyError: 'missing key'" in error.traceback
+    worker.stop()
+    worker.join(10)
+
+
+@pytest.mark.parametrize("name", [b"", b"n" * 256])
+def test_a_worker_refuses_a_service_name_the_broker_would_refuse(name):
+    with pytest.raises(ValueError, match="1 to 255 bytes"):
+        Worker("ipc:///nowhere", name, lambda frames: frames)

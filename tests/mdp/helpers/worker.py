@@ -6,6 +6,8 @@ Every reply starts with the worker's pid, so a test can tell which process serve
     sleep SECONDS      -> [pid] after sleeping
     mark PATH SECONDS  -> writes the pid to PATH, then [pid]; the first worker to mark
                           PATH sleeps SECONDS before it answers, any later one does not
+    work SECONDS TOKEN [LOG] -> appends "TOKEN pid" to LOG (if given), sleeps SECONDS,
+                          then [pid, TOKEN]
     exit               -> the process dies at once (os._exit), no reply
     raise MESSAGE      -> the handler raises RuntimeError(MESSAGE)
     stream N           -> N parts, each [pid, index]
@@ -36,6 +38,8 @@ def handle(frames: list) -> object:
         return [PID]
     if command == b"mark":
         return mark(args[0].decode(), float(args[1]))
+    if command == b"work":
+        return work(float(args[0]), args[1], args[2].decode() if len(args) > 2 else None)
     if command == b"exit":
         os._exit(3)
     if command == b"raise":
@@ -59,6 +63,14 @@ def mark(path: str, seconds: float) -> list:
     if first:
         time.sleep(seconds)
     return [PID]
+
+
+def work(seconds: float, token: bytes, log: str | None) -> list:
+    if log is not None:
+        with open(log, "ab") as file:  # O_APPEND: one short line is written whole
+            file.write(token + b" " + PID + b"\n")
+    time.sleep(seconds)
+    return [PID, token]
 
 
 def stream(count: int) -> Iterator[list]:
