@@ -8,7 +8,7 @@ from typing import Any
 from ase.calculators.calculator import Calculator, all_changes
 
 from mdp.client import Client
-from mdp.errors import MDPError, WorkerError
+from mdp.errors import BrokerUnavailable, MDPError, WorkerError
 
 from . import environment
 from .broker_status import describe_wait, get_broker_status
@@ -26,6 +26,8 @@ from .payload import decode_reply, encode_request
 log = logging.getLogger("mlipx_serve")
 
 DEFAULT_TIMEOUT = 600.0  # a first request may wait for a worker to install and load a model
+BROKER_TIMEOUT = 10.0  # but when no broker answers at all, that is known in seconds
+RESENDS = 1  # times a request is sent again after the broker that held it was lost
 
 
 def default_timeout() -> float:
@@ -46,19 +48,23 @@ class RemoteCalculator(Calculator):
     Failures are ASE's exception types: ``RemoteCalculationError`` (a
     ``CalculationFailed``) when the model raised, ``RemotePropertyNotImplementedError``
     when it lacks a property, ``ServingError`` (a ``CalculationFailed`` too) when the bus
-    could not deliver. Use it as a context manager, or ``close()`` it, to free its socket.
+    could not deliver. A reply may take ``timeout`` seconds (default ``$MLIPX_SERVE_TIMEOUT``
+    or 600: a first request may wait for a model to install and load), but no broker at
+    all is an error after ``broker_timeout`` seconds, and a broker that stops answers at
+    once. Use it as a context manager, or ``close()`` it, to free its socket.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
                               "stresses", "magmom", "magmoms", "charges", "dipole"]
 
     def __init__(self, model: str, broker: str | None = None, timeout: float | None = None,
-                 *, curve_server_key: str | None = None, curve_secret_key: str | None = None,
-                 **kwargs: Any):
+                 *, broker_timeout: float = BROKER_TIMEOUT, curve_server_key: str | None = None,
+                 curve_secret_key: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.model = model
         self.broker = broker or default_broker()
         self.timeout = default_timeout() if timeout is None else timeout
+        self.broker_timeout = broker_timeout
         self.curve = curve_options(curve_server_key, curve_secret_key)
         self._client: Client | None = None
 
@@ -81,7 +87,7 @@ class RemoteCalculator(Calculator):
         except WorkerError as error:
             raise remote_error(error, self.model) from None
         except MDPError as error:
-            raise ServingError(f"model '{self.model}' via {self.broker}: {error}") from error
+            raise serving_error(error, self.model, self.broker) from error
         try:
             self.results = dict(decode_reply(reply))
         except RemoteError as error:  # an error reply of payload version 1
@@ -90,8 +96,8 @@ class RemoteCalculator(Calculator):
 
     def _request(self, frames: list) -> list:
         if self._client is None:
-            self._client = Client(self.broker, timeout=self.timeout, retries=1, copy=False,
-                                  **self.curve)
+            self._client = Client(self.broker, timeout=self.timeout, retries=RESENDS, copy=False,
+                                  broker_timeout=self.broker_timeout, **self.curve)
         return self._client.request(self.model, *frames, waiting=self._still_waiting)
 
     def _still_waiting(self, seconds: float) -> None:
@@ -114,6 +120,14 @@ class RemoteCalculator(Calculator):
             self.close()
         except Exception:
             pass
+
+
+def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
+    """The ASE-typed exception for what the bus said; raise it ``from`` that error."""
+    if isinstance(error, BrokerUnavailable):
+        return ServingError(f"model '{model}': no model broker answers at {broker}; start one "
+                            f"with `mlipx serve-broker --autostart` ({error})")
+    return ServingError(f"model '{model}' via {broker}: {error}")
 
 
 def remote_error(error: WorkerError, model: str) -> Exception:

@@ -27,8 +27,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mdp.aio import AsyncClient
 from mdp.errors import MDPError, WorkerError
 
-from .calculator import default_timeout, remote_error
-from .errors import MlipxServeError, ServingError
+from .calculator import RESENDS, default_timeout, remote_error, serving_error
+from .errors import MlipxServeError
 from .paths import curve_options, default_broker
 from .payload import decode_reply, encode_request
 
@@ -104,8 +104,9 @@ class _Run:
         self.properties = properties
         self.inputs: dict[int, Atoms] = {}  # sent, not yet handed back
         self.results: queue.Queue = queue.Queue()
+        self._broker = broker
         self._client = AsyncClient(broker, max_in_flight=max_in_flight, timeout=timeout,
-                                   copy=False, **curve_options())
+                                   retries=RESENDS, copy=False, **curve_options())
         self._slots = max_in_flight
         self._structures = iter(structures)
         self._loop = asyncio.new_event_loop()
@@ -175,7 +176,7 @@ class _Run:
         except WorkerError as error:
             self.results.put((index, remote_error(error, self.model)))
         except MDPError as error:
-            failure = ServingError(f"model '{self.model}': {error}")
+            failure = serving_error(error, self.model, self._broker)
             failure.__cause__ = error
             self.results.put((index, failure))
         except MlipxServeError as error:  # a reply that is not a payload

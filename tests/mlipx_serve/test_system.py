@@ -11,7 +11,9 @@ import importlib.util
 import json
 import logging
 import re
+import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,12 @@ from ase.units import fs
 from support import load_module
 
 import mdp.client
-from mdp.errors import RequestTimeout, ServiceStartFailed, WorkerError
+from mdp.errors import (
+    BrokerStopping,
+    BrokerUnavailable,
+    ServiceStartFailed,
+    WorkerError,
+)
 from mlipx_serve import (
     Models,
     PayloadError,
@@ -331,11 +338,16 @@ def test_unknown_model_is_a_clear_error(bus: str, shared_system: ServeSystem):
     assert served_calculator_or_none("nosuch", broker=bus) is None
 
 
-def test_a_broker_that_is_not_running_is_a_clear_error(serve_system: ServeSystem):
+def test_a_broker_that_is_not_running_is_a_clear_error_within_seconds(
+        serve_system: ServeSystem):
     nowhere = serve_system.ipc("nobody-here.ipc")
+    calc = RemoteCalculator("emt", nowhere, broker_timeout=1.0)  # the reply may take 600 s
+    started = time.monotonic()
     with pytest.raises(ServingError, match=re.escape(nowhere)) as caught:
-        results_with(rattled_cu(0), remote(nowhere, timeout=0.3))
-    assert isinstance(caught.value.__cause__, RequestTimeout)
+        results_with(rattled_cu(0), calc)
+    assert time.monotonic() - started < 30  # not the 600 s a reply may take
+    assert isinstance(caught.value.__cause__, BrokerUnavailable)
+    assert "mlipx serve-broker --autostart" in str(caught.value)
     run = serve_system.run(*MLIPX, "serve-status", "--broker", nowhere)
     assert run.returncode == 1
     assert f"No model broker answers at {nowhere}" in run.stdout
@@ -495,3 +507,26 @@ def test_help_names_the_environment_variables(serve_system: ServeSystem):
         run = serve_system.run(*MLIPX, command, "--help", COLUMNS="200")
         for variable in variables:
             assert variable in run.stdout, (command, variable)
+
+
+def test_a_broker_that_stops_tells_the_client_it_holds(serve_system: ServeSystem):
+    bus = serve_system.broker()
+    serve_system.worker("slow-call", bus, "--models", str(MODELS_FILE))
+    serve_system.wait_workers(bus, "slow-call", 1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(results_with, rattled_cu(0), remote(bus, "slow-call"))
+        serve_system.wait_until(lambda: serve_system.service(bus, "slow-call")["busy"] == 1,
+                                "the worker to take the request")
+        serve_system.brokers[bus].signal(signal.SIGINT)  # Ctrl-C
+        with pytest.raises(ServingError) as caught:
+            waiting.result(timeout=20)  # not the 600 s the request could have waited
+    assert isinstance(caught.value.__cause__, BrokerStopping)
+
+
+def test_an_autostarted_worker_leaves_when_its_broker_is_killed(serve_system: ServeSystem):
+    bus = serve_system.broker("--autostart", "--worker-timeout", "300")
+    results_with(rattled_cu(0), remote(bus))
+    [pid] = serve_system.started_pids(bus)
+    serve_system.brokers[bus].signal(signal.SIGKILL)
+    assert serve_system.wait_gone([pid], timeout=20) == []  # not its 300 s idle timeout
+

@@ -52,3 +52,18 @@ class Sleepy:
 
 
 ALL_MODELS["sleepy-emt"] = Sleepy()
+
+
+class SlowCallEMT(EMT):
+    def calculate(self, *args, **kwargs):
+        time.sleep(30)
+        super().calculate(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class SlowCall:
+    def get_calculator(self, **kwargs):
+        return SlowCallEMT()
+
+
+ALL_MODELS["slow-call"] = SlowCall()
