@@ -188,7 +188,8 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, float]:
                 start = time.perf_counter()
                 run()
                 rates[label].append(len(structures) / (time.perf_counter() - start))
-            print(f"  repetition {repetition + 1}/{args.repetitions} done", flush=True)
+            print(f"  repetition {repetition + 1}/{args.repetitions}: " + ", ".join(
+                f"{values[-1]:.1f}" for values in rates.values()) + " structures/s", flush=True)
     return {label: statistics.median(values) for label, values in rates.items()}
 
 

@@ -9,8 +9,10 @@ Both sides run the same weights on the same device, and the wire carries CHGNet'
 arrays as they are. On a CPU the results come out bit-identical; the tolerance, 1e-5 (eV,
 eV/A, eV/A^3), leaves room only for another summation order (other torch thread counts),
 not for a different model or digits lost on the wire. On a GPU, CUDA's float32 kernels
-add in no fixed order, so two runs of the same structure differ by more: there the
-tolerance is 1e-4, still far below any difference a wrong model or a lost digit makes.
+add in no fixed order, so two runs of the same structure differ by more (on an H200:
+forces by up to 1.3e-6 eV/A, stress by 4e-8, between two local runs of 32-atom Cu cells;
+a batch changes the order again): there the tolerance is 1e-4, still far below any
+difference a wrong model or a lost digit makes. All three tests passed there so.
 """
 
 from __future__ import annotations
