@@ -1,8 +1,11 @@
 """A Majordomo worker: serves one service with a handler function.
 
-The socket lives in the thread that calls ``run``; the handler runs in a second thread,
-so heartbeats go on while a calculation takes minutes. Results come back through a
-queue and a wake-up pipe that the socket thread polls beside the socket.
+The handler runs in the thread that calls ``run``, the socket's thread, so a reply goes
+out the moment it is ready, with no hand-off between threads. While it runs, a second
+thread ("pulse") sends the HEARTBEATs, so that the broker hears from the worker during
+a calculation of minutes. The two never use the socket at once: the pulse touches it
+only while a handler runs and only under ``_socket_lock``, which the socket's thread also
+holds to send a reply (libzmq lets a socket change threads behind such a memory barrier).
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ import inspect
 import itertools
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -87,15 +88,17 @@ class Worker:
         self.connected = threading.Event()  # set while registered with a broker
         self._socket: zmq.Socket | None = None
         self._stopping = False
-        self._busy: bytes | None = None  # address of the request the handler is on
         self._heard_from_broker = False  # in this session; resets the reconnect back-off
         self._idle_since = time.monotonic()  # since the last request was done, across sessions
         self.identity = ""
-        self._pending: list[p.WorkerRequest] = []
-        self._results: queue.Queue = queue.Queue()
         self._wakeup = Wakeup()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mdp-handler")
         self._thread: threading.Thread | None = None
+        # While a handler runs, the pulse thread may send on the socket, under this lock.
+        self._socket_lock = threading.Condition()
+        self._handling = False
+        self._closed = False
+        self._pulse = threading.Thread(target=self._beat_while_handling, daemon=True,
+                                       name="mdp-pulse")
 
     # ------------------------------------------------------------ control
 
@@ -118,6 +121,7 @@ class Worker:
 
     def run(self) -> None:
         restore = self._install_signal_handlers()
+        self._pulse.start()
         try:
             self._serve()
         finally:
@@ -146,9 +150,8 @@ class Worker:
         return self._idle_since + self.idle_timeout
 
     def _idle_too_long(self) -> bool:
-        """Past the idle deadline with nothing in hand: then the worker stops."""
-        if self._busy is None and not self._pending and \
-                time.monotonic() >= self._idle_deadline():
+        """Past the idle deadline: then the worker stops."""
+        if time.monotonic() >= self._idle_deadline():
             log.info("no request for %.0f s; leaving", self.idle_timeout)
             self._stopping = True
         return self._stopping
@@ -163,18 +166,14 @@ class Worker:
         next_heartbeat = now + self.heartbeat_interval
         self._heard_from_broker = False
         while True:
-            if self._stopping and self._busy is None:
+            if self._stopping:
                 self._send(p.worker_disconnect(self.dialect))
                 return "stop"
             now = time.monotonic()
-            deadline = min(next_heartbeat, broker_expires)
-            if self._busy is None:
-                deadline = min(deadline, self._idle_deadline())
+            deadline = min(next_heartbeat, broker_expires, self._idle_deadline())
             for sock, _ in poller.poll(max(0.0, deadline - now) * 1000):
                 if sock == self._wakeup.fileno():
                     self._wakeup.drain()
-                    if self._send_results():
-                        self._idle_since = time.monotonic()
                     continue
                 frames = self._socket.recv_multipart(copy=self.copy)
                 self._heard_from_broker = True
@@ -192,7 +191,10 @@ class Worker:
                     # send them still hears from us in time.
                     next_heartbeat = time.monotonic()
                 if isinstance(message, p.WorkerRequest):
-                    self._accept(message)
+                    self._handle(message)
+                    # Broker messages waited in the socket meanwhile: none were missed.
+                    broker_expires = max(broker_expires, time.monotonic() +
+                                         self.heartbeat_interval * self.heartbeat_liveness)
             now = time.monotonic()
             if now >= broker_expires:
                 return "no heartbeat from the broker"
@@ -203,57 +205,55 @@ class Worker:
 
     # ------------------------------------------------------------ requests
 
-    def _accept(self, request: p.WorkerRequest) -> None:
-        if self._busy is not None:
-            self._pending.append(request)  # a broker should not do this; keep it anyway
-            return
-        self._busy = request.address
-        self._pool.submit(self._call_handler, request)
+    def _handle(self, request: p.WorkerRequest) -> None:
+        """Run the handler here and send what it gives; the pulse beats meanwhile."""
+        with self._socket_lock:
+            self._handling = True
+            self._socket_lock.notify()
+        try:
+            for body, final in self._replies(request):
+                if not final and self.dialect is p.Dialect.V01:
+                    log.warning("MDP/0.1 has no PARTIAL; a streamed part was not sent")
+                    continue
+                with self._socket_lock:
+                    self._send(p.worker_reply(self.dialect, request.address, body, final))
+        finally:
+            with self._socket_lock:
+                self._handling = False
+        self.served += 1
+        self._idle_since = time.monotonic()
 
-    def _call_handler(self, request: p.WorkerRequest) -> None:
-        """Runs in the handler thread: every outcome becomes parts in the results queue."""
+    def _replies(self, request: p.WorkerRequest) -> Iterator[tuple[list, bool]]:
+        """(body, final) for each part of the reply: one FINAL, after PARTIALs for a
+        generator handler; what the handler raises becomes a worker error."""
         try:
             result = self.handler(request.body)
-            if inspect.isgenerator(result):
-                self._stream(request.address, result)
-            else:
-                self._results.put((request.address, _checked(as_frames(result)), True))
+            if not inspect.isgenerator(result):
+                yield _checked(as_frames(result)), True
+                return
+            previous = None
+            for part in result:
+                if previous is not None:
+                    yield previous, False
+                previous = _checked(as_frames(part))
+            yield previous or [], True
         except Exception as error:
             log.warning("handler raised %s: %s", type(error).__name__, error)
             trace = traceback.format_exc()
             log.debug("%s", trace)
-            body = worker_error_body(type(error).__name__, str(error),
-                                     trace[-TRACEBACK_LIMIT:], self.identity)
-            self._results.put((request.address, body, True))
-        self._wakeup.wake()
+            yield worker_error_body(type(error).__name__, str(error), trace[-TRACEBACK_LIMIT:],
+                                    self.identity), True
 
-    def _stream(self, address: bytes, parts: Iterable) -> None:
-        previous = None
-        for part in parts:
-            if previous is not None:
-                self._results.put((address, previous, False))
-                self._wakeup.wake()
-            previous = _checked(as_frames(part))
-        self._results.put((address, previous or [], True))
-
-    def _send_results(self) -> bool:
-        """Send what the handler produced; True when a request was finished."""
-        finished = False
-        while True:
-            try:
-                address, body, final = self._results.get_nowait()
-            except queue.Empty:
-                return finished
-            if not final and self.dialect is p.Dialect.V01:
-                log.warning("MDP/0.1 has no PARTIAL; a streamed part was not sent")
-                continue
-            self._send(p.worker_reply(self.dialect, address, body, final))
-            if final:
-                finished = True
-                self.served += 1
-                self._busy = None
-                if self._pending:
-                    self._accept(self._pending.pop(0))
+    def _beat_while_handling(self) -> None:
+        """The pulse thread: a HEARTBEAT every interval while a handler runs."""
+        with self._socket_lock:
+            while not self._closed:
+                if not self._handling:
+                    self._socket_lock.wait()
+                    continue
+                self._socket_lock.wait(self.heartbeat_interval)
+                if self._handling and not self._closed:
+                    self._send(p.worker_heartbeat(self.dialect))
 
     # ------------------------------------------------------------ socket
 
@@ -294,10 +294,12 @@ class Worker:
 
     def _close(self) -> None:
         self.connected.clear()
+        with self._socket_lock:
+            self._closed = True
+            self._socket_lock.notify()
         if self._socket is not None:
             self._socket.close(linger=1000)
             self._socket = None
-        self._pool.shutdown(wait=False)
         self._wakeup.close()
 
     def _sleep(self, seconds: float) -> None:

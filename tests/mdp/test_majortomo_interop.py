@@ -326,16 +326,17 @@ def test_their_broker_drops_what_it_does_not_speak(env):
     assert client.request("echo", "still", timeout=WAIT) == [b"ours", b"still"]
 
 
-@pytest.mark.parametrize("liveness, reconnects", [(3, True), (40, False)])
-def test_long_handler_of_our_worker_under_their_broker(env, caplog, liveness, reconnects):
-    """majortomo's broker sends no heartbeat to a busy worker; ours re-registers when a
-    handler outlasts heartbeat_interval * heartbeat_liveness, yet the reply still arrives."""
+@pytest.mark.parametrize("liveness", [3, 40])
+def test_long_handler_of_our_worker_under_their_broker(env, caplog, liveness):
+    """majortomo's broker sends no heartbeat to a busy worker; ours does not count that
+    silence against it (it reads no broker message while its handler runs), so a handler
+    longer than heartbeat_interval * heartbeat_liveness neither loses nor re-registers."""
     caplog.set_level(logging.INFO, logger="mdp.worker")
     endpoint = env.their_broker()
     env.our_worker(endpoint, "echo", dialect=Dialect.MAJORTOMO, heartbeat_liveness=liveness)
     client = env.our_client(endpoint, Dialect.MAJORTOMO)
     assert client.request("echo", "sleep", "2") == [b"slept"]
-    assert ("lost the broker" in caplog.text) is reconnects
+    assert "lost the broker" not in caplog.text
     assert client.request("echo", "after") == [b"ours", b"after"]
 
 

@@ -72,3 +72,37 @@ def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint):
 def test_a_worker_refuses_a_service_name_the_broker_would_refuse(name):
     with pytest.raises(ValueError, match="1 to 255 bytes"):
         Worker("ipc:///nowhere", name, lambda frames: frames)
+
+
+def test_the_pulse_heartbeats_while_a_long_handler_runs(tmp_path):
+    """A plain ROUTER stands in for the broker: while the handler sleeps for a second,
+    HEARTBEATs keep coming (the handler runs in the socket's thread, the pulse beats)."""
+    import time
+
+    import zmq
+
+    from mdp import protocol as p
+
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/fake-broker.ipc")
+    worker = Worker(f"ipc://{tmp_path}/fake-broker.ipc", "svc",
+                    lambda frames: time.sleep(1.0) or [b"done"], heartbeat_interval=0.1)
+    worker.start()
+    try:
+        identity, *ready = router.recv_multipart()
+        assert ready == p.worker_ready(p.Dialect.V02, b"svc")
+        router.send_multipart([identity, *p.to_worker_request(p.Dialect.V02, b"id", [b"x"])])
+        beats = 0
+        while router.poll(5000):
+            _, header, command, *rest = router.recv_multipart()
+            assert header == p.WORKER_V02
+            if command == p.W_HEARTBEAT_V02:
+                beats += 1
+            elif command == p.W_FINAL_V02:
+                assert rest[-1] == b"done"
+                break
+        assert beats >= 5  # ten intervals passed while it slept
+    finally:
+        worker.stop()
+        worker.join(10)
+        router.close(linger=0)
