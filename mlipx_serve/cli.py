@@ -24,8 +24,15 @@ from mdp.security import CurveError, client_curve
 from . import environment, paths
 from .errors import MlipxServeError
 
-app = typer.Typer(help="Serve machine-learned interatomic potentials to ASE over a "
-                       "Majordomo bus.", add_completion=False, no_args_is_help=True)
+app = typer.Typer(
+    help="Serve machine-learned interatomic potentials to ASE over a Majordomo bus.",
+    epilog=f"Environment: {environment.BROKER} (the broker's endpoint), "
+           f"{environment.USE_SERVE} (true: mlipx's models prefer served ones), "
+           f"{environment.TIMEOUT} (seconds a served calculation may wait for its reply; "
+           f"600), {environment.MODELS} (models.py files), {environment.CURVE_SERVER_KEY} and "
+           f"{environment.CURVE_SECRET_KEY} (CURVE key files), {environment.HOOK} (0: leave "
+           f"mlipx as it is).",
+    add_completion=False, no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 

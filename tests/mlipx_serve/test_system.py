@@ -503,8 +503,10 @@ def test_help_names_the_environment_variables(serve_system: ServeSystem):
     for command, variables in [("serve", ["MLIPX_SERVE_BROKER", "MLIPX_SERVE_CURVE_SERVER_KEY",
                                           "MLIPX_SERVE_MODELS"]),
                                ("serve-status", ["MLIPX_SERVE_BROKER"]),
-                               ("serve-broker", ["MLIPX_SERVE_BROKER", "MLIPX_SERVE_MODELS"])]:
-        run = serve_system.run(*MLIPX, command, "--help", COLUMNS="200")
+                               ("serve-broker", ["MLIPX_SERVE_BROKER", "MLIPX_SERVE_MODELS"]),
+                               ("--help", ["MLIPX_SERVE_TIMEOUT", "MLIPX_USE_SERVE",
+                                           "MLIPX_SERVE_HOOK"])]:
+        run = serve_system.run(*MLIPX, *dict.fromkeys([command, "--help"]), COLUMNS="200")
         for variable in variables:
             assert variable in run.stdout, (command, variable)
 
