@@ -45,25 +45,18 @@ class SleepyEMT(EMT):
         super().calculate(*args, **kwargs)
 
 
-@dataclasses.dataclass
-class Sleepy:
-    def get_calculator(self, **kwargs):
-        return SleepyEMT()
+class SlowCallEMT(SleepyEMT):
+    """So slow that a test can act while a worker holds its request."""
 
-
-ALL_MODELS["sleepy-emt"] = Sleepy()
-
-
-class SlowCallEMT(EMT):
-    def calculate(self, *args, **kwargs):
-        time.sleep(30)
-        super().calculate(*args, **kwargs)
+    seconds = 30.0
 
 
 @dataclasses.dataclass
-class SlowCall:
+class Build:
+    calculator: type
+
     def get_calculator(self, **kwargs):
-        return SlowCallEMT()
+        return self.calculator()
 
 
-ALL_MODELS["slow-call"] = SlowCall()
+ALL_MODELS.update({"sleepy-emt": Build(SleepyEMT), "slow-call": Build(SlowCallEMT)})
