@@ -29,6 +29,26 @@ def private_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "mlipx" if runtime else \
         Path(tempfile.gettempdir()) / f"mlipx-{os.getuid()}"
+    return _own_directory(base, f"set {environment.BROKER} or XDG_RUNTIME_DIR to a "
+                                f"directory of your own")
+
+
+def cluster_dir() -> Path:
+    """``$MLIPX_SERVE_CLUSTER_DIR`` or ``~/.mlipx-serve``, created with mode 0700.
+
+    Where a broker that starts workers on other machines keeps what they must read: the
+    connection file and the workers' output. It must be on a filesystem those machines
+    share with this one (the home directory is, on SLURM clusters; ``/tmp`` and
+    ``$XDG_RUNTIME_DIR`` are not).
+    """
+    base = Path(environment.text(environment.CLUSTER_DIR) or Path.home() / ".mlipx-serve")
+    return _own_directory(base.absolute(), f"set {environment.CLUSTER_DIR} to a directory "
+                                           f"of your own on the shared filesystem")
+
+
+def _own_directory(base: Path, fix: str) -> Path:
+    """``base``, created with mode 0700 if need be, and refused unless it is a directory
+    of this user's (not a symbolic link: in a shared ``/tmp`` anyone may make one)."""
     base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         base.mkdir(mode=0o700)
@@ -39,9 +59,8 @@ def private_dir() -> Path:
                "is not a directory" if not stat.S_ISDIR(info.st_mode) else
                "belongs to another user" if info.st_uid != os.getuid() else None)
     if problem is not None:
-        raise PermissionError(f"{base} {problem}, so it cannot be trusted as the private "
-                              f"directory; remove it, or set {environment.BROKER} or "
-                              f"XDG_RUNTIME_DIR to a directory of your own")
+        raise PermissionError(f"{base} {problem}, so it cannot be trusted as a private "
+                              f"directory; remove it, or {fix}")
     base.chmod(0o700)
     return base
 
