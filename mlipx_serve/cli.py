@@ -155,7 +155,7 @@ def serve_broker(
     orphan_timeout: float = typer.Option(
         ORPHAN_TIMEOUT, "--orphan-timeout", help="With --launcher slurm: seconds a worker "
         "job keeps trying to reach a broker that does not answer before it leaves."),
-    slurm_poll: float = typer.Option(2.0, "--slurm-poll", help="Seconds between squeue "
+    slurm_poll: float = typer.Option(5.0, "--slurm-poll", help="Seconds between squeue "
                                      "calls while the broker has jobs."),
     slurm_command_timeout: float = SLURM_COMMAND_TIMEOUT,
     verbose: bool = VERBOSE,

@@ -29,7 +29,7 @@ from .slurm import SlurmError, SlurmOptions
 
 log = logging.getLogger("mlipx_serve.autostart")
 
-SLURM_POLL = 2.0  # seconds between squeue calls while the broker has jobs
+SLURM_POLL = 5.0  # seconds between squeue calls while the broker has jobs
 
 
 class Launch(Protocol):
@@ -178,12 +178,12 @@ class SlurmJob:
     reason: str = ""
     node: str = ""
     log_path: Path | None = None
-    error: str = ""  # why sbatch failed
+    error: str = ""  # why sbatch failed (a SlurmError's text)
     cancelled: bool = False  # by the broker
 
     def ended(self) -> str | None:
-        if self.error:
-            return f"sbatch failed: {self.error}"
+        if self.error:  # sbatch's error, which names it
+            return self.error
         if self.state == "GONE":
             return f"SLURM job {self.id} is gone from squeue (ended, then purged)"
         if self.state in slurm.ENDED:

@@ -33,6 +33,7 @@ DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sca
            "srun")
 START_TIMEOUT = 30.0  # seconds the daemons may take until the node is idle
 INSTALL_TIMEOUT = 600.0
+ACTIVE_STATES = "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED,REQUEUED,RESIZING"
 POLICY_RC = Path("/usr/sbin/policy-rc.d")  # Debian: exit 101 keeps apt from starting services
 
 
@@ -137,6 +138,14 @@ class SingleNodeSlurm:
         """A SLURM client command against this cluster."""
         return subprocess.run(list(args), env={**os.environ, **self.env}, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def active_jobs(self) -> list[str]:
+        """The jobs that have not ended, as 'id|name|state|reason' lines."""
+        done = self.run("squeue", "--noheader", f"--states={ACTIVE_STATES}",
+                        "--format=%i|%j|%T|%r")
+        if done.returncode != 0:
+            raise RuntimeError(f"squeue failed: {done.stderr}")
+        return done.stdout.split()
 
     def log(self) -> str:
         parts = []
