@@ -171,7 +171,7 @@ def serve_broker(
     elif workers_bind or slurm_option or any(o is not None for o in (
             slurm_partition, slurm_gpus_per_worker, slurm_time, slurm_account)):
         _fail("--workers-bind and the --slurm-* options need --launcher slurm")
-    endpoint = paths.normalise(path) if path else paths.default_broker()
+    endpoint = paths.normalise(path) if path else paths.local_broker()
     workers = paths.worker_endpoint(endpoint)
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
@@ -192,7 +192,7 @@ def serve_broker(
 
             autostart_config = AutostartConfig(
                 start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-                max_workers=max_workers_per_model, models_files=[str(p) for p in models],
+                max_workers=max_workers_per_model, models_files=[str(p.absolute()) for p in models],
                 heartbeat=heartbeat, gpus=len(_gpus(gpus)), batch_size=batch_size,
                 batch_wait=batch_wait)
             if on_slurm:

@@ -69,9 +69,10 @@ def serve_command(model: str) -> list[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """The broker's environment, without the CURVE keys meant for its clients: a started
-    worker uses exactly the keys its command line gives (none for a plain broker)."""
-    return {key: value for key, value in os.environ.items() if key not in environment.CURVE}
+    """The broker's environment, without the CURVE keys or connection file meant for its
+    clients: a started worker uses exactly what its command line gives."""
+    return {key: value for key, value in os.environ.items()
+            if key not in (*environment.CURVE, environment.CONNECT)}
 
 
 # ------------------------------------------------------------ local processes

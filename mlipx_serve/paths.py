@@ -9,6 +9,8 @@ the key files named here too, so scripts need no arguments for it.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import stat
 import tempfile
@@ -66,7 +68,18 @@ def _own_directory(base: Path, fix: str) -> Path:
 
 
 def default_broker() -> str:
-    """The client endpoint: ``$MLIPX_SERVE_BROKER`` or the private default."""
+    """The client endpoint: ``$MLIPX_SERVE_BROKER``, else the tcp endpoint in the
+    connection file ``$MLIPX_SERVE_CONNECT`` (a script in another SLURM job), else the
+    private default."""
+    if environment.text(environment.BROKER) is None and \
+            environment.text(environment.CONNECT) is not None:
+        return _connection().endpoint
+    return local_broker()
+
+
+def local_broker() -> str:
+    """Where a broker on this machine listens: ``$MLIPX_SERVE_BROKER`` or the private
+    default (never a connection file's, which is another broker's)."""
     return environment.text(environment.BROKER) or f"ipc://{private_dir() / SOCKET_NAME}"
 
 
@@ -76,10 +89,33 @@ def curve_options(server_key: str | os.PathLike | None = None,
     those named by ``$MLIPX_SERVE_CURVE_SERVER_KEY`` and ``$MLIPX_SERVE_CURVE_SECRET_KEY``.
 
     No server key means a plain connection; a server key without a secret key means an
-    ephemeral key pair, which only a broker that admits any key accepts.
+    ephemeral key pair, which only a broker that admits any key accepts. Without either,
+    a connection file (``$MLIPX_SERVE_CONNECT``, when ``default_broker`` is its broker)
+    gives its keys.
     """
-    return {"curve_server_key": server_key or environment.text(environment.CURVE_SERVER_KEY),
-            "curve_secret_key": secret_key or environment.text(environment.CURVE_SECRET_KEY)}
+    server_key = server_key or environment.text(environment.CURVE_SERVER_KEY)
+    secret_key = secret_key or environment.text(environment.CURVE_SECRET_KEY)
+    if server_key is None and secret_key is None and \
+            environment.text(environment.BROKER) is None and \
+            environment.text(environment.CONNECT) is not None:
+        return _connection_key_files()
+    return {"curve_server_key": server_key, "curve_secret_key": secret_key}
+
+
+@functools.cache
+def _connection():
+    from .connection import Connection
+
+    return Connection.read(Path(environment.text(environment.CONNECT)))
+
+
+@functools.cache
+def _connection_key_files() -> dict[str, str]:
+    """The connection file's keys as key files, for as long as this process runs (the
+    mdp clients read their key files when a connection is made)."""
+    keys = _connection().key_files()
+    atexit.register(keys.__exit__, None, None, None)
+    return keys.__enter__()
 
 
 def worker_endpoint(client_endpoint: str) -> str:

@@ -233,7 +233,11 @@ def main() -> int:
         print(f"no SLURM here: {why}")
         return 0
     started = time.monotonic()
-    install()
+    try:
+        install()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        print(f"no SLURM here, the SLURM tests will skip: {error}")
+        return 0
     installed = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slurm-") as directory:
         cluster = SingleNodeSlurm(Path(directory))

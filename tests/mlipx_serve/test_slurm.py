@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from ase.build import bulk
 from ase.calculators.emt import EMT
 from support import load_module
 
@@ -159,6 +160,20 @@ def test_serve_submit_adds_workers_that_the_broker_shows_and_cancels(serve_syste
     prefix = f"mlipx-serve.{settings['broker_id']}."
     serve_system.wait_until(lambda: not [line for line in slurm.active_jobs()
                                          if prefix in line], "the broker to cancel its jobs")
+
+
+def test_a_script_in_another_job_reaches_the_broker_through_the_connection_file(
+        serve_system, slurm):
+    broker = SlurmBroker(serve_system, slurm)
+    script = serve_system.run("srun", "--job-name=pipeline", sys.executable,
+                              str(HELPERS / "use_serve.py"), MLIPX_USE_SERVE="true",
+                              MLIPX_SERVE_CONNECT=str(broker.connection_file), **slurm.env)
+    assert script.returncode == 0, script.stderr
+    kind, energy = script.stdout.split()
+    atoms = bulk("Cu", cubic=True)
+    atoms.calc = EMT()
+    assert kind == "RemoteCalculator" and float(energy) == atoms.get_potential_energy()
+    assert serve_system.service(broker.endpoint, "emt")["served"] == 1
 
 
 # ------------------------------------------------------------ failures reach the client
