@@ -176,41 +176,34 @@ def serve_broker(
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
     admitted = _admitted(curve_clients, curve_secret_key) if autostart else curve_clients
-    cluster = None
+    cluster = _cluster_side(workers_bind, cluster_dir) if on_slurm else None
     try:
-        if on_slurm:
-            cluster = _cluster_side(workers_bind, cluster_dir)
-            security = cluster.broker_options()
-        else:
-            security = {"curve_secret_key": curve_secret_key, "curve_clients": admitted}
+        security = cluster.broker_options() if cluster else \
+            {"curve_secret_key": curve_secret_key, "curve_clients": admitted}
         broker = _or_fail(lambda: Broker(binds, config=config, **security))
-        if _broker_answers(endpoint, None if on_slurm else curve_secret_key):
+        if _broker_answers(endpoint, None if cluster else curve_secret_key):
             _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
         starter = None
         if autostart:
             from .autostart import AutostartConfig, Autostarter
+            from .launchers import LocalLauncher
+            from .slurm import SlurmOptions
 
-            autostart_config = AutostartConfig(
-                start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-                max_workers=max_workers_per_model, models_files=[str(p.absolute()) for p in models],
-                heartbeat=heartbeat, gpus=len(_gpus(gpus)), batch_size=batch_size,
-                batch_wait=batch_wait)
-            if on_slurm:
-                from .slurm import SlurmOptions
-
-                options = SlurmOptions(slurm_partition, slurm_gpus_per_worker or 0, slurm_time,
-                                       slurm_account, tuple(slurm_option))
-                chosen = _slurm_launcher(broker, cluster, options, orphan_timeout, slurm_poll,
-                                         slurm_command_timeout)
+            if cluster:
+                launch = _slurm_launcher(broker, cluster, SlurmOptions(
+                    slurm_partition, slurm_gpus_per_worker or 0, slurm_time, slurm_account,
+                    tuple(slurm_option)), orphan_timeout, slurm_poll, slurm_command_timeout)
             else:
-                from .launchers import LocalLauncher
-
-                chosen = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
+                launch = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
                                        _gpus(gpus))
-            starter = Autostarter(broker, _registry(models), autostart_config, chosen)
+            starter = Autostarter(broker, _registry(models), AutostartConfig(
+                start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
+                max_workers=max_workers_per_model, heartbeat=heartbeat,
+                models_files=[str(p.absolute()) for p in models], gpus=len(_gpus(gpus)),
+                batch_size=batch_size, batch_wait=batch_wait), launch)
         if cluster is None:
             _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
-        else:
+        else:  # in the loop: the bound port goes into the connection file
             broker.call_soon(lambda: _open_cluster_side(broker, cluster, endpoint, starter))
         _run_broker(broker, starter)
     finally:
@@ -484,7 +477,7 @@ def serve_submit(
                              worker_timeout)
     ids = _or_fail_serving(lambda: submit.submit_workers(settings, name, count, options,
                                                          command, slurm_command_timeout))
-    told = submit.tell_broker(status["broker"], {})
+    told = submit.tell_broker(status["broker"], paths.curve_options())  # as the status came
     err.print(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
               ("" if told else "; the broker did not answer, so it shows them once it "
                                "looks at squeue again"))
