@@ -47,8 +47,11 @@ class Broker:
     ``bind`` endpoints serve clients and workers alike; ``worker_bind`` endpoints, when
     given, are a second socket for workers, so the two can be secured or placed apart.
     With ``curve_secret_key`` (a NAME.key_secret file) every bound socket is a CURVE
-    server; ``curve_clients`` (a directory of NAME.key files) admits only those keys,
-    without it any key is admitted (encryption without client authentication).
+    server, or with ``curve_workers_only`` the worker socket alone (workers on tcp from
+    other machines, clients on a private ipc socket beside the broker); ``curve_clients``
+    (a directory of NAME.key files) admits only those keys, without it any key is
+    admitted (encryption without client authentication). ``bound_endpoints`` are the
+    endpoints as bound, a tcp port of 0 or ``*`` replaced by the port the system chose.
     The socket file of an ipc endpoint gets ``ipc_mode`` (default owner-only; None leaves
     it to the umask).
     """
@@ -56,14 +59,19 @@ class Broker:
     def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
                  config: BrokerConfig | None = None, context: zmq.Context | None = None,
                  *, curve_secret_key: KeyPath | None = None,
-                 curve_clients: KeyPath | None = None, ipc_mode: int | None = 0o600):
+                 curve_clients: KeyPath | None = None, curve_workers_only: bool = False,
+                 ipc_mode: int | None = 0o600):
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
         self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
         if not self.endpoints:
             raise ValueError("a broker needs at least one endpoint to bind")
         if curve_clients is not None and curve_secret_key is None:
             raise ValueError("curve_clients needs curve_secret_key (the broker's key pair)")
+        if curve_workers_only and not (curve_secret_key and self.worker_endpoints):
+            raise ValueError("curve_workers_only needs curve_secret_key and worker_bind")
         self.curve = server_curve(curve_secret_key)
+        self.curve_workers_only = curve_workers_only
+        self.bound_endpoints: list[str] = []
         self.curve_clients = None if curve_clients is None else check_clients_dir(curve_clients)
         self.ipc_mode = ipc_mode
         self._auth: ThreadAuthenticator | None = None  # ZAP handler while CURVE is bound
@@ -322,7 +330,7 @@ class Broker:
             sock.setsockopt(zmq.LINGER, 500)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
-            if self.curve is not None:
+            if self.curve is not None and (side == WORKER_SIDE or not self.curve_workers_only):
                 self.curve.apply(sock)
             self._sockets[side] = sock
             self._monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
@@ -332,7 +340,8 @@ class Broker:
                 except (zmq.ZMQError, OSError) as error:
                     self._close_sockets()
                     raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
-        log.info("broker bound to %s", ", ".join(self.endpoints + self.worker_endpoints))
+                self.bound_endpoints.append(_as_bound(endpoint, sock))
+        log.info("broker bound to %s", ", ".join(self.bound_endpoints))
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -434,6 +443,17 @@ def _name(service: str | bytes) -> bytes:
 
 def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def _as_bound(endpoint: str, sock: zmq.Socket) -> str:
+    """A tcp endpoint with the port the system chose (libzmq's last endpoint) in place
+    of 0 or ``*``; any other endpoint as it was given."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint.rpartition(":")
+    if port not in ("0", "*"):
+        return endpoint
+    return f"{host}:{sock.last_endpoint.decode().rpartition(':')[2]}"
 
 
 def _bind(sock: zmq.Socket, endpoint: str, ipc_mode: int | None) -> None:

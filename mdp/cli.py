@@ -110,6 +110,9 @@ def broker(
     curve_clients: Path | None = typer.Option(
         None, "--curve-clients", exists=True, file_okay=False,
         help="Directory of admitted public keys (*.key); without it any key is admitted."),
+    curve_workers_only: bool = typer.Option(
+        False, "--curve-workers-only", help="CURVE on the --worker-bind endpoints only; "
+        "clients on --bind connect in the clear (e.g. a private ipc socket)."),
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
@@ -118,11 +121,13 @@ def broker(
                           queue_limit=queue_limit or None, max_attempts=max_attempts)
     server = _or_exit(lambda: Broker(bind, worker_bind, config, curve_secret_key=curve_secret_key,
                                      curve_clients=curve_clients,
+                                     curve_workers_only=curve_workers_only,
                                      ipc_mode=_octal_mode(ipc_mode)))
     err_console.print(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)")
     if curve_secret_key is not None:
-        err_console.print(f"CURVE: admitting the keys in {curve_clients}" if curve_clients
-                          else "CURVE: encrypted, admitting any client key")
+        where = " on the worker endpoints" if curve_workers_only else ""
+        err_console.print(f"CURVE{where}: admitting the keys in {curve_clients}" if curve_clients
+                          else f"CURVE{where}: encrypted, admitting any client key")
     try:
         server.run()
     except (OSError, CurveError) as error:

@@ -100,6 +100,7 @@ class Worker:
     state: WorkerState = IDLE
     request: Request | None = None
     served: int = 0
+    metadata: dict = field(default_factory=dict)  # what its READY said of it (mdp.md 5.4)
 
     def assign(self, request: Request) -> None:
         if self.state is not IDLE:
@@ -247,7 +248,7 @@ class BrokerCore:
             if worker is None:
                 self._send(peer, p.to_worker_disconnect(dialect))
         elif kind is p.Ready:
-            self._on_ready(peer, worker, dialect, name, now)
+            self._on_ready(peer, worker, dialect, name, body, now)
         elif kind is p.Disconnect:
             if worker is not None:
                 self._remove_worker(worker, now, "disconnected")
@@ -281,7 +282,7 @@ class BrokerCore:
             self._emit_service_event("demand", state)
 
     def _on_ready(self, peer: Peer, worker: Worker | None, dialect: p.Dialect, service: bytes,
-                  now: float) -> None:
+                  body: list, now: float) -> None:
         if worker is not None:
             self._disconnect(worker, now, "sent READY twice")
             return
@@ -290,13 +291,32 @@ class BrokerCore:
             self._warn_once(f"ready:{refusal}", f"refused a worker's READY: {refusal}")
             self._send(peer, p.to_worker_disconnect(dialect))
             return
-        worker = Worker(peer, dialect, service, now, now)
+        worker = Worker(peer, dialect, service, now, now,
+                        metadata=self._ready_metadata(body) if body else {})
         self.workers[peer] = worker
         state = self._service(service)
         state.workers.add(peer)
         state.idle[peer] = worker
         self._emit_service_event("worker-ready", state, worker)
         self._dispatch(state)
+
+    def _ready_metadata(self, body: list) -> dict:
+        """The JSON object a READY carries after its service; anything else is ignored
+        (logged once), the worker is registered all the same."""
+        frame = p._b(body[0])
+        if len(frame) > p.MAX_READY_METADATA:
+            why = f"it is {len(frame)} bytes long (at most {p.MAX_READY_METADATA})"
+        else:
+            try:
+                metadata = json.loads(frame)
+            except (ValueError, RecursionError):  # (RecursionError: nested too deep)
+                why = "it is not JSON"
+            else:
+                if isinstance(metadata, dict):
+                    return metadata
+                why = "it is not a JSON object"
+        self._warn_once(f"metadata:{why}", f"ignored a READY's metadata frame: {why}")
+        return {}
 
     def _on_worker_reply(self, peer: Peer, worker: Worker | None, dialect: p.Dialect,
                          address: bytes, body: list, final: bool) -> None:
@@ -517,7 +537,8 @@ class BrokerCore:
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
                  "dialect": worker.dialect.value, "state": worker.state.value,
-                 "served": worker.served, "since": now - worker.since}
+                 "served": worker.served, "since": now - worker.since,
+                 "metadata": worker.metadata}
                 for worker in self.workers.values()
             ],
         }

@@ -27,6 +27,7 @@ WORKER_V02 = b"MDPW02"
 EMPTY = b""
 MMI_PREFIX = b"mmi."
 MAX_SERVICE_NAME = 255  # bytes; the broker refuses longer names (protocol/mdp.md 1)
+MAX_READY_METADATA = 4096  # bytes of a READY's metadata frame the broker reads (mdp.md 5.4)
 
 
 class Dialect(enum.Enum):
@@ -81,6 +82,7 @@ class ClientReply:
 class Ready:
     dialect: Dialect
     service: bytes
+    metadata: bytes = EMPTY  # the optional frame after the service (protocol/mdp.md 5.4)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def _b(frame: Frame) -> bytes:
 
 # A message to the broker as a plain tuple: (kind, dialect, name, body, final), kind being
 # the class parse_peer_message makes of it and name the service of a ClientRequest or a
-# Ready, or the client address of a WorkerReply (else b""). The broker reads every message
+# Ready, or the client address of a WorkerReply (else b""); a Ready's body is its
+# metadata frame, if it has one. The broker reads every message
 # in this form, as a tuple costs a fraction of a (frozen) dataclass.
 PeerFields = tuple[type, Dialect, bytes, list, bool]
 
@@ -135,7 +138,7 @@ def parse_peer_message(frames: Sequence[Frame]) -> FromPeer:
     if kind is WorkerReply:
         return WorkerReply(dialect, name, body, final)
     if kind is Ready:
-        return Ready(dialect, name)
+        return Ready(dialect, name, _b(body[0]) if body else EMPTY)
     return kind(dialect)  # Heartbeat or Disconnect
 
 
@@ -186,7 +189,7 @@ def _read_worker(dialect: Dialect, commands: dict, frames: Sequence[Frame],
     if kind is Ready:
         if len(frames) < i + 2:
             raise ProtocolError("READY without a service frame")
-        return Ready, dialect, _service(frames[i + 1]), [], True
+        return Ready, dialect, _service(frames[i + 1]), list(frames[i + 2:i + 3]), True
     if kind is None:
         raise ProtocolError(f"{dialect.value} worker command {command!r} is unknown")
     return kind, dialect, EMPTY, [], True  # Heartbeat or Disconnect
@@ -306,8 +309,9 @@ def _after_header(dialect: Dialect, header: bytes, frames: Sequence[Frame]) -> l
     return rest
 
 
-def worker_ready(dialect: Dialect, service: bytes) -> list:
-    return _worker_command(dialect, W_READY) + [service]
+def worker_ready(dialect: Dialect, service: bytes, metadata: bytes = EMPTY) -> list:
+    """READY, with the optional metadata frame (a JSON object) when there is one."""
+    return _worker_command(dialect, W_READY) + ([service, metadata] if metadata else [service])
 
 
 def worker_reply(dialect: Dialect, address: bytes, body: Sequence[Frame], final: bool) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import zmq
@@ -59,7 +60,9 @@ class Worker:
     seconds without a request, whether or not it found a broker meanwhile.
     ``curve_server_key`` (the broker's NAME.key) makes the connection CURVE-encrypted,
     with the key pair in ``curve_secret_key`` (NAME.key_secret) or, without it, a fresh
-    one that only a broker admitting any key lets in.
+    one that only a broker admitting any key lets in. ``metadata`` (a small JSON object,
+    e.g. the host and the device) goes to the broker with READY, which shows it in
+    ``mmi.status`` (protocol/mdp.md 5.4).
     """
 
     def __init__(self, endpoint: str, service: str | bytes, handler: Handler, *,
@@ -67,8 +70,10 @@ class Worker:
                  idle_timeout: float | None = None, reconnect_max: float = 5.0,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
                  context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
-                 curve_secret_key: KeyPath | None = None):
+                 curve_secret_key: KeyPath | None = None,
+                 metadata: Mapping[str, Any] | None = None):
         self.endpoint = endpoint
+        self.metadata = _metadata_frame(metadata)
         self.curve = client_curve(curve_server_key, curve_secret_key)
         self.service = service.encode() if isinstance(service, str) else service
         if self.service.startswith(p.MMI_PREFIX):
@@ -266,7 +271,7 @@ class Worker:
         if self.curve is not None:
             self.curve.apply(self._socket)
         self._socket.connect(self.endpoint)
-        self._send(p.worker_ready(self.dialect, self.service))
+        self._send(p.worker_ready(self.dialect, self.service, self.metadata))
         self.connected.set()
         log.info("worker for '%s' sent READY to %s", self.service.decode(), self.endpoint)
 
@@ -320,6 +325,17 @@ class Worker:
         for sig in previous:
             signal.signal(sig, on_signal)
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
+
+
+def _metadata_frame(metadata: Mapping[str, Any] | None) -> bytes:
+    """READY's metadata frame; none for no metadata."""
+    if not metadata:
+        return b""
+    frame = json.dumps(dict(metadata), separators=(",", ":")).encode()
+    if len(frame) > p.MAX_READY_METADATA:
+        raise ValueError(f"a worker's metadata is at most {p.MAX_READY_METADATA} bytes of "
+                         f"JSON, not {len(frame)}")
+    return frame
 
 
 def _checked(frames: list) -> list:

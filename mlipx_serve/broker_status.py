@@ -48,8 +48,9 @@ def describe_wait(status: dict, model: str) -> str:
         return f"no broker answers at {status['broker']} (it may be restarting)"
     starting = status["autostart"].get("starting", {})
     if model in starting:
-        return (f"its worker has been starting for {starting[model]:.0f} s (installing "
-                f"and loading the model)")
+        doing = status["autostart"].get("progress", {}).get(
+            model, "installing and loading the model")
+        return f"its worker has been starting for {starting[model]:.0f} s ({doing})"
     service = status["status"]["services"].get(model)
     if not service or not service["workers"]:
         return "no worker serves it; start one with `mlipx serve " + model + "`"

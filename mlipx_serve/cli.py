@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import json
 import logging
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +57,26 @@ BATCH_WAIT = typer.Option(0.01, "--batch-wait", min=0.0, help="Seconds a batchin
                           "waits for a fuller batch once a request is in.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (connections, "
                        "worker starts, failed requests), not only warnings.")
+SLURM_PARTITION = typer.Option(None, "--slurm-partition", help="SLURM partition of the "
+                               "worker jobs (default: the cluster's).")
+SLURM_GPUS = typer.Option(None, "--slurm-gpus-per-worker", min=0, help="GPUs each worker "
+                          "job asks for (--gres=gpu:N); SLURM sets CUDA_VISIBLE_DEVICES.")
+SLURM_TIME = typer.Option(None, "--slurm-time", help="Time limit of each worker job "
+                          "(sbatch --time, e.g. 8:00:00).")
+SLURM_ACCOUNT = typer.Option(None, "--slurm-account", help="Account the worker jobs are "
+                             "charged to.")
+SLURM_OPTION = typer.Option([], "--slurm-option", metavar="SBATCH-OPTION", help="Any other "
+                            "sbatch option, as is; repeat for more, e.g. --slurm-option "
+                            "--mem=32G --slurm-option --constraint=a100.")
+SLURM_COMMAND_TIMEOUT = typer.Option(30.0, "--slurm-command-timeout", help="Seconds an "
+                                     "sbatch, squeue or scancel call may take.")
+ORPHAN_TIMEOUT = 60.0
 T = TypeVar("T")
+
+
+class Launcher(str, enum.Enum):
+    local = "local"
+    slurm = "slurm"
 
 
 def _logging(verbose: bool) -> None:
@@ -121,6 +142,29 @@ def serve_broker(
         None, "--curve-clients", exists=True, file_okay=False,
         help="Directory of admitted public keys (*.key); without it any key is admitted. "
              "With --autostart the broker's own public key is admitted as well."),
+    launcher: Launcher = typer.Option(
+        Launcher.local, "--launcher", help="How --autostart starts workers: processes on "
+        "this machine, or SLURM jobs (then workers reach the broker over tcp with CURVE, "
+        "through a connection file on the shared filesystem)."),
+    slurm_partition: str | None = SLURM_PARTITION,
+    slurm_gpus_per_worker: int | None = SLURM_GPUS,
+    slurm_time: str | None = SLURM_TIME,
+    slurm_account: str | None = SLURM_ACCOUNT,
+    slurm_option: list[str] = SLURM_OPTION,
+    workers_bind: str | None = typer.Option(
+        None, "--workers-bind", metavar="tcp://HOST:PORT", help="With --launcher slurm: "
+        "where the workers' side listens, as the nodes reach it (default: every interface, "
+        "a free port, announced as this host's name)."),
+    cluster_dir: Path | None = typer.Option(
+        None, "--cluster-dir", envvar=environment.CLUSTER_DIR, file_okay=False,
+        help="With --launcher slurm: the directory, on the filesystem the nodes share, "
+             "for the connection file and the jobs' output (default: ~/.mlipx-serve)."),
+    orphan_timeout: float = typer.Option(
+        ORPHAN_TIMEOUT, "--orphan-timeout", help="With --launcher slurm: seconds a worker "
+        "job keeps trying to reach a broker that does not answer before it leaves."),
+    slurm_poll: float = typer.Option(5.0, "--slurm-poll", help="Seconds between squeue "
+                                     "calls while the broker has jobs."),
+    slurm_command_timeout: float = SLURM_COMMAND_TIMEOUT,
     verbose: bool = VERBOSE,
 ) -> None:
     """Run the model broker until Ctrl-C or SIGTERM."""
@@ -128,31 +172,102 @@ def serve_broker(
     if models and not autostart:
         _fail("--models names the models the broker may start, so it needs --autostart; "
               "a worker started by hand takes its own: mlipx serve NAME --models FILE")
-    endpoint = paths.normalise(path) if path else paths.default_broker()
+    on_slurm = launcher is Launcher.slurm
+    if on_slurm:
+        _check_slurm_options(autostart, gpus, curve_secret_key, curve_clients)
+    elif workers_bind or slurm_option or any(o is not None for o in (
+            slurm_partition, slurm_gpus_per_worker, slurm_time, slurm_account)):
+        _fail("--workers-bind and the --slurm-* options need --launcher slurm")
+    endpoint = paths.normalise(path) if path else paths.local_broker()
     workers = paths.worker_endpoint(endpoint)
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
     admitted = _admitted(curve_clients, curve_secret_key) if autostart else curve_clients
+    cluster = _cluster_side(workers_bind, cluster_dir) if on_slurm else None
     try:
-        broker = _or_fail(lambda: Broker(binds, config=config, curve_secret_key=curve_secret_key,
-                                         curve_clients=admitted))
-        if _broker_answers(endpoint, curve_secret_key):
+        security = cluster.broker_options() if cluster else \
+            {"curve_secret_key": curve_secret_key, "curve_clients": admitted}
+        broker = _or_fail(lambda: Broker(binds, config=config, **security))
+        if _broker_answers(endpoint, None if cluster else curve_secret_key):
             _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
         starter = None
         if autostart:
             from .autostart import AutostartConfig, Autostarter
+            from .launchers import LocalLauncher
+            from .slurm import SlurmOptions
 
+            if cluster:
+                launch = _slurm_launcher(broker, cluster, SlurmOptions(
+                    slurm_partition, slurm_gpus_per_worker or 0, slurm_time, slurm_account,
+                    tuple(slurm_option)), orphan_timeout, slurm_poll, slurm_command_timeout)
+            else:
+                launch = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
+                                       _gpus(gpus))
             starter = Autostarter(broker, _registry(models), AutostartConfig(
-                worker_endpoint=workers, log_dir=paths.private_dir() / "logs",
                 start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-                max_workers=max_workers_per_model, models_files=[str(p) for p in models],
-                heartbeat=heartbeat, curve_key=curve_secret_key, gpus=_gpus(gpus),
-                batch_size=batch_size, batch_wait=batch_wait))
-        _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
+                max_workers=max_workers_per_model, heartbeat=heartbeat,
+                models_files=[str(p.absolute()) for p in models], gpus=len(_gpus(gpus)),
+                batch_size=batch_size, batch_wait=batch_wait), launch)
+        if cluster is None:
+            _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
+        else:  # in the loop: the bound port goes into the connection file
+            broker.call_soon(lambda: _open_cluster_side(broker, cluster, endpoint, starter))
         _run_broker(broker, starter)
     finally:
         if admitted != curve_clients:
             shutil.rmtree(admitted, ignore_errors=True)
+        if cluster is not None:
+            cluster.close()
+
+
+def _check_slurm_options(autostart: bool, gpus: str, curve_key: Path | None,
+                         curve_clients: Path | None) -> None:
+    if not autostart:
+        _fail("--launcher says how --autostart starts workers, so it needs --autostart")
+    if gpus:
+        _fail("--gpus spreads workers over this machine's GPUs; SLURM jobs get theirs "
+              "with --slurm-gpus-per-worker N")
+    if curve_key or curve_clients:
+        _fail("--launcher slurm makes its own CURVE keys for the workers' side and keeps "
+              "the clients' side on the private ipc socket; drop --curve-secret-key and "
+              "--curve-clients")
+
+
+def _cluster_side(bind: str | None, directory: Path | None):
+    from .cluster import ClusterSide
+
+    directory = Path(directory).absolute() if directory else None
+    try:
+        return ClusterSide.create(bind, directory)
+    except (OSError, ValueError, CurveError) as error:
+        _fail(str(error))
+
+
+def _slurm_launcher(broker: Broker, cluster, options, orphan_timeout: float, poll: float,
+                    command_timeout: float):
+    from .launchers import SlurmLauncher
+    from .submit import POLL_SERVICE
+
+    launcher = SlurmLauncher(broker, cluster.broker_id, cluster.connection_file,
+                             cluster.connection_file.parent / "logs", options, orphan_timeout,
+                             poll, command_timeout)
+
+    def poll_now(body: list) -> list[bytes]:
+        launcher.poll_soon()
+        return [b"200"]
+
+    broker.add_mmi_handler(POLL_SERVICE, poll_now)
+    return launcher
+
+
+def _open_cluster_side(broker: Broker, cluster, endpoint: str, starter) -> None:
+    """In the loop, once bound: the connection file, then say where everything is."""
+    connection = cluster.write_connection(broker.bound_endpoints[-1])
+    auto = f"on for {len(starter.registry)} models" if starter else "off"
+    err.print(f"model broker at {endpoint}; autostart {auto}, as SLURM jobs. Workers reach "
+              f"it at {connection.endpoint} (CURVE); a worker started by hand on a node "
+              f"needs only: mlipx serve NAME --connect {cluster.connection_file}. "
+              f"Ctrl-C stops it and cancels its jobs.")
 
 
 def _gpus(text: str) -> list[str]:
@@ -229,18 +344,26 @@ def serve(
         None, "--exit-with", metavar="PID",
         help="Leave, after the request in hand, when process PID ends (autostarted "
              "workers: their broker)."),
+    connect: Path | None = typer.Option(
+        None, "--connect", envvar=environment.CONNECT, dir_okay=False, metavar="FILE",
+        help="The connection file of a broker that starts workers on SLURM: its endpoint "
+             "and keys (in place of --broker and --curve-*). The worker leaves when the "
+             "file is gone."),
+    orphan_timeout: float = typer.Option(
+        ORPHAN_TIMEOUT, "--orphan-timeout", help="With --connect: leave when the broker "
+        "has not answered for this many seconds."),
     curve_server_key: Path | None = CURVE_SERVER_KEY,
     curve_secret_key: Path | None = CURVE_SECRET_KEY,
     verbose: bool = VERBOSE,
 ) -> None:
     """Load one model and serve it until idle for --timeout seconds."""
     from .serve import find_model, reexec_under_uv
-    from .serve import serve as run_worker
 
     _logging(verbose)
-    endpoint = paths.normalise(broker) if broker else \
+    connection = _or_fail_serving(lambda: _read_connection(connect)) if connect else None
+    endpoint = connection.endpoint if connection else paths.normalise(broker) if broker else \
         paths.worker_endpoint(paths.default_broker())
-    curve = _client_curve(curve_server_key, curve_secret_key)
+    curve = {} if connection else _client_curve(curve_server_key, curve_secret_key)
     try:
         model = _factory_model(name, factory) if factory else find_model(name, _registry(models))
         if not no_uv:
@@ -248,9 +371,17 @@ def serve(
     except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
         _fail(str(error))
     err.print(f"loading model '{name}' ...")
+    options = {"idle_timeout": timeout or None, "heartbeat": heartbeat, "exit_with": exit_with,
+               "batch_size": batch_size, "batch_wait": batch_wait}
     try:
-        run_worker(name, model, endpoint, timeout or None, heartbeat, curve, exit_with,
-                   batch_size, batch_wait)
+        if connection is None:
+            _run_worker(name, model, endpoint, curve=curve, **options)
+        else:
+            from .connection import BrokerWatch
+
+            with connection.key_files() as keys:
+                watch = BrokerWatch(connect, connection, keys, orphan_timeout)
+                _run_worker(name, model, endpoint, curve=keys, leave_when=watch, **options)
     except MlipxServeError as error:
         _fail(str(error))
     except Exception as error:  # the model's own code failed: its traceback tells where
@@ -258,18 +389,46 @@ def serve(
         _fail(f"model '{name}' failed to load: {type(error).__name__}: {error}")
 
 
+def _run_worker(name: str, model, endpoint: str, idle_timeout: float | None, **options) -> None:
+    from .serve import serve as run_worker
+
+    run_worker(name, model, endpoint, idle_timeout, **options)
+
+
+def _read_connection(path: Path):
+    from .connection import Connection
+
+    return Connection.read(path)
+
+
+def _or_fail_serving(make: Callable[[], T]) -> T:
+    try:
+        return make()
+    except MlipxServeError as error:
+        _fail(str(error))
+
+
 def serve_status(
     broker: str = BROKER,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh the tables in place "
+                               "until Ctrl-C."),
+    interval: float = typer.Option(1.5, "--interval", min=0.1, help="Seconds between "
+                                   "refreshes with --watch."),
     curve_server_key: Path | None = CURVE_SERVER_KEY,
     curve_secret_key: Path | None = CURVE_SECRET_KEY,
 ) -> None:
-    """Show the broker, its models, workers and queues (exit 1 if no broker answers)."""
+    """Show the broker, its models, workers, SLURM jobs and queues (exit 1 if no broker
+    answers)."""
     from .broker_status import get_broker_status
     from .status import render
 
     curve = _client_curve(curve_server_key, curve_secret_key)
-    status = get_broker_status(paths.normalise(broker) if broker else None, **curve)
+    endpoint = paths.normalise(broker) if broker else None
+    status = get_broker_status(endpoint, **curve)
+    if watch:
+        _watch(lambda: render(get_broker_status(endpoint, **curve)), render(status), interval)
+        return
     if as_json:
         print(json.dumps(status, indent=2))
     else:
@@ -278,13 +437,68 @@ def serve_status(
         raise typer.Exit(1)
 
 
+def _watch(rendered: Callable, first, interval: float) -> None:
+    """The tables, redrawn every ``interval`` seconds until Ctrl-C (then exit 0)."""
+    from rich.live import Live
+
+    try:
+        with Live(first, console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(rendered(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def serve_submit(
+    name: str = typer.Argument(..., help="Model name, e.g. mace-mpa-0."),
+    count: int = typer.Option(1, "--count", "-n", min=1, help="How many worker jobs."),
+    broker: str = BROKER,
+    models: list[Path] = typer.Option([], "--models", help="A models.py file defining "
+                                      "ALL_MODELS, on the shared filesystem; repeat for more "
+                                      "(besides the broker's own)."),
+    worker_timeout: float | None = typer.Option(None, "--worker-timeout", help="Idle "
+                                                "seconds after which a worker leaves "
+                                                "(default: the broker's)."),
+    slurm_partition: str | None = SLURM_PARTITION,
+    slurm_gpus_per_worker: int | None = SLURM_GPUS,
+    slurm_time: str | None = SLURM_TIME,
+    slurm_account: str | None = SLURM_ACCOUNT,
+    slurm_option: list[str] = SLURM_OPTION,
+    slurm_command_timeout: float = SLURM_COMMAND_TIMEOUT,
+) -> None:
+    """Submit worker jobs to a running `serve-broker --launcher slurm`, with its sbatch
+    options unless given here (--slurm-option adds to its own)."""
+    from . import submit
+    from .broker_status import get_broker_status
+
+    endpoint = paths.normalise(broker) if broker else None
+    status = get_broker_status(endpoint)
+    settings = _or_fail_serving(lambda: submit.slurm_settings(status))
+    if name not in settings["models"] and not models:
+        _fail(f"the broker at {status['broker']} knows no model '{name}' (it knows "
+              f"{', '.join(sorted(settings['models']))}); add one with --models FILE")
+    options = submit.merged_options(settings, slurm_partition, slurm_gpus_per_worker, slurm_time,
+                             slurm_account, slurm_option)
+    command = submit.worker_command(settings, name, [str(p.absolute()) for p in models],
+                             worker_timeout)
+    ids = _or_fail_serving(lambda: submit.submit_workers(settings, name, count, options,
+                                                         command, slurm_command_timeout))
+    told = submit.tell_broker(status["broker"], paths.curve_options())  # as the status came
+    err.print(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
+              ("" if told else "; the broker did not answer, so it shows them once it "
+                               "looks at squeue again"))
+    print(" ".join(ids))
+
+
 def _factory_model(name: str, path: Path):
     from .python_models import FactoryModel, load_factory
 
     return FactoryModel(load_factory(path), name)
 
 
-SERVE_COMMANDS = {"serve-broker": serve_broker, "serve": serve, "serve-status": serve_status}
+SERVE_COMMANDS = {"serve-broker": serve_broker, "serve": serve, "serve-status": serve_status,
+                  "serve-submit": serve_submit}
 
 
 def add_commands(target: typer.Typer) -> None:

@@ -13,9 +13,12 @@ TIMEOUT = "MLIPX_SERVE_TIMEOUT"  # seconds a served calculation may wait for its
 CURVE_SERVER_KEY = "MLIPX_SERVE_CURVE_SERVER_KEY"  # the broker's public key (NAME.key)
 CURVE_SECRET_KEY = "MLIPX_SERVE_CURVE_SECRET_KEY"  # this peer's pair (NAME.key_secret)
 HOOK = "MLIPX_SERVE_HOOK"  # 0/false/no/off: leave mlipx as it is
+CLUSTER_DIR = "MLIPX_SERVE_CLUSTER_DIR"  # connection files and job output (shared filesystem)
+CONNECT = "MLIPX_SERVE_CONNECT"  # a worker's connection file, written by a SLURM broker
 
 CURVE = (CURVE_SERVER_KEY, CURVE_SECRET_KEY)
-ALL = (BROKER, USE_SERVE, MODELS, TIMEOUT, CURVE_SERVER_KEY, CURVE_SECRET_KEY, HOOK)
+ALL = (BROKER, USE_SERVE, MODELS, TIMEOUT, CURVE_SERVER_KEY, CURVE_SECRET_KEY, HOOK,
+       CLUSTER_DIR, CONNECT)
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})

@@ -16,7 +16,7 @@ reported as a warning and never breaks the import of mlipx.
 import os
 import sys
 
-from .environment import HOOK, flag
+from .environment import HOOK, flag, text
 
 # mlipx module -> name of the function in mlipx_serve.mlipx_plugin that extends it
 EXTEND_AFTER_IMPORT = {
@@ -27,7 +27,8 @@ SERVE_MODULE = "mlipx.serve"
 
 
 def enabled():
-    return flag(HOOK) is not False  # unset, on, or unreadable: on
+    # unset, on, or unreadable: on (flag() reads unset as false, hence the first test)
+    return text(HOOK) is None or flag(HOOK) is not False
 
 
 def install():

@@ -67,7 +67,7 @@ _ADDED_DOC = """
 
 
 def add_serve_commands(module: ModuleType) -> None:
-    """Add ``serve-broker``, ``serve`` and ``serve-status`` to mlipx's command line."""
+    """Add the serve commands (``cli.SERVE_COMMANDS``) to mlipx's command line."""
     from .cli import add_commands
 
     add_commands(module.app)

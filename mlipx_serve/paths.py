@@ -9,6 +9,8 @@ the key files named here too, so scripts need no arguments for it.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import stat
 import tempfile
@@ -29,6 +31,26 @@ def private_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) / "mlipx" if runtime else \
         Path(tempfile.gettempdir()) / f"mlipx-{os.getuid()}"
+    return _own_directory(base, f"set {environment.BROKER} or XDG_RUNTIME_DIR to a "
+                                f"directory of your own")
+
+
+def cluster_dir() -> Path:
+    """``$MLIPX_SERVE_CLUSTER_DIR`` or ``~/.mlipx-serve``, created with mode 0700.
+
+    Where a broker that starts workers on other machines keeps what they must read: the
+    connection file and the workers' output. It must be on a filesystem those machines
+    share with this one (the home directory is, on SLURM clusters; ``/tmp`` and
+    ``$XDG_RUNTIME_DIR`` are not).
+    """
+    base = Path(environment.text(environment.CLUSTER_DIR) or Path.home() / ".mlipx-serve")
+    return _own_directory(base.absolute(), f"set {environment.CLUSTER_DIR} to a directory "
+                                           f"of your own on the shared filesystem")
+
+
+def _own_directory(base: Path, fix: str) -> Path:
+    """``base``, created with mode 0700 if need be, and refused unless it is a directory
+    of this user's (not a symbolic link: in a shared ``/tmp`` anyone may make one)."""
     base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         base.mkdir(mode=0o700)
@@ -39,15 +61,25 @@ def private_dir() -> Path:
                "is not a directory" if not stat.S_ISDIR(info.st_mode) else
                "belongs to another user" if info.st_uid != os.getuid() else None)
     if problem is not None:
-        raise PermissionError(f"{base} {problem}, so it cannot be trusted as the private "
-                              f"directory; remove it, or set {environment.BROKER} or "
-                              f"XDG_RUNTIME_DIR to a directory of your own")
+        raise PermissionError(f"{base} {problem}, so it cannot be trusted as a private "
+                              f"directory; remove it, or {fix}")
     base.chmod(0o700)
     return base
 
 
 def default_broker() -> str:
-    """The client endpoint: ``$MLIPX_SERVE_BROKER`` or the private default."""
+    """The client endpoint: ``$MLIPX_SERVE_BROKER``, else the tcp endpoint in the
+    connection file ``$MLIPX_SERVE_CONNECT`` (a script in another SLURM job), else the
+    private default."""
+    if environment.text(environment.BROKER) is None and \
+            environment.text(environment.CONNECT) is not None:
+        return _connection().endpoint
+    return local_broker()
+
+
+def local_broker() -> str:
+    """Where a broker on this machine listens: ``$MLIPX_SERVE_BROKER`` or the private
+    default (never a connection file's, which is another broker's)."""
     return environment.text(environment.BROKER) or f"ipc://{private_dir() / SOCKET_NAME}"
 
 
@@ -57,10 +89,33 @@ def curve_options(server_key: str | os.PathLike | None = None,
     those named by ``$MLIPX_SERVE_CURVE_SERVER_KEY`` and ``$MLIPX_SERVE_CURVE_SECRET_KEY``.
 
     No server key means a plain connection; a server key without a secret key means an
-    ephemeral key pair, which only a broker that admits any key accepts.
+    ephemeral key pair, which only a broker that admits any key accepts. Without either,
+    a connection file (``$MLIPX_SERVE_CONNECT``, when ``default_broker`` is its broker)
+    gives its keys.
     """
-    return {"curve_server_key": server_key or environment.text(environment.CURVE_SERVER_KEY),
-            "curve_secret_key": secret_key or environment.text(environment.CURVE_SECRET_KEY)}
+    server_key = server_key or environment.text(environment.CURVE_SERVER_KEY)
+    secret_key = secret_key or environment.text(environment.CURVE_SECRET_KEY)
+    if server_key is None and secret_key is None and \
+            environment.text(environment.BROKER) is None and \
+            environment.text(environment.CONNECT) is not None:
+        return _connection_key_files()
+    return {"curve_server_key": server_key, "curve_secret_key": secret_key}
+
+
+@functools.cache
+def _connection():
+    from .connection import Connection
+
+    return Connection.read(Path(environment.text(environment.CONNECT)))
+
+
+@functools.cache
+def _connection_key_files() -> dict[str, str]:
+    """The connection file's keys as key files, for as long as this process runs (the
+    mdp clients read their key files when a connection is made)."""
+    keys = _connection().key_files()
+    atexit.register(keys.__exit__, None, None, None)
+    return keys.__enter__()
 
 
 def worker_endpoint(client_endpoint: str) -> str:

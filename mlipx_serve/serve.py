@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ def find_model(name: str, registry: Mapping[str, object]) -> object:
 
 
 Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+LeaveWhen = Callable[[], "str | None"]
 
 
 def make_handler(compute_results: Compute) -> Callable[[list], list]:
@@ -79,10 +81,13 @@ def build_calculator(model: object) -> Calculator:
 
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
           heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
-          exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01) -> None:
+          exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01,
+          leave_when: LeaveWhen | None = None) -> None:
     """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``);
     ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's);
-    ``batch_size`` > 1: that many connections, their requests evaluated in batches."""
+    ``batch_size`` > 1: that many connections, their requests evaluated in batches;
+    ``leave_when()``: asked every second, a reason to leave or None (e.g. the broker of
+    a SLURM job is gone: ``connection.BrokerWatch``)."""
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
     log.info("model '%s' loaded; serving it at %s", name, broker)
@@ -91,12 +96,17 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     else:
         def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
             return compute(calc, atoms, properties)
+    metadata = worker_metadata()
     workers = [Worker(broker, name, make_handler(compute_results), idle_timeout=idle_timeout,
-                      heartbeat_interval=heartbeat, copy=False, **(curve or {}))
+                      heartbeat_interval=heartbeat, copy=False, metadata=metadata,
+                      **(curve or {}))
                for _ in range(max(1, batch_size))]
+    reasons = [] if leave_when is None else [leave_when]
     if exit_with is not None:
-        threading.Thread(target=_stop_when_gone, args=(exit_with, workers), daemon=True,
-                         name="exit-with").start()
+        reasons.append(lambda: None if _alive(exit_with) else f"process {exit_with} has ended")
+    if reasons:
+        threading.Thread(target=_leave_when, args=(reasons, workers), daemon=True,
+                         name="leave-when").start()
     if len(workers) == 1:
         workers[0].run()  # in this thread: it stops on SIGTERM/SIGINT itself
     else:
@@ -132,10 +142,31 @@ def _run_together(workers: list[Worker]) -> None:
             signal.signal(sig, handler)
 
 
-def _stop_when_gone(pid: int, workers: list[Worker], every: float = 1.0) -> None:
-    while _alive(pid):
+def worker_metadata() -> dict[str, Any]:
+    """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
+    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": _device(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def _device() -> str | None:
+    """The GPUs this process may use: SLURM's numbers of the node's GPUs, which stay
+    the node's own where CUDA_VISIBLE_DEVICES is renumbered from 0, else the latter."""
+    gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus is None:
+        return None
+    if gpus.strip() in ("", "-1", "NoDevFiles"):
+        return "CPU"
+    return f"GPU {gpus}"
+
+
+def _leave_when(reasons: list[LeaveWhen], workers: list[Worker], every: float = 1.0) -> None:
+    while True:
+        why = next((why for why in (reason() for reason in reasons) if why), None)
+        if why:
+            break
         time.sleep(every)
-    log.info("process %d has ended; leaving after the request in hand", pid)
+    log.warning("%s; leaving after the request in hand", why)
     for worker in workers:
         worker.stop()
 

@@ -21,6 +21,8 @@ def render(status: dict) -> Group:
     parts = [broker_table(status), models_table(status)]
     if status["status"]["workers"]:
         parts.append(workers_table(status))
+    if status["autostart"].get("jobs"):
+        parts.append(jobs_table(status))
     if not available_models(status):
         parts.append(Text("No models yet. Start a worker with `mlipx serve emt`, or restart "
                           "the broker with --autostart to start workers on demand."))
@@ -34,7 +36,9 @@ def broker_table(status: dict) -> Table:
     table.add_column()
     table.add_row("running", "yes")
     table.add_row("path", status["broker"])
-    table.add_row("autostart", "on" if autostart.get("autostart") else "off")
+    table.add_row("autostart", _autostart(autostart))
+    if autostart.get("connection_file"):
+        table.add_row("connection file", autostart["connection_file"])
     table.add_row("uptime", _duration(data["uptime"]))
     table.add_row("version", data["version"])
     table.add_row("workers", str(len(data["workers"])))
@@ -60,20 +64,43 @@ def models_table(status: dict) -> Table:
 
 
 def workers_table(status: dict) -> Table:
+    """One row per worker connection, with what the worker said of itself in READY."""
     table = Table(title="Workers")
-    for column in ("worker", "model", "state", "served", "up", "GPU"):
+    for column in ("worker", "model", "state", "served", "up", "host", "device", "job"):
         table.add_column(column, justify="right" if column in ("served", "up") else "left")
-    gpus = status["autostart"].get("gpus", {})
     for worker in status["status"]["workers"]:
+        about = worker.get("metadata") or {}
         table.add_row(worker["id"], worker["service"], worker["state"], str(worker["served"]),
-                      _duration(worker["since"]), gpus.get(_pid(worker["id"]), ""))
+                      _duration(worker["since"]), _text(about.get("host")),
+                      _text(about.get("device")), _text(about.get("slurm_job")))
     return table
 
 
-def _pid(worker_id: str) -> str:
-    """The pid in a worker's name, ``host:pid:connection`` as mdp workers name themselves."""
-    parts = worker_id.split(":")
-    return parts[-2] if len(parts) >= 3 else ""
+def jobs_table(status: dict) -> Table:
+    """The broker's SLURM jobs that have not ended: waiting in the queue, or running."""
+    table = Table(title="SLURM jobs")
+    for column in ("job", "model", "state", "reason or node", "since", "by"):
+        table.add_column(column, justify="right" if column == "since" else "left")
+    for job in status["autostart"]["jobs"]:
+        where = job["node"] if job["state"] == "RUNNING" else job["reason"]
+        table.add_row(_text(job["job"]), job["model"], job["state"],
+                      "" if where == "None" else where, _duration(job["age"]), job["by"])
+    return table
+
+
+def _autostart(autostart: dict) -> str:
+    if not autostart.get("autostart"):
+        return "off"
+    if autostart.get("launcher") != "slurm":
+        return "on"
+    options = autostart.get("slurm") or {}
+    partition = f", partition {options['partition']}" if options.get("partition") else ""
+    gpus = f", {options['gpus']} GPU(s) per worker" if options.get("gpus") else ""
+    return f"on, as SLURM jobs{partition}{gpus}"
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _duration(seconds: float) -> str:

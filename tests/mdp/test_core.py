@@ -72,9 +72,10 @@ class Bus:
         self.roles[client] = ("client", d)
         return self.send(client, p.client_request(d, service, list(body)))
 
-    def ready(self, worker: bytes, service: bytes = b"echo", d: p.Dialect = V02) -> list:
+    def ready(self, worker: bytes, service: bytes = b"echo", d: p.Dialect = V02,
+              metadata: bytes = b"") -> list:
         self.roles[worker] = ("worker", d)
-        return self.send(worker, p.worker_ready(d, service))
+        return self.send(worker, p.worker_ready(d, service, metadata))
 
     def reply(self, worker: bytes, address: bytes, *body: bytes, final: bool = True) -> list:
         return self.send(worker, p.worker_reply(self.dialect(worker), address, list(body), final))
@@ -828,13 +829,36 @@ def test_mmi_status_and_workers():
                  "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0}}
     assert doc["workers"] == [
         {"id": peer_name(b"\x01\x02"), "service": "echo", "dialect": "MDP/0.2", "state": "busy",
-         "served": 1, "since": 5.0},
+         "served": 1, "since": 5.0, "metadata": {}},
         {"id": peer_name(b"w2"), "service": "echo", "dialect": "MDP/0.1", "state": "busy",
-         "served": 0, "since": 3.0},
+         "served": 0, "since": 3.0, "metadata": {}},
         {"id": peer_name(b"w3"), "service": "calc", "dialect": "majortomo", "state": "idle",
-         "served": 0, "since": 3.0}]
+         "served": 0, "since": 3.0, "metadata": {}}]
     assert json.loads(mmi(bus, b"mmi.workers")) == doc["workers"]
     assert bus.core.status(15.0) == doc | {"counters": doc["counters"] | {"requests": 6}}
+
+
+@pytest.mark.parametrize("d", DIALECTS)
+def test_a_readys_metadata_is_shown_with_its_worker(d):
+    bus = Bus()
+    bus.ready(b"w1", b"echo", d, b'{"host":"gpu-7","device":"GPU 1","slurm_job":"42"}')
+    bus.ready(b"w2", b"echo", d)
+    workers = status(bus)["workers"]
+    assert workers[0]["metadata"] == {"host": "gpu-7", "device": "GPU 1", "slurm_job": "42"}
+    assert workers[1]["metadata"] == {}
+    assert request_to(bus.request(b"c"), b"w1").body == []  # registered like any worker
+
+
+@pytest.mark.parametrize("frame, why", [
+    (b"[1, 2]", "not a JSON object"), (b"{nope", "not JSON"), (b"\xff", "not JSON"),
+    (b"[" * 5000, "5000 bytes long"), (b"[" * 2000 + b"]" * 2000, "not JSON")])
+def test_a_metadata_frame_that_is_no_small_json_object_is_ignored(frame, why, caplog):
+    bus = Bus()
+    with caplog.at_level(logging.WARNING, logger="mdp.broker"):
+        bus.ready(b"w1", b"echo", V02, frame)
+    assert status(bus)["workers"][0]["metadata"] == {}
+    assert request_to(bus.request(b"c"), b"w1")
+    assert why in caplog.text
 
 
 def test_custom_mmi_handlers_add_and_replace():

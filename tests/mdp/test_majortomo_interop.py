@@ -304,6 +304,13 @@ def test_our_client_and_worker_through_their_broker(env):
         client.request("echo", "fail")
 
 
+def test_their_broker_takes_our_workers_ready_with_metadata(env):
+    endpoint = env.their_broker()
+    env.our_worker(endpoint, "echo", dialect=Dialect.MAJORTOMO,
+                   metadata={"host": "gpu-7", "device": "GPU 1"})
+    assert env.our_client(endpoint, Dialect.MAJORTOMO).request("echo", "a") == [b"ours", b"a"]
+
+
 def test_their_client_reaches_our_worker_through_their_broker(env):
     endpoint = env.their_broker()
     env.our_worker(endpoint, "echo", dialect=Dialect.MAJORTOMO)

@@ -297,8 +297,9 @@ def test_mdp01_has_no_partial_to_encode():
         p.worker_reply(V01, ADDR, [b"a"], final=False)
 
 
-def test_trailing_frames_after_ready_heartbeat_disconnect_are_ignored():
-    assert p.parse_peer_message([b"MDPW02", b"\x01", b"echo", b"x"]) == p.Ready(V02, b"echo")
+def test_trailing_frames_after_ready_metadata_heartbeat_disconnect_are_ignored():
+    assert p.parse_peer_message([b"MDPW02", b"\x01", b"echo", b"{}", b"x"]) == \
+        p.Ready(V02, b"echo", b"{}")  # the frame after the service is metadata (mdp.md 5.4)
     assert p.parse_peer_message([b"", b"MDPW01", b"\x04", b"x"]) == p.Heartbeat(V01)
     assert p.parse_peer_message([b"", b"MDPW02", b"\x06", b"x"]) == p.Disconnect(MT)
 
@@ -325,9 +326,11 @@ def test_client_reply_round_trip(d, service, body, final):
     assert reply == p.ClientReply(None if d is MT else service, body, final)
 
 
-@given(dialects, services)
-def test_ready_round_trip(d, service):
+@given(dialects, services, st.binary(max_size=20))
+def test_ready_round_trip(d, service, metadata):
     assert p.parse_peer_message(p.worker_ready(d, service)) == p.Ready(d, service)
+    assert p.parse_peer_message(p.worker_ready(d, service, metadata)) == \
+        p.Ready(d, service, metadata)
 
 
 @given(dialects, addresses, bodies, st.booleans())
@@ -500,7 +503,7 @@ def assert_canonical_peer_message(message: p.FromPeer, frames: list) -> None:
     elif isinstance(message, p.WorkerReply):
         assert p.worker_reply(d, message.address, message.body, message.final) == frames
     else:
-        encoded = {p.Ready: lambda: p.worker_ready(d, message.service),
+        encoded = {p.Ready: lambda: p.worker_ready(d, message.service, message.metadata),
                    p.Heartbeat: lambda: p.worker_heartbeat(d),
                    p.Disconnect: lambda: p.worker_disconnect(d)}[type(message)]()
         assert frames[:len(encoded)] == encoded

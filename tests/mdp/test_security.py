@@ -184,6 +184,32 @@ def test_broker_without_clients_dir_admits_any_key_but_no_plain_peer(mdp_system,
         stop_all(worker, broker)
 
 
+def test_curve_on_the_worker_socket_only(mdp_system, keys):
+    """Workers from other machines on tcp with CURVE; clients beside it on plain ipc."""
+    clients, workers = mdp_system.ipc("clients.ipc"), mdp_system.tcp().replace("127.0.0.1", "*")
+    broker = Broker(clients, [workers.rpartition(":")[0] + ":0"],
+                    BrokerConfig(heartbeat_interval=HEARTBEAT, heartbeat_liveness=5),
+                    curve_secret_key=keys.broker_secret, curve_clients=keys.clients,
+                    curve_workers_only=True)
+    broker.start()
+    bound = broker.bound_endpoints[1]
+    assert bound.startswith("tcp://*:") and not bound.endswith(":0")
+    reachable = bound.replace("*", "127.0.0.1")
+    worker = start_worker(reachable, keys, secret=keys.worker_secret)
+    try:
+        assert ask(clients, None, None, SERVED, "echo", "x") == [b"echo", b"x"]
+        assert ask(reachable, keys.broker_public, keys.client_secret, SERVED,
+                   "mmi.service", "echo") == [b"200"]
+        with pytest.raises(RequestTimeout):
+            ask(reachable, None, None, REFUSED)  # plain on the CURVE side
+        with pytest.raises(RequestTimeout):
+            ask(reachable, keys.broker_public, keys.stranger_secret, REFUSED)
+    finally:
+        stop_all(worker, broker)
+    with pytest.raises(ValueError, match="needs curve_secret_key and worker_bind"):
+        Broker(clients, curve_secret_key=keys.broker_secret, curve_workers_only=True)
+
+
 def test_a_stopped_broker_frees_the_context_for_the_next(mdp_system, keys):
     for _ in range(2):  # the second needs the first's ZAP handler gone from the context
         endpoint = mdp_system.tcp()

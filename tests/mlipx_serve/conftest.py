@@ -215,3 +215,41 @@ def shared_system() -> Iterator[ServeSystem]:
 def bus(shared_system: ServeSystem) -> str:
     """An autostart broker shared by a module's tests; ``emt`` starts on first use."""
     return shared_system.broker("--autostart")
+
+
+# ------------------------------------------------------------ a real SLURM cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[object]:
+    """A single-node SLURM cluster for the session (``tests/slurm_cluster.py``), installed
+    with apt on first use where we are root; the tests skip, saying why, elsewhere."""
+    import slurm_cluster as cluster_module
+
+    why = cluster_module.why_not_available()
+    if why is not None:
+        pytest.skip(why)
+    try:
+        cluster_module.install()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"the SLURM tests need SLURM, which could not be installed: {error}")
+    directory = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
+    cluster = cluster_module.SingleNodeSlurm(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm(slurm_cluster) -> Iterator[object]:
+    """The cluster, with no job of a test left behind: what is still there at the end
+    is cancelled, and the test fails if its brokers should have done that."""
+    assert slurm_cluster.active_jobs() == [], "a job of an earlier test is still there"
+    yield slurm_cluster
+    left = slurm_cluster.active_jobs()
+    if left:
+        slurm_cluster.run("scancel", *[line.split("|")[0] for line in left])
+    support.wait_until(lambda: not slurm_cluster.active_jobs(), "the jobs to end", WAIT)

@@ -115,5 +115,5 @@ def test_gpus_share_out_the_autostarted_workers(serve_system: ServeSystem):
     assert {result.calc.results["gpu"] for result in got} == {"0", "1"}
     run = serve_system.run(*[__import__("sys").executable, "-m", "mlipx_serve.cli"],
                            "serve-status", "--broker", bus, "--json")
-    gpus = json.loads(run.stdout)["autostart"]["gpus"]
-    assert sorted(gpus.values()) == ["0", "1"]
+    workers = json.loads(run.stdout)["status"]["workers"]
+    assert sorted(worker["metadata"]["device"] for worker in workers) == ["GPU 0", "GPU 1"]

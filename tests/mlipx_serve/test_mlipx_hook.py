@@ -128,7 +128,8 @@ def test_mlipx_serve_and_the_commands_are_ours(tmp_path):
         }))
     """)["out"]
     assert found == {"models": True, "serve_model": True,
-                     "commands": ["info", "serve", "serve-broker", "serve-status"]}
+                     "commands": ["info", "serve", "serve-broker", "serve-status",
+                                  "serve-submit"]}
 
 
 def test_turned_off_nothing_changes(tmp_path):

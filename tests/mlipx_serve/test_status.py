@@ -44,19 +44,46 @@ def rendered(status: dict) -> str:
     return console.export_text()
 
 
+def table_rows(text: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
+            if line.startswith("│")]
+
+
 def test_status_tables_show_broker_models_and_workers():
-    worker = {"id": "node:42:1", "service": "emt", "dialect": "MDP/0.2", "state": "busy",
-              "served": 7, "since": 65.0}
-    by_hand = dict(worker, id="node:43:1", state="idle")
-    text = rendered(running({"emt": SERVICE}, autostart={"autostart": True, "models": {},
-                                                          "gpus": {"42": "1"}},
+    worker = {"id": "gpu7:42:1", "service": "emt", "dialect": "MDP/0.2", "state": "busy",
+              "served": 7, "since": 65.0,
+              "metadata": {"host": "gpu7", "pid": 42, "device": "GPU 1", "slurm_job": "981"}}
+    by_hand = dict(worker, id="node:43:1", state="idle", metadata={})
+    text = rendered(running({"emt": SERVICE}, autostart={"autostart": True, "models": {}},
                             workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
-            if line.startswith("│")]
+    rows = table_rows(text)
     assert ["emt", "0", "2", "3", "7", "1", "no"] in rows
-    assert ["node:42:1", "emt", "busy", "7", "1m 05s", "1"] in rows  # on GPU 1
-    assert ["node:43:1", "emt", "idle", "7", "1m 05s", ""] in rows
+    assert ["gpu7:42:1", "emt", "busy", "7", "1m 05s", "gpu7", "GPU 1", "981"] in rows
+    assert ["node:43:1", "emt", "idle", "7", "1m 05s", "", "", ""] in rows  # an old worker
+
+
+def test_status_shows_the_slurm_jobs_not_yet_ended():
+    jobs = [{"job": "981", "model": "emt", "state": "PENDING", "reason": "Resources",
+             "node": "", "by": "autostart", "age": 75.0},
+            {"job": "982", "model": "mace", "state": "RUNNING", "reason": "None",
+             "node": "gpu7", "by": "serve-submit", "age": 5.0},
+            {"job": None, "model": "lj", "state": "SUBMITTING", "reason": "", "node": "",
+             "by": "autostart", "age": 0.2}]
+    autostart = {"autostart": True, "models": {}, "launcher": "slurm", "jobs": jobs,
+                 "connection_file": "/home/u/.mlipx-serve/login1-ab12cd.json",
+                 "slurm": {"partition": "gpu", "gpus": 1}}
+    text = rendered(running({}, autostart))
+    rows = table_rows(text)
+    assert ["autostart", "on, as SLURM jobs, partition gpu, 1 GPU(s) per worker"] in rows
+    assert ["connection file", "/home/u/.mlipx-serve/login1-ab12cd.json"] in rows
+    assert ["981", "emt", "PENDING", "Resources", "1m 15s", "autostart"] in rows
+    assert ["982", "mace", "RUNNING", "gpu7", "0m 05s", "serve-submit"] in rows
+    assert ["", "lj", "SUBMITTING", "", "0m 00s", "autostart"] in rows
+    waiting = running({}, {**autostart, "starting": {"emt": 75.0},
+                           "progress": {"emt": "SLURM job 981 is PENDING (Resources)"}})
+    assert describe_wait(waiting, "emt") == \
+        "its worker has been starting for 75 s (SLURM job 981 is PENDING (Resources))"
 
 
 def test_nothing_running_says_what_to_type():

@@ -11,7 +11,9 @@ import importlib.util
 import json
 import logging
 import re
+import select
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +63,7 @@ MODELS_FILE = HELPERS / "models.py"
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 EXACT = 1e-12  # same code on the same numbers: the bus must not change a bit of them
 SAME_PATH = 1e-10
+WAIT_SECONDS = 30
 
 
 rattled_cu = load_module(HELPERS / "client.py", "mlipx_serve_helper_client").rattled_cu
@@ -532,3 +535,28 @@ def test_an_autostarted_worker_leaves_when_its_broker_is_killed(serve_system: Se
     serve_system.brokers[bus].signal(signal.SIGKILL)
     assert serve_system.wait_gone([pid], timeout=20) == []  # not its 300 s idle timeout
 
+
+def test_serve_status_watch_redraws_until_ctrl_c(bus: str, shared_system: ServeSystem):
+    """On a terminal (a pty here): the tables, redrawn in place; Ctrl-C ends it with 0."""
+    import os
+    import pty
+
+    parent, child = pty.openpty()
+    watch = subprocess.Popen([*MLIPX, "serve-status", "--watch", "--interval", "0.2",
+                              "--broker", bus], stdin=child, stdout=child, stderr=child,
+                             env=shared_system.env(TERM="xterm"))
+    os.close(child)
+    shown = b""
+    try:
+        while shown.count(b"Broker") < 3:  # the first drawing and two refreshes
+            ready, _, _ = select.select([parent], [], [], WAIT_SECONDS)
+            assert ready, f"serve-status --watch showed no refresh:\n{shown.decode()}"
+            shown += os.read(parent, 65536)
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(20) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        os.close(parent)
+    assert b"Models" in shown and b"\x1b[" in shown  # cursor moves: redrawn in place
