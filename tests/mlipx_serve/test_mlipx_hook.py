@@ -61,7 +61,7 @@ def stand_in_mlipx(root: Path, generic_ase: str = GENERIC_ASE, **extra_files: st
 
 
 def run(root: Path, source: str, **env: str) -> dict:
-    variables = {"PYTHONPATH": str(root), "MLIPX_USE_SERVE": "", "MLIPX_SERVE_HOOK": "1", **env}
+    variables = {"PYTHONPATH": str(root), "MLIPX_USE_SERVE": "", **env}  # the hook: unset, on
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
                           text=True, timeout=50, env={**_base_env(), **variables})
     assert done.returncode == 0, done.stderr
