@@ -154,16 +154,22 @@ class LocalLauncher:
                                  if s.process.poll() is None]}
 
     def stop_all(self, grace: float) -> None:
-        alive = [s.process for s in self.started if s.process.poll() is None]
-        for proc in alive:
-            proc.terminate()
-        deadline = time.monotonic() + grace
-        for proc in alive:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_processes([s.process for s in self.started], grace)
+
+
+def end_processes(processes: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM (a worker then finishes the request in hand), then SIGKILL what is still
+    running after ``grace`` seconds; every process is reaped."""
+    alive = [proc for proc in processes if proc.poll() is None]
+    for proc in alive:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in alive:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ------------------------------------------------------------ SLURM jobs

@@ -25,6 +25,7 @@ from ase.calculators.calculator import Calculator
 from .broker_status import get_broker_status
 from .calculator import RemoteCalculator
 from .errors import ModelStartError
+from .launchers import end_processes, serve_command
 from .paths import default_broker, private_dir, worker_endpoint
 
 Factory = Callable[[], Calculator]
@@ -64,13 +65,7 @@ class ModelProcess:
 
     def stop(self, grace: float = 10.0) -> None:
         """Let it finish the request in hand and leave; kill it after ``grace`` seconds."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.process.wait()
+        end_processes([self.process], grace)
 
     def __enter__(self) -> ModelProcess:
         return self
@@ -98,8 +93,8 @@ def serve_model(name: str, factory: Factory, *, broker: str | None = None,
     logs = private_dir() / "logs"
     logs.mkdir(exist_ok=True)
     log_path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    command = [sys.executable, "-m", "mlipx_serve.cli", "serve", name,
-               "--factory", str(pickled), "--broker", worker_endpoint(endpoint),
+    command = [*serve_command(name), "--factory", str(pickled),
+               "--broker", worker_endpoint(endpoint),
                "--timeout", str(idle_timeout or 0), "--heartbeat", str(heartbeat),
                "--exit-with", str(os.getpid()), "--no-uv"]
     with open(log_path, "ab") as output:
