@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .core import BrokerConfig, BrokerCore, Event, MMIHandler, Outgoing
 from .errors import BrokerError
+from .frames import recv_frames, send_frames
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
 from .wakeup import Wakeup
 
@@ -35,10 +36,6 @@ log = logging.getLogger("mdp.broker")
 BATCH = 256  # messages taken from one socket before the loop looks at timers again
 CLIENT_SIDE = b"\x01"  # tags that tell the core's peers of two sockets apart
 WORKER_SIDE = b"\x02"
-SNDMORE = int(zmq.SNDMORE)
-# pyzmq's Socket.send is a Python wrapper (for the DRAFT routing_id and group, unused here)
-# around the compiled send; a request costs the broker a dozen sends, so it calls that one.
-_send_frame = zmq.backend.Socket.send
 
 
 class Broker:
@@ -212,7 +209,7 @@ class Broker:
             except zmq.Again:
                 emptied = True
                 break
-            peer, frames = prefix + identity, _body_frames(recv)
+            peer, frames = prefix + identity, recv_frames(sock, copy=False)
             if known(peer):
                 out = core.handle(peer, frames, now)
             else:
@@ -231,12 +228,9 @@ class Broker:
             sock, identity = self._sockets[peer[:1]], peer[1:]
         else:
             sock, identity = self._sockets[CLIENT_SIDE], peer
-        _send_frame(sock, identity, SNDMORE)
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            # copy=True is right for both kinds: zmq.Frames from the wire (bodies, however
-            # large) are always sent by reference; bytes are the broker's own short frames.
-            _send_frame(sock, frame, SNDMORE if i < last else 0)
+        # copy=True is right for both kinds: zmq.Frames from the wire (bodies, however
+        # large) are always sent by reference; bytes are the broker's own short frames.
+        send_frames(sock, [identity, *frames])
 
     # ------------------------------------------------------------ closed connections
     #
@@ -380,20 +374,6 @@ class Broker:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-
-
-def _body_frames(recv: Callable[..., zmq.Frame]) -> list:
-    """The frames after a ROUTER's identity frame (there is always one), without copies.
-
-    One plain ``recv`` per frame, reading ``Frame.more``: recv_multipart's getsockopt
-    call per frame cost the broker more than everything else it does with a message.
-    """
-    frame = recv(0, copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = recv(0, copy=False)
-        frames.append(frame)
-    return frames
 
 
 class Connections:

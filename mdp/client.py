@@ -30,6 +30,7 @@ from .errors import (
     decode_worker_error,
     reserved_marker,
 )
+from .frames import recv_frames, send_frames
 from .security import KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
@@ -82,6 +83,9 @@ class Link:
             curve.apply(self.socket)
         self.monitor = self.socket.get_monitor_socket(_EVENTS)
         self.socket.connect(endpoint)
+        self.poller = zmq.Poller()  # both, for a reply or news of the connection
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
         self.up = False
         self.drops = 0
         self.refused = ""
@@ -235,7 +239,7 @@ class Client(ClientBase):
         for _ in range(sends):
             link = self._link_or_new()
             self._read_monitor(link)  # what happened while it was idle is no news
-            link.socket.send_multipart(message, copy=False)
+            send_frames(link.socket, message, copy=False)
             reply = self._wait(link, timeout, waiting)
             if not isinstance(reply, Wait):
                 return reply
@@ -250,14 +254,11 @@ class Client(ClientBase):
         deadline, connect_by = self._deadlines(timeout)
         start, drops = time.monotonic(), link.drops
         next_call = start + WAITING_EVERY if waiting is not None else float("inf")
-        poller = zmq.Poller()
-        poller.register(link.socket, zmq.POLLIN)
-        poller.register(link.monitor, zmq.POLLIN)
         while True:
-            ready = dict(poller.poll(ms_until(min(self._until(link, deadline, connect_by),
+            ready = dict(link.poller.poll(ms_until(min(self._until(link, deadline, connect_by),
                                                    next_call))))
             if link.socket in ready:
-                reply = self._parse(link.socket.recv_multipart(copy=self.copy))
+                reply = self._parse(recv_frames(link.socket, copy=self.copy))
                 if reply is not None:
                     return reply
             if link.monitor in ready:
