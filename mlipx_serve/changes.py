@@ -21,14 +21,19 @@ def changes(previous: Atoms | None, atoms: Atoms, *, assume_moved: bool = False)
     if previous is None:
         return list(all_changes)
     found = []
-    if not np.array_equal(previous.cell.array, atoms.cell.array):
+    if not _equal(previous.cell.array, atoms.cell.array):
         found.append("cell")
-    if not np.array_equal(previous.pbc, atoms.pbc):
+    if not _equal(previous.pbc, atoms.pbc):
         found.append("pbc")
     for name in ARRAYS:
         before, now = previous.arrays.get(name), atoms.arrays.get(name)
         moved = assume_moved and name == "positions"
         if moved or (before is None) != (now is None) or \
-                (before is not None and not np.array_equal(before, now)):
+                (before is not None and not _equal(before, now)):
             found.append(name)
     return found
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal`` for two arrays, without its conversions."""
+    return a.shape == b.shape and bool((a == b).all())

@@ -40,6 +40,8 @@ WIRE_DTYPES = frozenset(
     {"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f4", "<f8", "<c16"}
 )
 
+_DTYPES = {name: np.dtype(name) for name in WIRE_DTYPES}
+
 MAX_NDIM = 32
 
 # Per-atom arrays of atoms.arrays that travel with a request, besides numbers and positions.
@@ -81,7 +83,8 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
     for name, value in results.items():
         if not isinstance(name, str):
             continue
-        carried = _carry_result(value)
+        carried = _wire_array(value) if type(value) is np.ndarray and value.ndim else \
+            _carry_result(value)
         if isinstance(carried, np.ndarray):
             arrays.append((name, carried))
         elif carried is not None:
@@ -244,9 +247,10 @@ def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
 def _parse_header(frames: list[Frame]) -> dict[str, Any]:
     if not frames:
         raise PayloadError("no frames: expected a JSON header frame")
-    raw = _bytes_view(frames[0], 0).tobytes()
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        header = json.loads(str(frames[0], "utf-8"), parse_constant=_reject_constant)
+    except TypeError:
+        raise PayloadError("frame 0 is not a contiguous buffer") from None
     except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, an
         # integer too long for int() (Python limits its digits, by default to 4300)
         raise PayloadError(f"header frame is not UTF-8 JSON: {exc}") from None
@@ -282,19 +286,18 @@ def _read_arrays(header: dict[str, Any], frames: list[Frame]) -> dict[str, np.nd
         raise PayloadError(
             f"header lists {len(specs)} arrays but {len(frames)} array frames follow"
         )
-    return {
-        spec[0]: _read_array(spec, frame, index)
-        for index, (spec, frame) in enumerate(zip(specs, frames, strict=True), start=1)
-    }
+    arrays = {}
+    for index, (spec, frame) in enumerate(zip(specs, frames, strict=True), start=1):
+        arrays[spec[0]] = _read_array(spec, frame, index)
+    return arrays
 
 
 def _specs(value: Any) -> list[Spec]:
     if not isinstance(value, list):
         raise PayloadError("header: 'arrays' must be a list")
     specs = [_one_spec(entry, index) for index, entry in enumerate(value)]
-    names = [name for name, _, _ in specs]
-    if len(set(names)) != len(names):
-        raise PayloadError(f"header: duplicate array names in {names}")
+    if len({name for name, _, _ in specs}) != len(specs):
+        raise PayloadError(f"header: duplicate array names in {[spec[0] for spec in specs]}")
     return specs
 
 
@@ -304,22 +307,29 @@ def _one_spec(entry: Any, index: int) -> Spec:
     name, dtype = entry.get("name"), entry.get("dtype")
     if not isinstance(name, str):
         raise PayloadError(f"header: arrays[{index}] needs a string 'name'")
-    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+    wire = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if wire is None:
         raise PayloadError(f"array {name!r}: dtype {dtype!r} is not allowed")
-    return name, np.dtype(dtype), _shape(entry.get("shape"), name)
+    return name, wire, _shape(entry.get("shape"), name)
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
+    """The shape as a tuple; its element count times 16 bytes must fit an index."""
     if not isinstance(value, list) or len(value) > MAX_NDIM:
         raise PayloadError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} sizes")
-    if not all(type(size) is int and size >= 0 for size in value):
-        raise PayloadError(f"array {name!r}: shape {value} must hold non-negative integers")
-    if math.prod(max(size, 1) for size in value) * 16 > sys.maxsize:
+    bound = 16
+    for size in value:
+        if type(size) is not int or size < 0:
+            raise PayloadError(f"array {name!r}: shape {value} must hold non-negative integers")
+        bound *= size or 1
+    if bound > sys.maxsize:
         raise PayloadError(f"array {name!r}: shape {value} is too large")
     return tuple(value)
 
 
 def _read_array(spec: Spec, frame: Frame, index: int) -> np.ndarray:
+    """A read-only view of the frame as the spec's array, checked for size (and for
+    booleans that are 0 or 1)."""
     name, dtype, shape = spec
     data = _bytes_view(frame, index)
     expected = dtype.itemsize * math.prod(shape)
