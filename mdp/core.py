@@ -89,6 +89,16 @@ class StateError(RuntimeError):
 
 
 @dataclass(eq=False, slots=True)
+class Process:
+    """The connections of one worker process for one service: those whose READY metadata
+    names the same ``process`` (mdp.md 5.4), or a connection alone. It is busy while one
+    of them holds a request (``busy`` counts them)."""
+
+    connections: int = 0
+    busy: int = 0
+
+
+@dataclass(eq=False, slots=True)
 class Worker:
     """A registered worker. Its state changes only through ``assign`` and ``release``."""
 
@@ -101,12 +111,14 @@ class Worker:
     request: Request | None = None
     served: int = 0
     metadata: dict = field(default_factory=dict)  # what its READY said of it (mdp.md 5.4)
+    process: Process = field(default_factory=Process)
 
     def assign(self, request: Request) -> None:
         if self.state is not IDLE:
             raise StateError(f"worker {peer_name(self.peer)} is busy; it cannot take "
                              f"another request")
         self.state, self.request = BUSY, request
+        self.process.busy += 1
 
     def release(self) -> Request:
         """The request it finished (or held when it was lost); it is idle again."""
@@ -114,6 +126,7 @@ class Worker:
             raise StateError(f"worker {peer_name(self.peer)} is idle; it holds no request")
         request, self.request = self.request, None
         self.state = IDLE
+        self.process.busy -= 1
         return request
 
 
@@ -123,6 +136,7 @@ class Service:
     queue: deque = field(default_factory=deque)
     workers: set = field(default_factory=set)
     idle: OrderedDict = field(default_factory=OrderedDict)  # peer -> Worker, LRU first
+    processes: dict = field(default_factory=dict)  # metadata "process" (or peer) -> Process
     served: int = 0
     failed: int = 0
     expired: int = 0
@@ -141,9 +155,10 @@ class Event:
     service: str
     worker: str | None = None
     queued: int = 0
-    workers: int = 0
+    workers: int = 0  # connections
     busy: int = 0
     detail: str = ""
+    processes: int = 0  # worker processes the connections belong to (mdp.md 5.4)
 
 
 class BrokerCore:
@@ -291,10 +306,12 @@ class BrokerCore:
             self._warn_once(f"ready:{refusal}", f"refused a worker's READY: {refusal}")
             self._send(peer, p.to_worker_disconnect(dialect))
             return
-        worker = Worker(peer, dialect, service, now, now,
-                        metadata=self._ready_metadata(body) if body else {})
-        self.workers[peer] = worker
+        metadata = self._ready_metadata(body) if body else {}
         state = self._service(service)
+        process = state.processes.setdefault(_process_key(peer, metadata), Process())
+        process.connections += 1
+        worker = Worker(peer, dialect, service, now, now, metadata=metadata, process=process)
+        self.workers[peer] = worker
         state.workers.add(peer)
         state.idle[peer] = worker
         self._emit_service_event("worker-ready", state, worker)
@@ -373,10 +390,10 @@ class BrokerCore:
     # ------------------------------------------------------------ queues and workers
 
     def _dispatch(self, state: Service) -> None:
-        """Hand queued requests to idle workers, least recently used first."""
+        """Hand queued requests to idle workers (``_take_idle``)."""
         while state.queue and state.idle:
             request = state.queue.popleft()
-            _, worker = state.idle.popitem(last=False)
+            worker = _take_idle(state)
             worker.assign(request)
             request.attempts += 1
             self._send(worker.peer, p.to_worker_request(worker.dialect, request.id,
@@ -387,9 +404,13 @@ class BrokerCore:
         state = self.services[worker.service]
         state.workers.discard(worker.peer)
         state.idle.pop(worker.peer, None)
+        request = worker.release() if worker.state is BUSY else None
+        worker.process.connections -= 1
+        if not worker.process.connections:
+            del state.processes[_process_key(worker.peer, worker.metadata)]
         self._emit_service_event("worker-lost", state, worker, reason)
-        if worker.state is BUSY:
-            self._requeue(state, worker.release(), now)
+        if request is not None:
+            self._requeue(state, request, now)
         self._retire_if_unused(state)
 
     def _requeue(self, state: Service, request: Request, now: float) -> None:
@@ -555,7 +576,8 @@ class BrokerCore:
         busy = len(state.workers) - len(state.idle)
         self.events.append(Event(kind, _text(state.name),
                                  peer_name(worker.peer) if worker else None,
-                                 len(state.queue), len(state.workers), busy, detail))
+                                 len(state.queue), len(state.workers), busy, detail,
+                                 len(state.processes)))
 
     def _send(self, peer: Peer, frames: list) -> None:
         self._out.append((peer, frames))
@@ -612,6 +634,25 @@ def _name_too_long(service: bytes) -> ServiceNameTooLong:
     shown = _text(service[:40])
     return ServiceNameTooLong(f"the service name '{shown}...' is {len(service)} bytes long; "
                               f"at most {MAX_SERVICE_NAME} are allowed", shown)
+
+
+
+def _take_idle(state: Service) -> Worker:
+    """The idle worker to take the next request: least recently used first, but passing
+    over one whose process is busy with another request while another process is free
+    (a process computes one request at a time; mdp.md 6)."""
+    for peer, worker in state.idle.items():
+        if not worker.process.busy:
+            del state.idle[peer]
+            return worker
+    return state.idle.popitem(last=False)[1]
+
+
+def _process_key(peer: Peer, metadata: dict) -> str | Peer:
+    """What groups a worker's connection with the others of its process: the ``process``
+    its READY metadata names, else its own identity."""
+    process = metadata.get("process")
+    return process if isinstance(process, str) else peer
 
 
 def peer_name(peer: Peer) -> str:

@@ -40,13 +40,14 @@ LOG_TAIL_LINES = 20
 
 
 def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
-    """Start one more worker? One start at a time per model, up to ``max_workers``."""
+    """Start one more worker? One start at a time per model, up to ``max_workers``
+    processes (a batching or prefetching worker holds several connections)."""
     if event.kind != "demand" or starting:
         return False
     if event.workers == 0:
         return True
     idle = event.workers - event.busy
-    return event.queued > idle and event.workers < max_workers
+    return event.queued > idle and event.processes < max_workers
 
 
 @dataclass
@@ -59,6 +60,7 @@ class AutostartConfig:
     gpus: int = 0  # how many GPUs the local launcher spreads workers over
     batch_size: int = 1  # passed on to the workers: `mlipx serve --batch-size`
     batch_wait: float = 0.01
+    prefetch: int = 0  # and `mlipx serve --prefetch`
 
     @property
     def workers_per_model(self) -> int:
@@ -70,6 +72,8 @@ class AutostartConfig:
         if self.batch_size > 1:
             options += ["--batch-size", str(self.batch_size),
                         "--batch-wait", str(self.batch_wait)]
+        if self.prefetch:
+            options += ["--prefetch", str(self.prefetch)]
         for path in self.models_files:
             options += ["--models", str(path)]
         return options
@@ -153,6 +157,7 @@ class Autostarter:
             "heartbeat": self.config.heartbeat,
             "batch_size": self.config.batch_size,
             "batch_wait": self.config.batch_wait,
+            "prefetch": self.config.prefetch,
             "models_files": self.config.models_files,
             **self.launcher.status(),
         }

@@ -14,7 +14,6 @@ alone, so that one bad structure fails alone.
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
@@ -108,15 +107,13 @@ def batch_function(calc: Calculator) -> tuple[BatchFunction, bool]:
 
 
 def _one_after_another(calc: Calculator) -> BatchFunction:
-    from .serve import compute
+    from .serve import compute, owned
 
     def evaluate(structures: list[Atoms], properties: list[str]) -> list[Any]:
         results: list[Any] = []
         for atoms in structures:
             try:
-                found = compute(calc, atoms, properties)
-                # copies: a calculator may fill the same arrays again for the next one
-                results.append({name: copy.copy(value) for name, value in found.items()})
+                results.append(owned(compute(calc, atoms, properties)))
             except Exception as error:
                 results.append(error)
         return results

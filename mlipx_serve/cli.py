@@ -55,6 +55,10 @@ BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Requests a worker take
                           "CHGNet, TorchSim; others one after another).")
 BATCH_WAIT = typer.Option(0.01, "--batch-wait", min=0.0, help="Seconds a batching worker "
                           "waits for a fuller batch once a request is in.")
+PREFETCH = typer.Option(0, "--prefetch", min=0, help="Requests a worker takes ahead, while "
+                        "it computes, so that the next structure is there when one is done: "
+                        "more throughput for fast models with many requests in flight "
+                        "(`map`). The broker gives them to a worker only when none is free.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log what happens (connections, "
                        "worker starts, failed requests), not only warnings.")
 SLURM_PARTITION = typer.Option(None, "--slurm-partition", help="SLURM partition of the "
@@ -132,6 +136,7 @@ def serve_broker(
                              "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES)."),
     batch_size: int = BATCH_SIZE,
     batch_wait: float = BATCH_WAIT,
+    prefetch: int = PREFETCH,
     expiry: float = typer.Option(900.0, help="Seconds a request may wait for a worker."),
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
     curve_secret_key: Path | None = typer.Option(
@@ -207,7 +212,7 @@ def serve_broker(
                 start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
                 max_workers=max_workers_per_model, heartbeat=heartbeat,
                 models_files=[str(p.absolute()) for p in models], gpus=len(_gpus(gpus)),
-                batch_size=batch_size, batch_wait=batch_wait), launch)
+                batch_size=batch_size, batch_wait=batch_wait, prefetch=prefetch), launch)
         if cluster is None:
             _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
         else:  # in the loop: the bound port goes into the connection file
@@ -336,6 +341,7 @@ def serve(
     heartbeat: float = typer.Option(2.5, help="Seconds between heartbeats."),
     batch_size: int = BATCH_SIZE,
     batch_wait: float = BATCH_WAIT,
+    prefetch: int = PREFETCH,
     factory: Path | None = typer.Option(
         None, "--factory", exists=True, dir_okay=False,
         help="Serve the calculator a pickled Python function builds (a private file that "
@@ -372,7 +378,7 @@ def serve(
         _fail(str(error))
     err.print(f"loading model '{name}' ...")
     options = {"idle_timeout": timeout or None, "heartbeat": heartbeat, "exit_with": exit_with,
-               "batch_size": batch_size, "batch_wait": batch_wait}
+               "batch_size": batch_size, "batch_wait": batch_wait, "prefetch": prefetch}
     try:
         if connection is None:
             _run_worker(name, model, endpoint, curve=curve, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -82,10 +83,13 @@ def build_calculator(model: object) -> Calculator:
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
           heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
           exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01,
-          leave_when: LeaveWhen | None = None) -> None:
+          prefetch: int = 0, leave_when: LeaveWhen | None = None) -> None:
     """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``);
     ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's);
     ``batch_size`` > 1: that many connections, their requests evaluated in batches;
+    ``prefetch``: that many more connections, whose requests wait in this process while
+    the model computes, so that the next one is here when it is done (the broker sends
+    to them only when no other process is free: protocol/mdp.md 6);
     ``leave_when()``: asked every second, a reason to leave or None (e.g. the broker of
     a SLURM job is gone: ``connection.BrokerWatch``)."""
     log.info("loading model '%s'", name)
@@ -93,6 +97,8 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     log.info("model '%s' loaded; serving it at %s", name, broker)
     if batch_size > 1:
         compute_results = _batched(calc, name, batch_size, batch_wait)
+    elif prefetch:
+        compute_results = _one_at_a_time(calc)
     else:
         def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
             return compute(calc, atoms, properties)
@@ -100,7 +106,7 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     workers = [Worker(broker, name, make_handler(compute_results), idle_timeout=idle_timeout,
                       heartbeat_interval=heartbeat, copy=False, metadata=metadata,
                       **(curve or {}))
-               for _ in range(max(1, batch_size))]
+               for _ in range(batch_size + prefetch)]
     reasons = [] if leave_when is None else [leave_when]
     if exit_with is not None:
         reasons.append(lambda: None if _alive(exit_with) else f"process {exit_with} has ended")
@@ -111,6 +117,23 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
         workers[0].run()  # in this thread: it stops on SIGTERM/SIGINT itself
     else:
         _run_together(workers)
+
+
+def owned(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Copies of a calculator's results, which it may fill again for the next structure
+    while these are still on their way (a reply's frames are views of its arrays)."""
+    return {name: copy.copy(value) for name, value in results.items()}
+
+
+def _one_at_a_time(calc: Calculator) -> Compute:
+    """``compute`` for several connections on one calculator: one structure at a time."""
+    lock = threading.Lock()
+
+    def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
+        with lock:
+            return owned(compute(calc, atoms, properties))
+
+    return compute_results
 
 
 def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:
@@ -145,8 +168,9 @@ def _run_together(workers: list[Worker]) -> None:
 def worker_metadata() -> dict[str, Any]:
     """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
     for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "device": _device(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    host, pid = socket.gethostname(), os.getpid()
+    return {"host": host, "pid": pid, "device": _device(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}"}
 
 
 def _device() -> str | None:

@@ -53,6 +53,8 @@ def worker_command(settings: dict, model: str, models_files: list[str],
     if settings.get("batch_size", 1) > 1:
         command += ["--batch-size", str(settings["batch_size"]),
                     "--batch-wait", str(settings["batch_wait"])]
+    if settings.get("prefetch"):
+        command += ["--prefetch", str(settings["prefetch"])]
     for path in [*settings.get("models_files", []), *models_files]:
         command += ["--models", str(path)]
     return command

@@ -536,7 +536,7 @@ def test_an_idle_worker_whose_connection_closed_is_removed_at_once():
     assert bus.gone(b"w1") == []
     assert list(bus.core.workers) == [b"w2"]
     assert bus.core.events[-1] == Event("worker-lost", "echo", peer_name(b"w1"), workers=1,
-                                        detail="connection closed")
+                                        detail="connection closed", processes=1)
     assert request_to(bus.request(b"c"), b"w2").address == ID1
 
 
@@ -729,13 +729,49 @@ def test_events_carry_counts():
     bus.tick(1.0)
     w1 = peer_name(b"w1")
     assert bus.core.events == [
-        Event("worker-ready", "echo", w1, queued=0, workers=1, busy=0),
-        Event("demand", "echo", None, queued=1, workers=1, busy=1),
-        Event("served", "echo", w1, queued=1, workers=1, busy=0, detail="ok"),
+        Event("worker-ready", "echo", w1, queued=0, workers=1, busy=0, processes=1),
+        Event("demand", "echo", None, queued=1, workers=1, busy=1, processes=1),
+        Event("served", "echo", w1, queued=1, workers=1, busy=0, detail="ok", processes=1),
         Event("worker-lost", "echo", w1, queued=0, workers=0, busy=0,
               detail="silent while busy for longer than the busy timeout"),
         Event("dropped", "echo", detail="attempts-exhausted"),
     ]
+
+
+def test_a_request_goes_to_a_process_that_computes_nothing_before_a_busy_ones_spare():
+    bus = Bus()
+    bus.ready(b"a1", metadata=b'{"process": "host:1"}')
+    bus.ready(b"a2", metadata=b'{"process": "host:1"}')
+    bus.ready(b"b1", metadata=b'{"process": "host:2"}')
+    bus.ready(b"b2", metadata=b'{"process": "host:2"}')
+    assert request_to(bus.request(b"c1"), b"a1")
+    assert request_to(bus.request(b"c2"), b"b1")  # not a2, the spare of a busy process
+    assert request_to(bus.request(b"c3"), b"a2")  # all busy: least recently used
+    bus.reply(b"b1", ID2, b"r")
+    assert request_to(bus.request(b"c4"), b"b2")  # process 2 is free again, b2 is older
+    assert [e.processes for e in bus.core.events if e.kind == "worker-ready"] == [1, 1, 2, 2]
+
+
+def test_workers_that_name_no_process_are_processes_of_their_own():
+    bus = Bus()
+    bus.ready(b"w1")
+    bus.ready(b"w2", metadata=b'{"process": 7}')  # not a string: not a name
+    assert request_to(bus.request(b"c1"), b"w1")
+    assert request_to(bus.request(b"c2"), b"w2")
+    assert bus.core.events[-1].processes == 2
+
+
+def test_a_process_is_forgotten_with_its_last_connection():
+    bus = Bus()
+    bus.ready(b"a1", metadata=b'{"process": "p"}')
+    bus.ready(b"a2", metadata=b'{"process": "p"}')
+    bus.request(b"c")
+    assert request_to(bus.gone(b"a1"), b"a2")  # its request goes on to the other
+    process = bus.core.services[b"echo"].processes["p"]
+    assert (process.connections, process.busy) == (1, 1)
+    assert bus.core.events[-1].processes == 1
+    bus.gone(b"a2")
+    assert not bus.core.services[b"echo"].processes
 
 
 def test_a_request_an_idle_worker_takes_raises_no_demand():
@@ -1025,14 +1061,17 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(sorted(WORKERS)),
           service=st.sampled_from([*SERVICES_OFTEN, b"mmi.mine", TOO_LONG]),
-          again=st.sampled_from([False] * 4 + [True]))
-    def ready(self, worker, service, again):
-        """A registered worker mostly heartbeats; now and then it breaks the rules."""
+          again=st.sampled_from([False] * 4 + [True]),
+          process=st.sampled_from([None, None, "p1", "p2"]))
+    def ready(self, worker, service, again, process):
+        """A registered worker mostly heartbeats; now and then it breaks the rules. Some
+        say which process they are a connection of (two processes to share)."""
         d = WORKERS[worker]
         if worker in self.core.workers and not again:
             self.handle(worker, p.worker_heartbeat(d))
         else:
-            self.handle(worker, p.worker_ready(d, service))
+            metadata = b"" if process is None else json.dumps({"process": process}).encode()
+            self.handle(worker, p.worker_ready(d, service, metadata))
 
     @precondition(lambda self: self.given)
     @rule(data=st.data(), final=st.booleans(), age=st.sampled_from([0, 0, 0, 1, 2, -1]),
@@ -1164,6 +1203,17 @@ class BrokerMachine(RuleBasedStateMachine):
             assert all(core.workers[peer] is worker for peer, worker in state.idle.items())
             assert set(state.idle) <= state.workers
             assert not (state.queue and state.idle), "a request waits beside an idle worker"
+
+    @invariant()
+    def processes_count_their_connections(self):
+        for state in self.core.services.values():
+            workers = [self.core.workers[peer] for peer in state.workers]
+            for process in state.processes.values():
+                mine = [w for w in workers if w.process is process]
+                assert process.connections == len(mine) > 0
+                assert process.busy == sum(w.state is WorkerState.BUSY for w in mine)
+            assert all(state.processes.get(w.metadata.get("process", w.peer)) is w.process
+                       for w in workers)
 
     @invariant()
     def only_services_in_use_are_kept(self):

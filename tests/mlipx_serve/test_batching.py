@@ -1,4 +1,5 @@
-"""Batching workers (`mlipx serve --batch-size`) and GPU placement (`--gpus`)."""
+"""Batching and prefetching workers (`mlipx serve --batch-size`, `--prefetch`) and GPU
+placement (`--gpus`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ase.calculators.emt import EMT
 
 from mlipx_serve import evaluate
 from mlipx_serve.batching import Batcher
+from mlipx_serve.registry import load_models_file
+from mlipx_serve.serve import _one_at_a_time, build_calculator
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
@@ -79,6 +82,59 @@ def test_a_model_without_calculate_batch_is_served_one_after_another(serve_syste
     for given, result in zip(inputs, evaluate("emt", inputs, broker=bus), strict=True):
         assert_emt(given, result)
     assert "has no calculate_batch" in worker.log()
+
+
+def prefetching_worker(system: ServeSystem, bus: str) -> None:
+    system.worker("one-at-a-time-emt", bus, "--models", str(MODELS), "--prefetch", "1")
+
+
+def test_a_prefetching_worker_computes_one_at_a_time_and_keeps_results_apart(serve_system):
+    bus = serve_system.broker()
+    prefetching_worker(serve_system, bus)
+    serve_system.wait_workers(bus, "one-at-a-time-emt", 2)
+    workers = serve_system.workers_of(bus, "one-at-a-time-emt")
+    assert len({worker["metadata"]["process"] for worker in workers}) == 1
+    inputs = cells(24)
+    got = evaluate("one-at-a-time-emt", inputs, broker=bus, max_in_flight=8)
+    for given, result in zip(inputs, got, strict=True):
+        assert_emt(given, result)  # the model fills one array in place: copies went out
+    assert {worker["served"] for worker in serve_system.workers_of(bus, "one-at-a-time-emt")} \
+        != {0}
+
+
+def test_a_prefetching_worker_replies_with_copies_of_arrays_the_model_fills_again():
+    model = load_models_file(MODELS)["one-at-a-time-emt"]
+    compute_results = _one_at_a_time(build_calculator(model))
+    first, second = cells(3)[::2]  # the same size: the model reuses its forces array
+    results = compute_results(first, ["energy", "forces"])
+    compute_results(second, ["energy", "forces"])
+    local = first.copy()
+    local.calc = EMT()
+    np.testing.assert_allclose(results["forces"], local.get_forces(), rtol=0, atol=EXACT)
+
+
+def test_the_broker_gives_a_prefetching_workers_spare_only_when_no_process_is_free(
+        serve_system):
+    bus = serve_system.broker()
+    for _ in range(2):
+        prefetching_worker(serve_system, bus)
+    serve_system.wait_workers(bus, "one-at-a-time-emt", 4)
+    for _ in range(3):
+        got = evaluate("one-at-a-time-emt", cells(2), broker=bus, max_in_flight=2)
+        assert len({result.calc.results["pid"] for result in got}) == 2
+
+
+def test_autostart_passes_prefetch_on_and_counts_worker_processes_not_connections(
+        serve_system):
+    bus = serve_system.broker("--autostart", "--models", str(MODELS), "--prefetch", "1",
+                              "--max-workers-per-model", "2")
+    inputs = cells(40)
+    for given, result in zip(inputs, evaluate("one-at-a-time-emt", inputs, broker=bus,
+                                              max_in_flight=8), strict=True):
+        assert_emt(given, result)
+    serve_system.wait_workers(bus, "one-at-a-time-emt", 4)  # two processes, two each
+    workers = serve_system.workers_of(bus, "one-at-a-time-emt")
+    assert len({worker["metadata"]["process"] for worker in workers}) == 2
 
 
 def test_the_batcher_waits_for_a_fuller_batch_but_not_for_ever():

@@ -26,8 +26,10 @@ class Model:
     extra: list[str] = field(default_factory=list)
 
 
-def demand(workers: int, busy: int, queued: int) -> Event:
-    return Event("demand", "m", queued=queued, workers=workers, busy=busy)
+def demand(workers: int, busy: int, queued: int, processes: int | None = None) -> Event:
+    """Each worker connection a process of its own, unless ``processes`` says otherwise."""
+    return Event("demand", "m", queued=queued, workers=workers, busy=busy,
+                 processes=workers if processes is None else processes)
 
 
 @pytest.mark.parametrize("event, starting, limit, expected", [
@@ -37,6 +39,8 @@ def demand(workers: int, busy: int, queued: int) -> Event:
     (demand(1, 1, 1), False, 2, True),  # all busy and a request waits: one more
     (demand(2, 1, 1), False, 3, False),  # an idle worker will take it
     (demand(2, 2, 3), False, 3, True),
+    (demand(16, 16, 5, processes=1), False, 2, True),  # one batching process, 16 connections
+    (demand(32, 32, 5, processes=2), False, 2, False),  # two batching processes: the limit
     (Event("served", "m", queued=5, workers=1, busy=1), False, 4, False),
 ])
 def test_autostart_starts_one_worker_at_a_time_up_to_the_limit(event, starting, limit,

@@ -3,6 +3,9 @@
 ``counting-emt`` offers ``calculate_batch`` and tags each result with the batch it came
 in; a batch that holds uranium raises as a whole (one bad structure must then fail alone).
 ``gpu-emt`` is slow and tags each result with the worker's CUDA_VISIBLE_DEVICES.
+``one-at-a-time-emt`` (for `--prefetch`) raises when two structures are computed at once,
+fills one forces array in place for every structure, as calculators that keep buffers do,
+and tags each result with the worker's pid.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import itertools
 import os
 import time
 
+import numpy as np
+from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 
 
@@ -40,6 +45,25 @@ class GpuEMT(EMT):
         self.results["gpu"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
+class OneAtATimeEMT(EMT):
+    computing = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        OneAtATimeEMT.computing += 1
+        try:
+            if OneAtATimeEMT.computing > 1:
+                raise RuntimeError("two structures computed at once")
+            time.sleep(0.02)
+            super().calculate(atoms, properties, system_changes)
+        finally:
+            OneAtATimeEMT.computing -= 1
+        buffers = self.__dict__.setdefault("buffers", {})
+        forces = buffers.setdefault(len(self.atoms), np.empty((len(self.atoms), 3)))
+        forces[:] = self.results["forces"]
+        self.results["forces"] = forces
+        self.results["pid"] = os.getpid()
+
+
 @dataclasses.dataclass
 class Build:
     calculator: type
@@ -48,4 +72,5 @@ class Build:
         return self.calculator()
 
 
-ALL_MODELS = {"counting-emt": Build(CountingBatchEMT), "gpu-emt": Build(GpuEMT)}
+ALL_MODELS = {"counting-emt": Build(CountingBatchEMT), "gpu-emt": Build(GpuEMT),
+              "one-at-a-time-emt": Build(OneAtATimeEMT)}
