@@ -182,3 +182,32 @@ def test_without_mlipx_the_hook_loads_nothing_else():
     """)], capture_output=True, text=True, timeout=50, env=_base_env())
     assert json.loads(done.stdout) == ["mlipx_serve", "mlipx_serve.environment",
                                        "mlipx_serve.mlipx_hook"]
+
+
+PTH = Path(__file__).parents[2] / "mlipx_serve_hook.pth"
+
+
+def process_pth(directory: Path) -> subprocess.CompletedProcess:
+    """Python's start-up handling of our .pth file in ``directory`` (no other site dirs)."""
+    (directory / PTH.name).write_text(PTH.read_text())
+    code = f"import site, sys; site.addsitedir({str(directory)!r}); " \
+           "print(any(type(f).__name__ == 'MlipxFinder' for f in sys.meta_path))"
+    return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                          timeout=50, cwd=directory, env=_base_env())
+
+
+def test_the_hook_line_is_silent_where_mlipx_serve_is_gone(tmp_path):
+    done = process_pth(tmp_path)
+    assert (done.stdout.strip(), done.stderr) == ("False", "")
+
+
+def test_the_hook_line_installs_the_finder_and_reports_a_broken_hook(tmp_path):
+    hook = Path(__file__).parents[2] / "mlipx_serve"
+    (tmp_path / "mlipx_serve").symlink_to(hook)
+    assert process_pth(tmp_path).stdout.strip() == "True"
+    broken = tmp_path / "broken"
+    (broken / "mlipx_serve").mkdir(parents=True)
+    (broken / "mlipx_serve" / "__init__.py").write_text("")
+    (broken / "mlipx_serve" / "mlipx_hook.py").write_text("import no_such_module_here\n")
+    done = process_pth(broken)
+    assert "no_such_module_here" in done.stderr
