@@ -21,7 +21,7 @@ from ase.calculators.emt import EMT
 
 from mlipx_serve.registry import BUILTIN_MODELS
 
-DEVICE_CALL = float(os.environ.get("BENCH_DEVICE_CALL", "0.004"))  # seconds per model call
+DEVICE_CALL = float(os.environ.get("BENCH_DEVICE_CALL", "0.001"))  # seconds per model call
 DEVICE_STRUCTURE = float(os.environ.get("BENCH_DEVICE_STRUCTURE", "0.0002"))  # and each
 
 
@@ -78,4 +78,4 @@ ALL_MODELS = {"zero": ZeroModel(), "device": Build(DeviceLikeCalculator), "emt":
               "chgnet": BUILTIN_MODELS["chgnet"]}
 # One name per worker set-up of bench/throughput.py, so that all can wait side by side.
 ALL_MODELS.update({f"{model}-{setup}": ALL_MODELS[model] for model in ("emt", "device", "chgnet")
-                   for setup in ("one", "many", "batched")})
+                   for setup in ("one", "prefetch", "many", "batched")})

@@ -2,10 +2,12 @@
 
 One broker, and for each model (``emt``: EMT on 32-atom Cu cells, CPU-bound, about 2.6 ms
 a call here; ``device``: ``bench/models.py``'s stand-in for a GPU model, which sleeps a
-fixed time per call plus a little per structure) these worker set-ups, each under a name
-of its own so that all wait side by side and nothing is restarted between turns:
+fixed time per call, ``--device-call``, plus 0.2 ms per structure) these worker set-ups,
+each under a name of its own so that all wait side by side and nothing is restarted
+between turns:
 
 - ``MODEL-one``: one worker; the sequential ``RemoteCalculator`` loop and ``map`` use it;
+- ``MODEL-prefetch``: one worker that takes one request ahead (``--prefetch 1``), for ``map``;
 - ``MODEL-many``: ``--workers`` workers, for ``map``;
 - ``MODEL-batched``: one batching worker (``--batch-size``), for ``map``;
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import statistics
 import subprocess
@@ -140,15 +143,17 @@ def start_workers(stack: ExitStack, directory: Path, model: str, workers: int,
     wait_for_broker(endpoint, broker)
     common = ["--broker", f"ipc://{directory}/b-workers.ipc", "--no-uv", "--timeout", "0",
               "--models", str(MODELS_FILE)]
-    setups = {"one": (1, []), "many": (workers, []),
-              "batched": (1, ["--batch-size", str(batch_size), "--batch-wait", "0.02"])}
-    for setup, (count, options) in setups.items():
+    setups = {"one": (1, [], 1), "prefetch": (1, ["--prefetch", "1"], 2),
+              "many": (workers, [], 1),
+              "batched": (1, ["--batch-size", str(batch_size), "--batch-wait", "0.02"],
+                          batch_size)}
+    for setup, (count, options, connections) in setups.items():
         name = f"{model}-{setup}"
         started = [Process(f"{name}-{i}", [*CLI, "serve", name, *common, *options], directory)
                    for i in range(count)]
         for process in started:
             stack.callback(process.stop)
-        wait_for(endpoint, name, count * (batch_size if setup == "batched" else 1), started)
+        wait_for(endpoint, name, count * connections, started)
     return endpoint
 
 
@@ -174,6 +179,8 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, float]:
             "sequential RemoteCalculator, 1 worker":
                 lambda: sequential(endpoint, f"{model}-one", structures),
             "map, 1 worker": lambda: mapped(endpoint, f"{model}-one", structures, in_flight),
+            "map, 1 worker prefetching 1":
+                lambda: mapped(endpoint, f"{model}-prefetch", structures, in_flight),
             f"map, {args.workers} workers":
                 lambda: mapped(endpoint, f"{model}-many", structures, in_flight),
             f"map, 1 worker batching {args.batch_size}":
@@ -198,8 +205,10 @@ def report(model: str, rates: dict[str, float], workers: int, batch: int) -> Non
     for label, rate in rates.items():
         print(f"  {label:<42} {rate:9.1f}")
     labels = list(rates)
-    sequential_rate, one, many, batched, local = (rates[label] for label in labels)
+    sequential_rate, one, prefetching, many, batched, local = (rates[label] for label in labels)
     print(f"  map 1 worker / sequential loop:         {one / sequential_rate:5.2f}x "
+          f"(target >= 1.5x)")
+    print(f"  map 1 worker prefetching / sequential:  {prefetching / sequential_rate:5.2f}x "
           f"(target >= 1.5x)")
     print(f"  map {workers} workers / map 1 worker:         {many / one:5.2f}x "
           f"(target >= 1.7x with 2 on 2 cores)")
@@ -218,7 +227,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--in-flight", type=int, default=32)
+    parser.add_argument("--device-call", type=float, default=0.001,
+                        help="seconds per call of the 'device' stand-in (default 0.001)")
     args = parser.parse_args()
+    os.environ["BENCH_DEVICE_CALL"] = str(args.device_call)  # for its workers and the local one
     for model in args.models:
         print(f"{model}: {args.structures} structures, {args.repetitions} repetitions",
               flush=True)
