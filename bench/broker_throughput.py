@@ -44,6 +44,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdp import protocol as p  # noqa: E402
+from mdp.frames import recv_frames, send_frames  # noqa: E402
 
 SERVICE = b"echo"
 DIALECT = p.Dialect.MAJORTOMO
@@ -53,24 +54,7 @@ FORK = mp.get_context("fork")  # the parent never opens a zmq context, so forkin
 BIG_THRESHOLD = 64 * 1024  # payloads from this size on are sent without copies
 
 
-# ------------------------------------------------------------ sending and receiving
-
-
-def send_frames(sock: zmq.Socket, frames: list) -> None:
-    """One plain ``send`` per frame: cheaper than send_multipart's checks and arithmetic."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, zmq.SNDMORE if i < last else 0)
-
-
-def recv_frames(sock: zmq.Socket) -> list:
-    """A whole message as zmq.Frames, reading ``Frame.more`` instead of a getsockopt each."""
-    frame = sock.recv(0, copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = sock.recv(0, copy=False)
-        frames.append(frame)
-    return frames
+# ------------------------------------------------------------ sockets
 
 
 def dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -139,7 +123,7 @@ def serve(sockets: list, answer: Callable[[zmq.Socket, list], None],
     next_beat = time.monotonic() + HEARTBEAT
     while True:
         for sock, _ in poller.poll(HEARTBEAT * 1000):
-            answer(sock, recv_frames(sock))
+            answer(sock, recv_frames(sock, copy=False))
         if heartbeat and time.monotonic() >= next_beat:
             for sock in sockets:
                 send_frames(sock, heartbeat)
@@ -168,7 +152,7 @@ def load(endpoint: str, size: int, in_flight: int, sockets: int, done, stop) -> 
     count = 0
     while not stop.value:
         for sock, _ in poller.poll(100):
-            reply = recv_frames(sock)
+            reply = recv_frames(sock, copy=False)
             if len(reply[-1]) != size:
                 raise RuntimeError(f"a reply's last frame has {len(reply[-1])} bytes, not {size}")
             send_frames(sock, request)
