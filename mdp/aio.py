@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from . import protocol as p
-from .client import ClientBase, Link, Wait, check_reply
+from .client import ClientBase, Link, Wait, check_reply, ms_until
 
 LOOK_EVERY = 0.5  # seconds between looks at a waiting connection's monitor
 
@@ -90,16 +90,17 @@ class AsyncClient(ClientBase):
 
         It waits on the socket alone, looking at the monitor every LOOK_EVERY seconds: an
         asyncio poller on both per request halved the client's throughput, and a lost
-        broker is not back sooner than that anyway.
+        broker is not back sooner than that anyway. The socket's own receive timeout ends
+        each wait (pyzmq raises zmq.Again): ``asyncio.wait_for`` cost a task per reply.
         """
         deadline, connect_by = self._deadlines(timeout)
         drops = link.drops
         while True:
             until = min(self._until(link, deadline, connect_by), time.monotonic() + LOOK_EVERY)
-            receiving = link.socket.recv_multipart(copy=self.copy)
+            link.socket.rcvtimeo = max(1, ms_until(until))
             try:
-                frames = await asyncio.wait_for(receiving, max(0.0, until - time.monotonic()))
-            except asyncio.TimeoutError:
+                frames = await link.socket.recv_multipart(copy=self.copy)
+            except zmq.Again:
                 frames = None
             if frames is not None:
                 reply = self._parse(frames)
