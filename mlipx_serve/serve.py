@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import importlib.util
 import logging
 import os
@@ -80,6 +81,15 @@ def build_calculator(model: object) -> Calculator:
     return calc
 
 
+def settle_heap() -> None:
+    """Collect what loading the model left behind, and exempt the rest, the model, from
+    later garbage collections: with CHGNet loaded a full collection scanned 300,000
+    objects for 160 ms, and came every 20 or so structures, a pause in the middle of
+    someone's request each time."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
           heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
           exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01,
@@ -94,6 +104,7 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     a SLURM job is gone: ``connection.BrokerWatch``)."""
     log.info("loading model '%s'", name)
     calc = build_calculator(model)
+    settle_heap()
     log.info("model '%s' loaded; serving it at %s", name, broker)
     if batch_size > 1:
         compute_results = _batched(calc, name, batch_size, batch_wait)

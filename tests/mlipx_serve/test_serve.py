@@ -16,6 +16,7 @@ from mlipx_serve.serve import (
     missing_modules,
     project_defines,
     reexec_under_uv,
+    settle_heap,
     uv_command,
 )
 
@@ -145,3 +146,14 @@ def test_a_worker_runs_itself_under_uv_to_get_its_extra(tmp_path, serve_system):
     # worker re-ran itself under uv with the model's extra.
     atoms.calc = RemoteCalculator("needs-tomli-w", broker, timeout=240)
     assert atoms.get_potential_energy() == pytest.approx(EMT().get_potential_energy(atoms))
+
+
+def test_a_worker_exempts_its_loaded_model_from_garbage_collection():
+    import gc
+
+    kept = [[n] for n in range(1000)]  # stands for a loaded model
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
