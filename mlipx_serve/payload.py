@@ -204,7 +204,7 @@ def _raw(array: np.ndarray) -> memoryview:
 
 
 def _dump(header: Mapping[str, Any]) -> bytes:
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _ENCODER.encode(header)
     return text.encode("utf-8")
 
 
@@ -248,7 +248,7 @@ def _parse_header(frames: list[Frame]) -> dict[str, Any]:
     if not frames:
         raise PayloadError("no frames: expected a JSON header frame")
     try:
-        header = json.loads(str(frames[0], "utf-8"), parse_constant=_reject_constant)
+        header = _DECODER.decode(str(frames[0], "utf-8"))
     except TypeError:
         raise PayloadError("frame 0 is not a contiguous buffer") from None
     except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, an
@@ -266,6 +266,11 @@ def _parse_header(frames: list[Frame]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise PayloadError(f"header frame is not strict JSON: {name} is not allowed")
+
+
+# Made once: json.dumps and json.loads build a new one for every call given options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _bytes_view(frame: Frame, index: int) -> np.ndarray:
