@@ -106,15 +106,9 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     calc = build_calculator(model)
     settle_heap()
     log.info("model '%s' loaded; serving it at %s", name, broker)
-    if batch_size > 1:
-        compute_results = _batched(calc, name, batch_size, batch_wait)
-    elif prefetch:
-        compute_results = _one_at_a_time(calc)
-    else:
-        def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
-            return compute(calc, atoms, properties)
+    handler = request_handler(calc, name, batch_size, batch_wait, prefetch)
     metadata = worker_metadata()
-    workers = [Worker(broker, name, make_handler(compute_results), idle_timeout=idle_timeout,
+    workers = [Worker(broker, name, handler, idle_timeout=idle_timeout,
                       heartbeat_interval=heartbeat, copy=False, metadata=metadata,
                       **(curve or {}))
                for _ in range(batch_size + prefetch)]
@@ -136,15 +130,24 @@ def owned(results: Mapping[str, Any]) -> dict[str, Any]:
     return {name: copy.copy(value) for name, value in results.items()}
 
 
-def _one_at_a_time(calc: Calculator) -> Compute:
-    """``compute`` for several connections on one calculator: one structure at a time."""
+def request_handler(calc: Calculator, name: str, batch_size: int = 1,
+                    batch_wait: float = 0.01, prefetch: int = 0) -> Callable[[list], list]:
+    """What each of a worker's connections calls with a request's frames (see ``serve``)."""
+    if batch_size > 1:
+        return make_handler(_batched(calc, name, batch_size, batch_wait))
+    if not prefetch:
+        return make_handler(lambda atoms, properties: compute(calc, atoms, properties))
+    # Several connections, one calculator: one request at a time, decoding included (a
+    # waiting request then takes no CPU from the one computed), and replies that carry
+    # copies, as the calculator may fill its arrays again before a reply has gone out.
+    handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)))
     lock = threading.Lock()
 
-    def compute_results(atoms: Atoms, properties: list[str]) -> Mapping[str, Any]:
+    def handle(frames: list) -> list:
         with lock:
-            return owned(compute(calc, atoms, properties))
+            return handler(frames)
 
-    return compute_results
+    return handle
 
 
 def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:

@@ -17,8 +17,9 @@ from ase.calculators.emt import EMT
 
 from mlipx_serve import evaluate
 from mlipx_serve.batching import Batcher
+from mlipx_serve.payload import decode_reply, encode_request
 from mlipx_serve.registry import load_models_file
-from mlipx_serve.serve import _one_at_a_time, build_calculator
+from mlipx_serve.serve import build_calculator, request_handler
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
@@ -104,13 +105,14 @@ def test_a_prefetching_worker_computes_one_at_a_time_and_keeps_results_apart(ser
 
 def test_a_prefetching_worker_replies_with_copies_of_arrays_the_model_fills_again():
     model = load_models_file(MODELS)["one-at-a-time-emt"]
-    compute_results = _one_at_a_time(build_calculator(model))
+    handle = request_handler(build_calculator(model), "one-at-a-time-emt", prefetch=1)
     first, second = cells(3)[::2]  # the same size: the model reuses its forces array
-    results = compute_results(first, ["energy", "forces"])
-    compute_results(second, ["energy", "forces"])
+    reply = handle(encode_request(first, ["energy", "forces"]))
+    handle(encode_request(second, ["energy", "forces"]))
     local = first.copy()
     local.calc = EMT()
-    np.testing.assert_allclose(results["forces"], local.get_forces(), rtol=0, atol=EXACT)
+    np.testing.assert_allclose(decode_reply(reply)["forces"], local.get_forces(), rtol=0,
+                               atol=EXACT)
 
 
 def test_the_broker_gives_a_prefetching_workers_spare_only_when_no_process_is_free(
