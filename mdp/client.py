@@ -255,8 +255,8 @@ class Client(ClientBase):
         start, drops = time.monotonic(), link.drops
         next_call = start + WAITING_EVERY if waiting is not None else float("inf")
         while True:
-            ready = dict(link.poller.poll(ms_until(min(self._until(link, deadline, connect_by),
-                                                   next_call))))
+            until = min(self._until(link, deadline, connect_by), next_call)
+            ready = dict(link.poller.poll(ms_until(until)))
             if link.socket in ready:
                 reply = self._parse(recv_frames(link.socket, copy=self.copy))
                 if reply is not None:

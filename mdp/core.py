@@ -94,6 +94,7 @@ class Process:
     names the same ``process`` (mdp.md 5.4), or a connection alone. It is busy while one
     of them holds a request (``busy`` counts them)."""
 
+    key: str | bytes  # the metadata's ``process``, or the connection's identity
     connections: int = 0
     busy: int = 0
 
@@ -107,11 +108,11 @@ class Worker:
     service: bytes
     heard_at: float  # when it last sent anything
     since: float
+    process: Process  # shared with the other connections of its process
     state: WorkerState = IDLE
     request: Request | None = None
     served: int = 0
     metadata: dict = field(default_factory=dict)  # what its READY said of it (mdp.md 5.4)
-    process: Process = field(default_factory=Process)
 
     def assign(self, request: Request) -> None:
         if self.state is not IDLE:
@@ -308,9 +309,10 @@ class BrokerCore:
             return
         metadata = self._ready_metadata(body) if body else {}
         state = self._service(service)
-        process = state.processes.setdefault(_process_key(peer, metadata), Process())
+        key = _process_key(peer, metadata)
+        process = state.processes.setdefault(key, Process(key))
         process.connections += 1
-        worker = Worker(peer, dialect, service, now, now, metadata=metadata, process=process)
+        worker = Worker(peer, dialect, service, now, now, process, metadata=metadata)
         self.workers[peer] = worker
         state.workers.add(peer)
         state.idle[peer] = worker
@@ -407,7 +409,7 @@ class BrokerCore:
         request = worker.release() if worker.state is BUSY else None
         worker.process.connections -= 1
         if not worker.process.connections:
-            del state.processes[_process_key(worker.peer, worker.metadata)]
+            del state.processes[worker.process.key]
         self._emit_service_event("worker-lost", state, worker, reason)
         if request is not None:
             self._requeue(state, request, now)
@@ -634,7 +636,6 @@ def _name_too_long(service: bytes) -> ServiceNameTooLong:
     shown = _text(service[:40])
     return ServiceNameTooLong(f"the service name '{shown}...' is {len(service)} bytes long; "
                               f"at most {MAX_SERVICE_NAME} are allowed", shown)
-
 
 
 def _take_idle(state: Service) -> Worker:

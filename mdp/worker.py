@@ -7,8 +7,8 @@ a calculation of minutes. The two never use the socket at once: the pulse touche
 only while a handler runs and only under ``_socket_lock``, which the socket's thread also
 holds to send a reply (libzmq lets a socket change threads behind such a memory barrier).
 The pulse wakes on a clock of its own, never on a request's account: a request costs the
-socket's thread two uncontended lock acquisitions, where waking the pulse cost more CPU
-than the rest of the worker's loop.
+socket's thread two uncontended lock acquisitions (waking the pulse for each cost 45 us
+of CPU here).
 """
 
 from __future__ import annotations

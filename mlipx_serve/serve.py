@@ -181,7 +181,8 @@ def _run_together(workers: list[Worker]) -> None:
 
 def worker_metadata() -> dict[str, Any]:
     """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
-    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job."""
+    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job; and, for
+    the broker, which connections are one process (a batching or prefetching worker's)."""
     host, pid = socket.gethostname(), os.getpid()
     return {"host": host, "pid": pid, "device": _device(),
             "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}"}
