@@ -17,7 +17,8 @@ time is the median of its calls, and the table shows the median over repetitions
 it, CPU time per call summed over every process involved (this one with its zmq threads,
 broker, worker, socket client), which a busy machine disturbs far less than wall time.
 "added" is per call minus local; the target is RemoteCalculator adding less than
-SocketIOCalculator, broker hop included. It runs for 64 atoms and for 100,000.
+SocketIOCalculator, broker hop included. Last, RemoteCalculator's CPU per call process by
+process: where its time goes. It runs for 64 atoms and for 100,000.
 
 Last, the time to a first energy from a fresh Python process: served CHGNet (broker and
 worker already running; the process imports ase and mlipx_serve and asks once) against
@@ -151,9 +152,9 @@ class System:
     atoms: Atoms
     helpers: list[subprocess.Popen]
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) of this process and the helpers, all threads."""
-        return time.process_time() + sum(process_cpu(proc.pid) for proc in self.helpers)
+    def cpu_seconds(self) -> list[float]:
+        """CPU time (user + system) of this process and of each helper, all threads."""
+        return [time.process_time(), *(process_cpu(proc.pid) for proc in self.helpers)]
 
 
 def process_cpu(pid: int) -> float:
@@ -218,9 +219,9 @@ SYSTEMS: dict[str, Callable] = {
 # ------------------------------------------------------------ timing
 
 
-def time_calls(system: System, calls: int) -> tuple[float, float]:
-    """Median wall seconds per call, and CPU seconds per call summed over every process
-    involved. Each call moves an atom, so nothing comes from a cache."""
+def time_calls(system: System, calls: int) -> tuple[float, list[float]]:
+    """Median wall seconds per call, and CPU seconds per call of every process involved
+    (this one first). Each call moves an atom, so nothing comes from a cache."""
     atoms = system.atoms
     positions = atoms.positions  # the atoms' own array: moving it changes the atoms
     times = []
@@ -231,25 +232,28 @@ def time_calls(system: System, calls: int) -> tuple[float, float]:
         atoms.get_potential_energy()
         atoms.get_forces()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), (system.cpu_seconds() - cpu) / calls
+    after = system.cpu_seconds()
+    cpu += [0.0] * (len(after) - len(cpu))  # a helper that the first call started
+    return statistics.median(times), [(a - b) / calls for a, b in zip(after, cpu, strict=True)]
 
 
-Results = dict[str, dict[str, list[float]]]  # system -> "wall" / "cpu" -> one per repetition
+Results = dict[str, dict[str, list]]  # system -> "wall" / "cpu" / "parts" -> one per repetition
 
 
 def measure(count: int, calls: int, repetitions: int) -> Results:
     """Systems take turns in each repetition, so that noise from outside hits them alike."""
     template = make_atoms(count)
-    results: Results = {name: {"wall": [], "cpu": []} for name in SYSTEMS}
+    results: Results = {name: {"wall": [], "cpu": [], "parts": []} for name in SYSTEMS}
     with ExitStack() as stack:
         systems = {name: stack.enter_context(make(template)) for name, make in SYSTEMS.items()}
         for system in systems.values():
             time_calls(system, max(3, calls // 10))  # connect, start clients, warm caches
         for _ in range(repetitions):
             for name, system in systems.items():
-                wall, cpu = time_calls(system, calls)
+                wall, parts = time_calls(system, calls)
                 results[name]["wall"].append(wall)
-                results[name]["cpu"].append(cpu)
+                results[name]["cpu"].append(sum(parts))
+                results[name]["parts"].append(parts)
     return results
 
 
@@ -278,6 +282,11 @@ def report_overhead(count: int, calls: int, results: Results) -> None:
               f" {duration(cpu):>10} {extra[1]:>10}")
     for kind in ("wall", "cpu"):
         report_ratio(kind, added["RemoteCalculator"][kind], added["SocketIOCalculator"][kind])
+    remote = results["RemoteCalculator"]["parts"]
+    parts = [statistics.median(column) for column in zip(*remote, strict=True)]
+    print("  RemoteCalculator's CPU per call: " + ", ".join(
+        f"{who} {duration(seconds)}" for who, seconds in zip(
+            ("this process (ASE, client)", "broker", "worker"), parts, strict=True)))
 
 
 def report_ratio(kind: str, ours: float, theirs: float) -> None:
