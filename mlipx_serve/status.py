@@ -41,7 +41,9 @@ def broker_table(status: dict) -> Table:
         table.add_row("connection file", autostart["connection_file"])
     table.add_row("uptime", _duration(data["uptime"]))
     table.add_row("version", data["version"])
-    table.add_row("workers", str(len(data["workers"])))
+    processes, connections = len(_processes(data["workers"])), len(data["workers"])
+    table.add_row("workers", str(processes) if processes == connections else
+                  f"{processes} ({connections} connections)")
     return table
 
 
@@ -64,16 +66,37 @@ def models_table(status: dict) -> Table:
 
 
 def workers_table(status: dict) -> Table:
-    """One row per worker connection, with what the worker said of itself in READY."""
+    """One row per worker process (a batching or prefetching worker holds several
+    connections), with what the worker said of itself in READY."""
     table = Table(title="Workers")
     for column in ("worker", "model", "state", "served", "up", "host", "device", "job"):
         table.add_column(column, justify="right" if column in ("served", "up") else "left")
-    for worker in status["status"]["workers"]:
-        about = worker.get("metadata") or {}
-        table.add_row(worker["id"], worker["service"], worker["state"], str(worker["served"]),
-                      _duration(worker["since"]), _text(about.get("host")),
-                      _text(about.get("device")), _text(about.get("slurm_job")))
+    for name, connections in _processes(status["status"]["workers"]):
+        about = connections[0].get("metadata") or {}
+        table.add_row(name, connections[0]["service"], _state(connections),
+                      str(sum(c["served"] for c in connections)),
+                      _duration(max(c["since"] for c in connections)),
+                      _text(about.get("host")), _text(about.get("device")),
+                      _text(about.get("slurm_job")))
     return table
+
+
+def _processes(workers: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Each worker process (READY metadata ``process``, else a connection alone) with its
+    connections, in the broker's order."""
+    found: dict[tuple[str, str], list[dict]] = {}
+    for worker in workers:
+        process = (worker.get("metadata") or {}).get("process")
+        name = process if isinstance(process, str) else worker["id"]
+        found.setdefault((name, worker["service"]), []).append(worker)
+    return [(name, connections) for (name, _), connections in found.items()]
+
+
+def _state(connections: list[dict]) -> str:
+    if len(connections) == 1:
+        return connections[0]["state"]
+    busy = sum(c["state"] == "busy" for c in connections)
+    return f"{busy} of {len(connections)} busy" if busy else f"idle ({len(connections)})"
 
 
 def jobs_table(status: dict) -> Table:

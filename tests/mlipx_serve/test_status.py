@@ -63,6 +63,25 @@ def test_status_tables_show_broker_models_and_workers():
     assert ["node:43:1", "emt", "idle", "7", "1m 05s", "", "", ""] in rows  # an old worker
 
 
+def test_a_worker_with_several_connections_is_one_row():
+    def connection(n: int, state: str, served: int) -> dict:
+        return {"id": f"gpu7:42:{n}", "service": "chgnet", "dialect": "MDP/0.2", "state": state,
+                "served": served, "since": 60.0 + n,
+                "metadata": {"host": "gpu7", "pid": 42, "device": "GPU 0", "slurm_job": None,
+                             "process": "gpu7:42"}}
+
+    alone = {"id": "node:43:1", "service": "emt", "dialect": "MDP/0.2", "state": "idle",
+             "served": 1, "since": 5.0, "metadata": {}}
+    batching = [connection(n, "busy" if n < 3 else "idle", n) for n in range(1, 18)]
+    rows = table_rows(rendered(running({}, workers=[*batching, alone])))
+    assert ["gpu7:42", "chgnet", "2 of 17 busy", "153", "1m 17s", "gpu7", "GPU 0", ""] in rows
+    assert ["node:43:1", "emt", "idle", "1", "0m 05s", "", "", ""] in rows
+    assert ["workers", "2 (18 connections)"] in rows
+    idle = [dict(c, state="idle") for c in batching]
+    assert "idle (17)" in [row[2] for row in table_rows(rendered(running({}, workers=idle)))
+                           if len(row) > 2]
+
+
 def test_status_shows_the_slurm_jobs_not_yet_ended():
     jobs = [{"job": "981", "model": "emt", "state": "PENDING", "reason": "Resources",
              "node": "", "by": "autostart", "age": 75.0},
