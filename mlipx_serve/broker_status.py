@@ -51,21 +51,42 @@ def describe_wait(status: dict, model: str) -> str:
         doing = status["autostart"].get("progress", {}).get(
             model, "installing and loading the model")
         return f"its worker has been starting for {starting[model]:.0f} s ({doing})"
-    service = status["status"]["services"].get(model)
-    if not service or not service["workers"]:
+    info = available_models(status).get(model)
+    if not info or not info["workers"]:
         return "no worker serves it; start one with `mlipx serve " + model + "`"
-    return (f"{service['busy']} of {service['workers']} worker(s) busy, "
-            f"{service['queued']} request(s) queued")
+    return (f"{info['busy']} of {info['workers']} worker(s) busy, "
+            f"{info['queued']} request(s) queued")
 
 
 def available_models(status: dict) -> dict[str, dict]:
-    """Model name -> what the broker knows of it (workers now, whether it can start one)."""
+    """Model name -> what the broker knows of it: its queue and counters, its workers
+    now (processes, idle or busy: ``worker_processes``), whether it can start one."""
     if not status.get("running"):
         return {}
     services = status["status"]["services"]
     startable = status["autostart"].get("models", {})
     names = {name for name, s in services.items() if s["workers"]} | set(startable)
-    return {name: {**services.get(name, {"workers": 0, "idle": 0, "busy": 0, "queued": 0}),
+    processes = worker_processes(status["status"]["workers"])
+    return {name: {**services.get(name, {"queued": 0}),
+                   **_process_counts([c for m, _, c in processes if m == name]),
                    "autostart": name in startable,
                    "extras": startable.get(name, {}).get("extras", [])}
             for name in sorted(names)}
+
+
+def worker_processes(workers: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(model, process, its connections) for each worker process, in the broker's order:
+    the connections whose READY metadata names the same ``process`` (a batching or
+    prefetching worker holds several), else a connection alone, named by its id."""
+    found: dict[tuple[str, str], list[dict]] = {}
+    for worker in workers:
+        process = (worker.get("metadata") or {}).get("process")
+        name = process if isinstance(process, str) else worker["id"]
+        found.setdefault((worker["service"], name), []).append(worker)
+    return [(model, name, connections) for (model, name), connections in found.items()]
+
+
+def _process_counts(processes: list[list[dict]]) -> dict[str, int]:
+    """A process is busy while any of its connections is."""
+    busy = sum(any(c["state"] == "busy" for c in connections) for connections in processes)
+    return {"workers": len(processes), "idle": len(processes) - busy, "busy": busy}

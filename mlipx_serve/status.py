@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .broker_status import available_models
+from .broker_status import available_models, worker_processes
 
 
 def render(status: dict) -> Group:
@@ -41,7 +41,7 @@ def broker_table(status: dict) -> Table:
         table.add_row("connection file", autostart["connection_file"])
     table.add_row("uptime", _duration(data["uptime"]))
     table.add_row("version", data["version"])
-    processes, connections = len(_processes(data["workers"])), len(data["workers"])
+    processes, connections = len(worker_processes(data["workers"])), len(data["workers"])
     table.add_row("workers", str(processes) if processes == connections else
                   f"{processes} ({connections} connections)")
     return table
@@ -71,25 +71,14 @@ def workers_table(status: dict) -> Table:
     table = Table(title="Workers")
     for column in ("worker", "model", "state", "served", "up", "host", "device", "job"):
         table.add_column(column, justify="right" if column in ("served", "up") else "left")
-    for name, connections in _processes(status["status"]["workers"]):
+    for model, name, connections in worker_processes(status["status"]["workers"]):
         about = connections[0].get("metadata") or {}
-        table.add_row(name, connections[0]["service"], _state(connections),
+        table.add_row(name, model, _state(connections),
                       str(sum(c["served"] for c in connections)),
                       _duration(max(c["since"] for c in connections)),
                       _text(about.get("host")), _text(about.get("device")),
                       _text(about.get("slurm_job")))
     return table
-
-
-def _processes(workers: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Each worker process (READY metadata ``process``, else a connection alone) with its
-    connections, in the broker's order."""
-    found: dict[tuple[str, str], list[dict]] = {}
-    for worker in workers:
-        process = (worker.get("metadata") or {}).get("process")
-        name = process if isinstance(process, str) else worker["id"]
-        found.setdefault((name, worker["service"]), []).append(worker)
-    return [(name, connections) for (name, _), connections in found.items()]
 
 
 def _state(connections: list[dict]) -> str:

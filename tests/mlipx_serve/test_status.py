@@ -18,12 +18,27 @@ def running(services: dict, autostart: dict | None = None, workers: list | None 
             "autostart": autostart or {"autostart": False, "models": {}}}
 
 
+def connection(id: str, state: str, process: str | None = None, served: int = 0,
+               since: float = 5.0, service: str = "emt", **metadata) -> dict:
+    """A worker as mmi.status lists it; ``process`` as a worker of ours says it in READY."""
+    if process is not None:
+        metadata["process"] = process
+    return {"id": id, "service": service, "dialect": "MDP/0.2", "state": state,
+            "served": served, "since": since, "metadata": metadata}
+
+
+BUSY_TWO = [connection("a:1:1", "busy"), connection("b:2:1", "busy")]
+
+
 def test_the_wait_is_explained_from_the_brokers_point_of_view():
     down = {"running": False, "broker": "ipc:///x/broker.ipc", "error": "timeout"}
     assert "no broker answers at ipc:///x/broker.ipc" in describe_wait(down, "emt")
     assert "start one with `mlipx serve emt`" in describe_wait(running({}), "emt")
-    assert describe_wait(running({"emt": SERVICE}), "emt") == \
+    assert describe_wait(running({"emt": SERVICE}, workers=BUSY_TWO), "emt") == \
         "2 of 2 worker(s) busy, 3 request(s) queued"
+    batching = [connection(f"a:1:{n}", "busy" if n == 1 else "idle", "a:1") for n in (1, 2)]
+    assert describe_wait(running({"emt": SERVICE}, workers=batching), "emt") == \
+        "1 of 1 worker(s) busy, 3 request(s) queued"
     starting = running({}, {"autostart": True, "models": {}, "starting": {"emt": 12.4}})
     assert "starting for 12 s" in describe_wait(starting, "emt")
 
@@ -31,7 +46,8 @@ def test_the_wait_is_explained_from_the_brokers_point_of_view():
 def test_models_are_those_with_workers_and_those_that_can_be_started():
     idle = dict(SERVICE, workers=0, idle=0, busy=0)
     status = running({"emt": SERVICE, "gone": idle},
-                     {"autostart": True, "models": {"lj": {"extras": [], "autostart": True}}})
+                     {"autostart": True, "models": {"lj": {"extras": [], "autostart": True}}},
+                     BUSY_TWO)
     models = available_models(status)
     assert list(models) == ["emt", "lj"]
     assert models["emt"]["autostart"] is False and models["lj"]["workers"] == 0
@@ -58,25 +74,22 @@ def test_status_tables_show_broker_models_and_workers():
                             workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = table_rows(text)
-    assert ["emt", "0", "2", "3", "7", "1", "no"] in rows
+    assert ["emt", "1", "1", "3", "7", "1", "no"] in rows
     assert ["gpu7:42:1", "emt", "busy", "7", "1m 05s", "gpu7", "GPU 1", "981"] in rows
     assert ["node:43:1", "emt", "idle", "7", "1m 05s", "", "", ""] in rows  # an old worker
 
 
 def test_a_worker_with_several_connections_is_one_row():
-    def connection(n: int, state: str, served: int) -> dict:
-        return {"id": f"gpu7:42:{n}", "service": "chgnet", "dialect": "MDP/0.2", "state": state,
-                "served": served, "since": 60.0 + n,
-                "metadata": {"host": "gpu7", "pid": 42, "device": "GPU 0", "slurm_job": None,
-                             "process": "gpu7:42"}}
-
-    alone = {"id": "node:43:1", "service": "emt", "dialect": "MDP/0.2", "state": "idle",
-             "served": 1, "since": 5.0, "metadata": {}}
-    batching = [connection(n, "busy" if n < 3 else "idle", n) for n in range(1, 18)]
-    rows = table_rows(rendered(running({}, workers=[*batching, alone])))
+    batching = [connection(f"gpu7:42:{n}", "busy" if n < 3 else "idle", "gpu7:42", n, 60.0 + n,
+                           "chgnet", host="gpu7", device="GPU 0", slurm_job=None)
+                for n in range(1, 18)]
+    alone = connection("node:43:1", "idle", served=1)
+    rows = table_rows(rendered(running({"chgnet": SERVICE, "emt": SERVICE},
+                                       workers=[*batching, alone])))
     assert ["gpu7:42", "chgnet", "2 of 17 busy", "153", "1m 17s", "gpu7", "GPU 0", ""] in rows
     assert ["node:43:1", "emt", "idle", "1", "0m 05s", "", "", ""] in rows
     assert ["workers", "2 (18 connections)"] in rows
+    assert ["chgnet", "0", "1", "3", "7", "1", "no"] in rows  # processes, not connections
     idle = [dict(c, state="idle") for c in batching]
     assert "idle (17)" in [row[2] for row in table_rows(rendered(running({}, workers=idle)))
                            if len(row) > 2]
