@@ -250,7 +250,7 @@ def _parse_header(frames: list[Frame]) -> dict[str, Any]:
     try:
         header = _DECODER.decode(str(frames[0], "utf-8"))
     except TypeError:
-        raise PayloadError("frame 0 is not a contiguous buffer") from None
+        raise PayloadError("frame 0 is not a contiguous byte buffer") from None
     except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, an
         # integer too long for int() (Python limits its digits, by default to 4300)
         raise PayloadError(f"header frame is not UTF-8 JSON: {exc}") from None
