@@ -97,7 +97,7 @@ class AsyncClient(ClientBase):
         drops = link.drops
         while True:
             until = min(self._until(link, deadline, connect_by), time.monotonic() + LOOK_EVERY)
-            link.socket.rcvtimeo = max(1, ms_until(until))
+            link.socket.setsockopt(zmq.RCVTIMEO, max(1, ms_until(until)))
             try:
                 frames = await link.socket.recv_multipart(copy=self.copy)
             except zmq.Again:
