@@ -483,6 +483,21 @@ def test_a_stopping_broker_answers_the_requests_it_holds(mdp_system):
     worker.signal(signal.SIGKILL)  # rather than wait for its 600 s request to end
 
 
+def test_the_asyncio_client_gives_up_a_slow_reply_after_its_timeout(mdp_system):
+    endpoint = mdp_system.ipc("bus")
+    mdp_system.serve(endpoint, "slow", 1)
+
+    async def ask(timeout: float) -> list:
+        async with AsyncClient(endpoint, timeout=timeout, retries=0) as client:
+            return await client.request("slow", "work", "0.8", "token")
+
+    start = time.monotonic()
+    with pytest.raises(RequestTimeout, match="within 0.3 s"):
+        asyncio.run(ask(0.3))
+    assert time.monotonic() - start < 0.75  # not the slow reply's 0.8 s, nor LOOK_EVERY's
+    assert asyncio.run(ask(5.0))[-1] == b"token"  # a timeout beyond LOOK_EVERY: waited
+
+
 def test_no_broker_is_a_clear_error_without_waiting_the_request_timeout(mdp_system):
     nowhere = mdp_system.ipc("nobody-here")
     with Client(nowhere, timeout=600, broker_timeout=1.0) as client:
