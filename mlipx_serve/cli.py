@@ -131,7 +131,9 @@ def serve_broker(
                                                "take to register before waiting clients get "
                                                "an error."),
     max_workers_per_model: int = typer.Option(1, help="Workers autostart may run per model "
-                                              "(per GPU with --gpus) while requests queue."),
+                                              "(per GPU with --gpus) while requests queue. "
+                                              "They share the CPU cores out (OMP_NUM_THREADS "
+                                              "and the like, unless set here)."),
     gpus: str = typer.Option("", "--gpus", metavar="0,1,...", help="Spread the workers "
                              "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES)."),
     batch_size: int = BATCH_SIZE,
@@ -198,21 +200,22 @@ def serve_broker(
         starter = None
         if autostart:
             from .autostart import AutostartConfig, Autostarter
-            from .launchers import LocalLauncher
+            from .launchers import LocalLauncher, thread_share
             from .slurm import SlurmOptions
 
+            config = AutostartConfig(
+                start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
+                max_workers=max_workers_per_model, heartbeat=heartbeat,
+                models_files=[str(p.absolute()) for p in models], gpus=len(_gpus(gpus)),
+                batch_size=batch_size, batch_wait=batch_wait, prefetch=prefetch)
             if cluster:
                 launch = _slurm_launcher(broker, cluster, SlurmOptions(
                     slurm_partition, slurm_gpus_per_worker or 0, slurm_time, slurm_account,
                     tuple(slurm_option)), orphan_timeout, slurm_poll, slurm_command_timeout)
             else:
                 launch = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
-                                       _gpus(gpus))
-            starter = Autostarter(broker, _registry(models), AutostartConfig(
-                start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
-                max_workers=max_workers_per_model, heartbeat=heartbeat,
-                models_files=[str(p.absolute()) for p in models], gpus=len(_gpus(gpus)),
-                batch_size=batch_size, batch_wait=batch_wait, prefetch=prefetch), launch)
+                                       _gpus(gpus), thread_share(config.workers_per_model))
+            starter = Autostarter(broker, _registry(models), config, launch)
         if cluster is None:
             _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
         else:  # in the loop: the bound port goes into the connection file

@@ -4,6 +4,7 @@ placement (`--gpus`)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -171,6 +172,8 @@ def test_gpus_share_out_the_autostarted_workers(serve_system: ServeSystem):
                               "--max-workers-per-model", "1")
     got = evaluate("gpu-emt", cells(80), broker=bus, max_in_flight=16)
     assert {result.calc.results["gpu"] for result in got} == {"0", "1"}
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))
+    assert {result.calc.results["threads"] for result in got} == {share}  # two workers
     run = serve_system.run(*[__import__("sys").executable, "-m", "mlipx_serve.cli"],
                            "serve-status", "--broker", bus, "--json")
     workers = json.loads(run.stdout)["status"]["workers"]

@@ -11,6 +11,7 @@ import pytest
 from mdp.core import Event
 from mlipx_serve import serve
 from mlipx_serve.autostart import wants_worker
+from mlipx_serve.launchers import thread_share
 from mlipx_serve.serve import (
     ServeError,
     missing_modules,
@@ -157,3 +158,9 @@ def test_a_worker_exempts_its_loaded_model_from_garbage_collection():
         assert gc.get_freeze_count() >= len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_workers_started_together_share_the_cores_out():
+    assert thread_share(1, cores=16) is None  # one worker may have them all
+    assert thread_share(4, cores=16) == 4
+    assert thread_share(3, cores=2) == 1

@@ -2,7 +2,8 @@
 
 ``counting-emt`` offers ``calculate_batch`` and tags each result with the batch it came
 in; a batch that holds uranium raises as a whole (one bad structure must then fail alone).
-``gpu-emt`` is slow and tags each result with the worker's CUDA_VISIBLE_DEVICES.
+``gpu-emt`` is slow and tags each result with the worker's CUDA_VISIBLE_DEVICES and
+OMP_NUM_THREADS.
 ``one-at-a-time-emt`` (for `--prefetch`) raises when two structures are computed at once,
 fills one forces array in place for every structure, as calculators that keep buffers do,
 and tags each result with the worker's pid.
@@ -43,6 +44,7 @@ class GpuEMT(EMT):
         time.sleep(0.05)
         super().calculate(*args, **kwargs)
         self.results["gpu"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.results["threads"] = os.environ.get("OMP_NUM_THREADS", "")
 
 
 class OneAtATimeEMT(EMT):
