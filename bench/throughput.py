@@ -42,6 +42,7 @@ from ase.build import bulk
 
 from mlipx_serve import RemoteCalculator, evaluate
 from mlipx_serve.broker_status import get_broker_status
+from mlipx_serve.launchers import THREAD_VARIABLES, thread_share
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"
@@ -103,12 +104,14 @@ def local_loop(calc, structures: list[Atoms]) -> None:
 class Process:
     """A child with its output in a log file; ended by its pid, never by name."""
 
-    def __init__(self, name: str, args: list[str], directory: Path):
+    def __init__(self, name: str, args: list[str], directory: Path,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.log = directory / f"{name}.log"
         with open(self.log, "wb") as out:
             self.popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
+                                          stdin=subprocess.DEVNULL,
+                                          env=None if env is None else {**os.environ, **env})
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -149,8 +152,11 @@ def start_workers(stack: ExitStack, directory: Path, model: str, workers: int,
                           batch_size)}
     for setup, (count, options, connections) in setups.items():
         name = f"{model}-{setup}"
-        started = [Process(f"{name}-{i}", [*CLI, "serve", name, *common, *options], directory)
-                   for i in range(count)]
+        threads = thread_share(count)  # the cores shared out, as autostart does
+        env = {} if threads is None else \
+            {var: os.environ.get(var, str(threads)) for var in THREAD_VARIABLES}
+        started = [Process(f"{name}-{i}", [*CLI, "serve", name, *common, *options], directory,
+                           env) for i in range(count)]
         for process in started:
             stack.callback(process.stop)
         wait_for(endpoint, name, count * connections, started)
