@@ -133,7 +133,8 @@ def serve_broker(
     max_workers_per_model: int = typer.Option(1, help="Workers autostart may run per model "
                                               "(per GPU with --gpus) while requests queue. "
                                               "They share the CPU cores out (OMP_NUM_THREADS "
-                                              "and the like, unless set here)."),
+                                              "and the like, unless this environment sets "
+                                              "them)."),
     gpus: str = typer.Option("", "--gpus", metavar="0,1,...", help="Spread the workers "
                              "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES)."),
     batch_size: int = BATCH_SIZE,

@@ -104,7 +104,7 @@ def thread_share(workers: int, cores: int | None = None) -> int | None:
     """CPU threads each of ``workers`` worker processes on one machine may use: its cores
     shared out, or None for a single worker, which may have them all. Without a share each
     process's thread pools (torch's, BLAS's) take every core: two CHGNet workers on two
-    cores evaluated 1-2 structures/s that way, and 5.8-7.6 with one thread each."""
+    cores evaluated 1-2 structures/s that way, and 5.8-7.9 with one thread each."""
     if workers <= 1:
         return None
     return max(1, (cores or os.cpu_count() or 1) // workers)
