@@ -52,6 +52,7 @@ from ase.calculators.socketio import SocketClient, SocketIOCalculator
 
 from mlipx_serve.broker_status import available_models, get_broker_status
 from mlipx_serve.calculator import RemoteCalculator
+from mlipx_serve.launchers import end_processes
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"
@@ -97,17 +98,7 @@ class Service:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 10.0) -> None:
-        stop_process(self.proc, timeout)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_processes([self.proc], timeout)
 
 
 def wait_for_model(endpoint: str, model: str, worker: Service, timeout: float) -> None:
@@ -188,7 +179,7 @@ def socketio_system(atoms: Atoms) -> Iterator[System]:
     finally:
         calc.close()
         for proc in clients:
-            stop_process(proc)
+            end_processes([proc], 10.0)
 
 
 @contextmanager
@@ -302,6 +293,7 @@ SERVED_SCRIPT = """
 import sys
 from ase.build import bulk
 from mlipx_serve.calculator import RemoteCalculator
+from mlipx_serve.launchers import end_processes
 atoms = bulk("Si", "diamond", a=5.43, cubic=True)
 atoms.calc = RemoteCalculator("chgnet", broker=sys.argv[1], timeout=120)
 print("ENERGY", atoms.get_potential_energy(), flush=True)
@@ -329,7 +321,7 @@ def first_energy(script: str, *args: str) -> tuple[float, float]:
         raise RuntimeError(f"{command[:3]} ended without an energy (exit {proc.wait()})")
     finally:
         proc.stdout.close()
-        stop_process(proc, 30.0)
+        end_processes([proc], 30.0)
 
 
 def measure_chgnet(runs: int) -> dict[str, list[tuple[float, float]]]:

@@ -42,7 +42,7 @@ from ase.build import bulk
 
 from mlipx_serve import RemoteCalculator, evaluate
 from mlipx_serve.broker_status import get_broker_status
-from mlipx_serve.launchers import THREAD_VARIABLES, thread_share
+from mlipx_serve.launchers import THREAD_VARIABLES, end_processes, thread_share
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"
@@ -114,13 +114,7 @@ class Process:
                                           env=None if env is None else {**os.environ, **env})
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        end_processes([self.popen], 15)
 
 
 def wait_for(endpoint: str, name: str, connections: int, processes: list[Process]) -> None:

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlipx_serve.launchers import end_processes
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo",
            "srun")
@@ -125,13 +127,7 @@ class SingleNodeSlurm:
     def stop(self) -> None:
         """SIGTERM each daemon by its pid, the last started first; SIGKILL what lingers."""
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end_processes([proc], 10)
         self.procs = []
 
     def run(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
