@@ -37,19 +37,11 @@ def start(stack: ExitStack, label: str, threads: int | None) -> str:
     broker = Process(f"broker-{label}", [*CLI, "serve-broker", "--path", endpoint], directory)
     stack.callback(broker.stop)
     wait_for_broker(endpoint, broker)
-    saved = {name: os.environ.pop(name, None) for name in THREAD_VARIABLES}
-    if threads is not None:
-        os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
-    try:
-        workers = [Process(f"chgnet-{label}-{i}", [*CLI, "serve", "chgnet", "--broker",
-                                                    f"ipc://{directory}/b-workers.ipc",
-                                                    "--no-uv", "--timeout", "0"], directory)
-                   for i in range(2)]
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None)
-            if value is not None:
-                os.environ[name] = value
+    env = {} if threads is None else {name: str(threads) for name in THREAD_VARIABLES}
+    workers = [Process(f"chgnet-{label}-{i}", [*CLI, "serve", "chgnet", "--broker",
+                                                f"ipc://{directory}/b-workers.ipc", "--no-uv",
+                                                "--timeout", "0"], directory, env)
+               for i in range(2)]
     for worker in workers:
         stack.callback(worker.stop)
     wait_for(endpoint, "chgnet", 2, workers)
@@ -63,6 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     if importlib.util.find_spec("chgnet") is None:
         sys.exit("chgnet is not installed: pip install torch==2.13.0 chgnet")
+    already = [name for name in THREAD_VARIABLES if name in os.environ]
+    if already:
+        sys.exit(f"unset {', '.join(already)}: the comparison needs torch's default pools")
     share = thread_share(2)
     structures = cells(args.structures)
     with ExitStack() as stack:
