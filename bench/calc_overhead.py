@@ -7,7 +7,8 @@ the transport:
 - local: the calculator in this process;
 - RemoteCalculator: client -> broker -> worker and back, broker and worker in processes
   of their own (``mlipx serve-broker``, ``mlipx serve zero --models bench/models.py``),
-  over IPC sockets;
+  over IPC sockets; asking by name alone, and ("RemoteCalc.+model") with the model's
+  definition in each request, which the worker checks (protocol/model-definition.md);
 - SocketIOCalculator: ASE's own client-server calculator (i-PI protocol over a unix
   socket), its client side (``SocketClient`` with the same calculator) in another process.
 
@@ -49,9 +50,11 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.socketio import SocketClient, SocketIOCalculator
+from bench_calculators import ZeroCalculator
 
 from mlipx_serve.broker_status import available_models, get_broker_status
 from mlipx_serve.calculator import RemoteCalculator
+from mlipx_serve.definition import Definition
 from mlipx_serve.launchers import end_processes
 
 BENCH = Path(__file__).resolve().parent
@@ -75,10 +78,7 @@ def make_atoms(count: int) -> Atoms:
 
 
 def zero_calculator() -> Calculator:
-    spec = importlib.util.spec_from_file_location("bench_models", MODELS_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ZeroCalculator()
+    return ZeroCalculator()
 
 
 # ------------------------------------------------------------ processes
@@ -154,13 +154,24 @@ def process_cpu(pid: int) -> float:
 
 
 @contextmanager
-def remote_system(atoms: Atoms) -> Iterator[System]:
+def remote_system(atoms: Atoms, definition: Definition | None = None) -> Iterator[System]:
+    """``definition``: each request names the model, which its worker checks."""
     with served("zero", ["--models", str(MODELS_FILE)]) as (endpoint, procs):
-        calc = RemoteCalculator("zero", broker=endpoint, timeout=60.0)
+        calc = RemoteCalculator("zero", broker=endpoint, timeout=60.0, definition=definition)
         try:
             yield System(attach(atoms, calc), procs)
         finally:
             calc.close()
+
+
+def checked_remote_system(atoms: Atoms) -> Iterator[System]:
+    return remote_system(atoms, zero_definition())
+
+
+def zero_definition() -> Definition:
+    from models import ZERO  # bench/models.py, as this script's folder is on the path
+
+    return ZERO.definition()
 
 
 @contextmanager
@@ -203,6 +214,7 @@ def run_socketio_client(unixsocket: str, count: int) -> None:
 SYSTEMS: dict[str, Callable] = {
     "local": local_system,
     "RemoteCalculator": remote_system,
+    "RemoteCalc.+model": checked_remote_system,  # the model's fingerprint, checked
     "SocketIOCalculator": socketio_system,
 }
 
@@ -273,6 +285,10 @@ def report_overhead(count: int, calls: int, results: Results) -> None:
               f" {duration(cpu):>10} {extra[1]:>10}")
     for kind in ("wall", "cpu"):
         report_ratio(kind, added["RemoteCalculator"][kind], added["SocketIOCalculator"][kind])
+    checked = {kind: added["RemoteCalc.+model"][kind] - added["RemoteCalculator"][kind]
+               for kind in ("wall", "cpu")}
+    print(f"  the model's definition in each request, checked by the worker: "
+          f"{duration(checked['wall'])} wall, {duration(checked['cpu'])} CPU per call")
     remote = results["RemoteCalculator"]["parts"]
     parts = [statistics.median(column) for column in zip(*remote, strict=True)]
     print("  RemoteCalculator's CPU per call: " + ", ".join(

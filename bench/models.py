@@ -2,68 +2,28 @@
 
 ``bench/calc_overhead.py`` serves ``zero``, a calculator that does almost no work, and runs
 the same calculator locally and behind ASE's SocketIOCalculator, so that what the timings
-differ by is the transport, not the model.
+differ by is the transport, not the model. It is a model definition (module, class), so
+that requests may name it and its worker checks them (protocol/model-definition.md).
 
 ``bench/throughput.py`` serves EMT under several names (one per worker set-up), and
-``device``: a stand-in for a model on a GPU, which keeps the host CPU free while it works
-(it sleeps) and costs a fixed time per call plus a little per structure, so that a batch
-costs far less than its structures one by one.
+``device``: a stand-in for a model on a GPU (``bench_calculators.DeviceLikeCalculator``).
 """
 
 from __future__ import annotations
 
-import os
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 
+from mlipx_serve import GenericASECalculator
 from mlipx_serve.registry import BUILTIN_MODELS
 
-DEVICE_CALL = float(os.environ.get("BENCH_DEVICE_CALL", "0.001"))  # seconds per model call
-DEVICE_STRUCTURE = float(os.environ.get("BENCH_DEVICE_STRUCTURE", "0.0002"))  # and each
-
-
-class ZeroCalculator(Calculator):
-    """Energy, forces and stress of the right shapes, all zero: the cheapest honest reply.
-
-    ``np.zeros`` hands back fresh pages without touching them, so even 100,000 atoms cost
-    next to nothing here, yet every array has the shape and dtype a real model returns.
-    """
-
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        self.results = {
-            "energy": 0.0,
-            "free_energy": 0.0,
-            "forces": np.zeros((len(self.atoms), 3)),
-            "stress": np.zeros(6),
-        }
-
-
-class ZeroModel:
-    """A registry entry: anything with ``get_calculator()`` will do."""
-
-    name = "zero"
-
-    def get_calculator(self, **kwargs) -> Calculator:
-        return ZeroCalculator()
-
-
-class DeviceLikeCalculator(ZeroCalculator):
-    """Sleeps as a GPU model computes: a fixed cost per call plus a small one per structure."""
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        time.sleep(DEVICE_CALL + DEVICE_STRUCTURE)
-        super().calculate(atoms, properties, system_changes)
-
-    def calculate_batch(self, structures, properties):
-        time.sleep(DEVICE_CALL + DEVICE_STRUCTURE * len(structures))
-        return [{"energy": 0.0, "free_energy": 0.0, "forces": np.zeros((len(atoms), 3)),
-                 "stress": np.zeros(6)} for atoms in structures]
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # bench_calculators, for the workers
+    sys.path.insert(0, HERE)
+from bench_calculators import DeviceLikeCalculator  # noqa: E402
 
 
 class Build:
@@ -74,7 +34,8 @@ class Build:
         return self.calculator()
 
 
-ALL_MODELS = {"zero": ZeroModel(), "device": Build(DeviceLikeCalculator), "emt": Build(EMT),
+ZERO = GenericASECalculator(module="bench_calculators", class_name="ZeroCalculator")
+ALL_MODELS = {"zero": ZERO, "device": Build(DeviceLikeCalculator), "emt": Build(EMT),
               "chgnet": BUILTIN_MODELS["chgnet"]}
 # One name per worker set-up of bench/throughput.py, so that all can wait side by side.
 ALL_MODELS.update({f"{model}-{setup}": ALL_MODELS[model] for model in ("emt", "device", "chgnet")

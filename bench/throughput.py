@@ -25,7 +25,6 @@ table shows the median structures/s over repetitions and the ratios the targets 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
@@ -68,10 +67,9 @@ def local_calculator(model: str):
         from ase.calculators.emt import EMT
 
         return EMT()
-    spec = importlib.util.spec_from_file_location("bench_models", MODELS_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DeviceLikeCalculator()
+    from bench_calculators import DeviceLikeCalculator  # (this script's folder is on the path)
+
+    return DeviceLikeCalculator()
 
 
 # ------------------------------------------------------------ the compared systems

@@ -93,6 +93,14 @@ class ServiceStartFailed(BrokerError):
     reason = "start-failed"
 
 
+class ServiceUnknown(BrokerError):
+    """Nothing serves the service and nothing will: the broker (or a layer above it that
+    starts workers) knows no way to serve it, and says so rather than let it wait."""
+
+    code = 404
+    reason = "unknown-service"
+
+
 class ServiceNameTooLong(BrokerError):
     """The service name is longer than the broker accepts (protocol.MAX_SERVICE_NAME)."""
 
@@ -119,7 +127,7 @@ class WorkerError(MDPError):
 
 _BY_REASON = {cls.reason: cls for cls in (RequestExpired, QueueFull, BrokerStopping,
                                           AttemptsExhausted, ServiceStartFailed,
-                                          ServiceNameTooLong)}
+                                          ServiceUnknown, ServiceNameTooLong)}
 
 
 def reserved_marker(body: Sequence[Any]) -> bytes | None:

@@ -14,6 +14,7 @@ opens nothing: whoever holds the broker's secret key can pose as the broker anyw
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import shutil
@@ -27,16 +28,23 @@ import zmq.auth
 
 from mdp.broker import Broker
 from mdp.core import Event
-from mdp.errors import ServiceStartFailed
+from mdp.errors import ServiceStartFailed, ServiceUnknown
 from mdp.security import load_key_file
 
+from .definition import Definition
+from .errors import DefinitionError
 from .extras import model_extras
+from .generic import model_from
 from .launchers import Launch, Launcher
+from .routing import DEFINE_SERVICE
+from .serve import served_definition
 
 log = logging.getLogger("mlipx_serve.autostart")
 
 CHECK_INTERVAL = 0.25
 LOG_TAIL_LINES = 20
+MAX_CLIENT_DEFINITIONS = 1000  # models clients may define, for the broker's lifetime
+OFFER_SHOWN = 12  # closest model names listed for a name the broker does not know
 
 
 def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
@@ -80,18 +88,27 @@ class AutostartConfig:
 
 
 class Autostarter:
-    """Starts workers on demand through a ``Launcher`` (local processes or SLURM jobs)."""
+    """Starts workers on demand through a ``Launcher`` (local processes or SLURM jobs),
+    for the models of its registry and for those clients define (``define``).
+
+    ``refuse_definitions``: why clients may not have workers started from definitions of
+    their own (a plain tcp endpoint: whoever reaches it could run any code), or "" when
+    they may."""
 
     def __init__(self, broker: Broker, registry: Mapping[str, object], config: AutostartConfig,
-                 launcher: Launcher):
+                 launcher: Launcher, refuse_definitions: str = ""):
         self.broker = broker
-        self.registry = registry
+        self.registry = dict(registry)
         self.config = config
         self.launcher = launcher
+        self.refuse_definitions = refuse_definitions
+        self.definitions = {name: served_definition(model) for name, model in registry.items()}
+        self.by_clients: dict[str, Definition] = {}  # the services clients defined
         self.starting: dict[str, Launch] = {}
         self._checking = False
         broker.add_hook(self.on_event)
         broker.add_mmi_handler("mmi.mlipx", self.mmi_status)
+        broker.add_mmi_handler(DEFINE_SERVICE, self.define)
 
     # ------------------------------------------------------------ events
 
@@ -101,13 +118,62 @@ class Autostarter:
             if start is not None:
                 log.info("worker for '%s' came up in %.1f s", event.service,
                          time.monotonic() - start.started_at)
-        elif event.service in self.registry and wants_worker(
-                event, event.service in self.starting, self.config.workers_per_model):
+        elif event.kind == "demand" and event.service not in self.registry:
+            if event.workers == 0:  # nothing serves it, nothing will: say so at once
+                self.broker.fail_queued(event.service, self._unknown(event.service))
+        elif wants_worker(event, event.service in self.starting, self.config.workers_per_model):
             self.start(event.service)
 
     def start(self, name: str) -> None:
-        self.starting[name] = self.launcher.launch(name, self.config.worker_options())
+        options = self.config.worker_options()
+        if name in self.by_clients:
+            options += ["--definition", json.dumps(self.by_clients[name].to_json())]
+        self.starting[name] = self.launcher.launch(name, options)
         self._schedule_check()
+
+    def _unknown(self, name: str) -> ServiceUnknown:
+        offered = difflib.get_close_matches(name, list(self.registry), n=OFFER_SHOWN,
+                                            cutoff=0.0)
+        return ServiceUnknown(
+            f"this broker has no worker for '{name}' and no model of that name to start; it "
+            f"offers {', '.join(offered)}. A model of your own: put it in a models file "
+            f"(ALL_MODELS) and start a worker with `mlipx serve {name} --models FILE`, or "
+            f"restart the broker with `--models FILE`", name)
+
+    # ------------------------------------------------------------ client definitions
+
+    def define(self, body: list) -> list[bytes]:
+        """``mmi.mlipx.define``: serve the model a client defines (protocol/
+        model-definition.md 5). Answers 200 and the service that serves it (one of the
+        registry's when it is defined alike, else one of its own, which workers are then
+        started for), or 400/403 and why not."""
+        if self.refuse_definitions:
+            return [b"403", self.refuse_definitions.encode()]
+        try:
+            definition = Definition.from_json(json.loads(bytes(body[0]) if body else b""))
+        except (ValueError, DefinitionError) as error:  # (JSON's errors are ValueErrors)
+            return [b"400", f"not a model definition: {error}".encode()]
+        name = self._serving(definition)
+        if name is None:
+            if len(self.by_clients) >= MAX_CLIENT_DEFINITIONS:
+                return [b"403", f"this broker serves {MAX_CLIENT_DEFINITIONS} models that "
+                                f"clients defined already; restart it for more".encode()]
+            name = definition.own_service()
+            self.by_clients[name] = definition
+            self.definitions[name] = definition
+            self.registry[name] = model_from(definition)
+            log.info("serving '%s' as clients define it: %s", name, definition.short())
+        return [b"200", name.encode()]
+
+    def _serving(self, definition: Definition) -> str | None:
+        """A service of the registry that is this definition, the definition's own name
+        first."""
+        for name in dict.fromkeys([definition.name, definition.own_service(),
+                                   *sorted(self.definitions)]):
+            known = self.definitions.get(name)
+            if known is not None and known.fingerprint == definition.fingerprint:
+                return name
+        return None
 
     # ------------------------------------------------------------ checks
 
@@ -144,8 +210,7 @@ class Autostarter:
 
     def mmi_status(self, body: list) -> list[bytes]:
         now = time.monotonic()
-        models = {name: {"extras": model_extras(model), "autostart": True}
-                  for name, model in self.registry.items()}
+        models = {name: self._describe(name, model) for name, model in self.registry.items()}
         status = {
             "autostart": True,
             "models": models,
@@ -162,6 +227,14 @@ class Autostarter:
             **self.launcher.status(),
         }
         return [json.dumps(status).encode()]
+
+    def _describe(self, name: str, model: object) -> dict:
+        definition = self.definitions.get(name)
+        return {"extras": model_extras(model), "autostart": True,
+                "defined_by": "client" if name in self.by_clients else "broker",
+                "fingerprint": definition.fingerprint if definition else None,
+                "definition": dict(definition.identity) if definition else None,
+                "short": definition.short() if definition else None}
 
     def stop_all(self, grace: float = 10.0) -> None:
         """End every worker this broker started; called after the broker's loop ends."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from mdp.errors import MDPError
 from .paths import curve_options, default_broker
 
 PROBE_TIMEOUT = 2.0
+OFFER_SHOWN = 12  # model names listed when a name is not among them
 
 
 def _mmi_json(broker: str, service: str, timeout: float, curve: dict) -> Any:
@@ -53,9 +55,33 @@ def describe_wait(status: dict, model: str) -> str:
         return f"its worker has been starting for {starting[model]:.0f} s ({doing})"
     info = available_models(status).get(model)
     if not info or not info["workers"]:
-        return "no worker serves it; start one with `mlipx serve " + model + "`"
+        return f"no worker serves it; {how_to_serve(status, model)}"
     return (f"{info['busy']} of {info['workers']} worker(s) busy, "
             f"{info['queued']} request(s) queued")
+
+
+def describe_offer(status: dict, wanted: str) -> str:
+    """What the broker offers instead of ``wanted`` (closest names first), and how to
+    serve ``wanted`` there."""
+    offered = closest_first(list(available_models(status)), wanted)
+    listing = ", ".join(offered[:OFFER_SHOWN]) + (", ..." if len(offered) > OFFER_SHOWN
+                                                   else "")
+    return f"it offers {listing or 'no model yet'}; {how_to_serve(status, wanted)}"
+
+
+def closest_first(names: list[str], wanted: str) -> list[str]:
+    return difflib.get_close_matches(wanted, names, n=len(names), cutoff=0.0)
+
+
+def how_to_serve(status: dict, model: str) -> str:
+    """The command that starts a worker for ``model`` beside this broker."""
+    from .registry import BUILTIN_MODELS
+
+    where = "" if status["broker"] == default_broker() else f" --broker {status['broker']}"
+    if model in BUILTIN_MODELS:
+        return f"start a worker with `mlipx serve {model}{where}`"
+    return (f"start a worker with `mlipx serve {model} --models FILE{where}`, FILE a "
+            f"models.py whose ALL_MODELS defines it")
 
 
 def available_models(status: dict) -> dict[str, dict]:

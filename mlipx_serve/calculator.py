@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ase.calculators.calculator import Calculator, all_changes
 
 from mdp.client import Client
-from mdp.errors import BrokerUnavailable, MDPError, WorkerError
+from mdp.errors import BrokerUnavailable, MDPError, ServiceStartFailed, WorkerError
 
 from . import environment
 from .broker_status import describe_wait, get_broker_status
 from .changes import changes
+from .definition import Definition
 from .errors import (
+    DefinitionMismatch,
     PayloadError,
     RemoteCalculationError,
     RemoteError,
     RemotePropertyNotImplementedError,
+    ServiceStartFailedError,
     ServingError,
 )
 from .paths import curve_options, default_broker
@@ -45,6 +49,14 @@ class RemoteCalculator(Calculator):
     uses CURVE is reached with the key files given, or else those the environment names
     (``paths.curve_options``).
 
+    ``model`` is the service's name. With ``definition`` (a model's ``definition()``) every
+    request names that model, and a worker that serves another refuses it
+    (``DefinitionMismatch``) rather than compute it; without, the service's model is
+    taken as it is. ``fallback`` builds a local calculator that this one computes with
+    from then on, with a warning, should the model's worker fail to start or serve another
+    model (``get_calculator(use_serve=True)`` gives one; a RemoteCalculator made by hand
+    raises instead).
+
     Failures are ASE's exception types: ``RemoteCalculationError`` (a
     ``CalculationFailed``) when the model raised, ``RemotePropertyNotImplementedError``
     when it lacks a property, ``ServingError`` (a ``CalculationFailed`` too) when the bus
@@ -58,14 +70,19 @@ class RemoteCalculator(Calculator):
                               "stresses", "magmom", "magmoms", "charges", "dipole"]
 
     def __init__(self, model: str, broker: str | None = None, timeout: float | None = None,
-                 *, broker_timeout: float = BROKER_TIMEOUT, curve_server_key: str | None = None,
+                 *, definition: Definition | None = None,
+                 fallback: Callable[[], Calculator] | None = None,
+                 broker_timeout: float = BROKER_TIMEOUT, curve_server_key: str | None = None,
                  curve_secret_key: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.model = model
+        self.definition = definition
         self.broker = broker or default_broker()
         self.timeout = default_timeout() if timeout is None else timeout
         self.broker_timeout = broker_timeout
         self.curve = curve_options(curve_server_key, curve_secret_key)
+        self._fallback = fallback
+        self._local: Calculator | None = None  # what it computes with once it fell back
         self._client: Client | None = None
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
@@ -74,25 +91,39 @@ class RemoteCalculator(Calculator):
 
     def todict(self) -> dict[str, Any]:
         """What trajectories and logs record of this calculator."""
-        return {"model": self.model, "broker": self.broker}
+        found = {"model": self.model, "broker": self.broker}
+        if self.definition is not None:
+            found["definition"] = dict(self.definition.identity)
+        return found
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if self._local is not None:
+            self._compute_locally(properties)
+            return
         wanted = {"energy", "forces", *properties}
         if self.atoms.pbc.any():
             wanted.add("stress")
-        frames = encode_request(self.atoms, sorted(wanted))
+        frames = encode_request(self.atoms, sorted(wanted), self.definition)
         try:
             reply = self._request(frames)
-        except WorkerError as error:
-            raise remote_error(error, self.model) from None
-        except MDPError as error:
-            raise serving_error(error, self.model, self.broker) from error
-        try:
             self.results = dict(decode_reply(reply))
-        except RemoteError as error:  # an error reply of payload version 1
-            error.model = self.model
-            raise
+        except (WorkerError, MDPError, RemoteError) as error:
+            failure = served_error(error, self.model, self.broker)
+            if self._fallback is None or not isinstance(failure, FALLS_BACK):
+                raise failure from failure.__cause__
+            self._fall_back(failure)
+            self._compute_locally(properties)
+
+    def _fall_back(self, failure: Exception) -> None:
+        log.warning("model '%s' is computed locally from now on: %s", self.model, failure)
+        self._local, self._fallback = self._fallback(), None
+        self.close()
+
+    def _compute_locally(self, properties) -> None:
+        for name in properties:
+            self._local.get_property(name, self.atoms)
+        self.results = dict(self._local.results)
 
     def _request(self, frames: list) -> list:
         if self._client is None:
@@ -122,12 +153,31 @@ class RemoteCalculator(Calculator):
             pass
 
 
+# Failures after which a calculator built with a fallback computes locally instead: its
+# model's worker could not start, or serves another model than the one defined.
+FALLS_BACK = (DefinitionMismatch, ServiceStartFailedError)
+
+
+def served_error(error: Exception, model: str, broker: str) -> Exception:
+    """The ASE-typed exception for a failed served calculation (its ``__cause__`` the bus's
+    own error, where the bus failed)."""
+    if isinstance(error, WorkerError):
+        return remote_error(error, model)
+    if isinstance(error, MDPError):
+        failure = serving_error(error, model, broker)
+        failure.__cause__ = error
+        return failure
+    error.model = model  # a RemoteError: an error reply of payload version 1
+    return error
+
+
 def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
     """The ASE-typed exception for what the bus said; raise it ``from`` that error."""
     if isinstance(error, BrokerUnavailable):
         return ServingError(f"model '{model}': no model broker answers at {broker}; start one "
                             f"with `mlipx serve-broker --autostart` ({error})")
-    return ServingError(f"model '{model}' via {broker}: {error}")
+    kind = ServiceStartFailedError if isinstance(error, ServiceStartFailed) else ServingError
+    return kind(f"model '{model}' via {broker}: {error}")
 
 
 def remote_error(error: WorkerError, model: str) -> Exception:
@@ -136,6 +186,9 @@ def remote_error(error: WorkerError, model: str) -> Exception:
     if error.error_type == "PayloadError":
         return PayloadError(f"worker {worker or '?'} of model '{model}' refused the request: "
                             f"{error.message}")
+    if error.error_type == "DefinitionMismatch":
+        return DefinitionMismatch(f"worker {worker or '?'} of '{model}' refused the request: "
+                                  f"{error.message}")
     kind = RemotePropertyNotImplementedError if \
         error.error_type == "PropertyNotImplementedError" else RemoteCalculationError
     return kind(error.error_type, error.message, getattr(error, "traceback", "") or "",

@@ -173,6 +173,11 @@ def serve_broker(
     slurm_poll: float = typer.Option(5.0, "--slurm-poll", help="Seconds between squeue "
                                      "calls while the broker has jobs."),
     slurm_command_timeout: float = SLURM_COMMAND_TIMEOUT,
+    accept_definitions: bool = typer.Option(
+        False, "--accept-definitions", help="With --autostart: start workers from the model "
+        "definitions clients send on a plain tcp --path too. Anyone who reaches that port "
+        "can then run code of their choice here; without it, definitions are taken only on "
+        "an ipc path (private to you) and from CURVE-admitted clients."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Run the model broker until Ctrl-C or SIGTERM."""
@@ -216,7 +221,9 @@ def serve_broker(
             else:
                 launch = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
                                        _gpus(gpus), thread_share(config.workers_per_model))
-            starter = Autostarter(broker, _registry(models), config, launch)
+            refusal = _definitions_refused(endpoint, curve_secret_key, curve_clients,
+                                           accept_definitions)
+            starter = Autostarter(broker, _registry(models), config, launch, refusal)
         if cluster is None:
             _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
         else:  # in the loop: the bound port goes into the connection file
@@ -227,6 +234,19 @@ def serve_broker(
             shutil.rmtree(admitted, ignore_errors=True)
         if cluster is not None:
             cluster.close()
+
+
+def _definitions_refused(endpoint: str, curve_key: Path | None, clients: Path | None,
+                         accepted: bool) -> str:
+    """Why clients' model definitions are refused here, or "" when they are taken: from
+    whoever can reach the endpoint, a definition means code of their choice run here."""
+    if accepted or endpoint.startswith("ipc://") or (curve_key and clients):
+        return ""
+    return (f"the broker at {endpoint} takes model definitions only from trusted clients "
+            f"(its ipc path, or CURVE-admitted keys), and this endpoint has neither: anyone "
+            f"who reaches it could run code of their choice there. Restart it with "
+            f"--curve-secret-key and --curve-clients, or, on a network you trust, with "
+            f"--accept-definitions")
 
 
 def _check_slurm_options(autostart: bool, gpus: str, curve_key: Path | None,
@@ -350,6 +370,11 @@ def serve(
         None, "--factory", exists=True, dir_okay=False,
         help="Serve the calculator a pickled Python function builds (a private file that "
              "mlipx_serve.serve_model writes; read once, then deleted)."),
+    definition: str | None = typer.Option(
+        None, "--definition", metavar="JSON", help="Serve the model this definition "
+        "describes (module, class, kwargs: protocol/model-definition.md), in place of one "
+        "from the models files: what an autostarting broker gives the workers of a model "
+        "a client defined."),
     exit_with: int | None = typer.Option(
         None, "--exit-with", metavar="PID",
         help="Leave, after the request in hand, when process PID ends (autostarted "
@@ -375,7 +400,8 @@ def serve(
         paths.worker_endpoint(paths.default_broker())
     curve = {} if connection else _client_curve(curve_server_key, curve_secret_key)
     try:
-        model = _factory_model(name, factory) if factory else find_model(name, _registry(models))
+        model = _factory_model(name, factory) if factory else \
+            _defined_model(definition) if definition else find_model(name, _registry(models))
         if not no_uv:
             reexec_under_uv(model, sys.argv[1:])
     except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
@@ -499,6 +525,16 @@ def serve_submit(
               ("" if told else "; the broker did not answer, so it shows them once it "
                                "looks at squeue again"))
     print(" ".join(ids))
+
+
+def _defined_model(text: str):
+    from .definition import Definition
+    from .generic import model_from
+
+    try:
+        return model_from(Definition.from_json(json.loads(text)))
+    except ValueError as error:  # (a DefinitionError, or not JSON)
+        _fail(f"--definition is not a model definition: {error}")
 
 
 def _factory_model(name: str, path: Path):

@@ -51,6 +51,22 @@ class ServingError(MlipxServeError, CalculationFailed):
     that failed to start. ``__cause__`` is the bus's own error (an ``mdp.MDPError``)."""
 
 
+class NotServed(ServingError):
+    """A model cannot be served now (no broker, no worker and none to be started, a
+    definition no worker can rebuild); the message says why and what fixes it."""
+
+
+class ServiceStartFailedError(ServingError):
+    """The worker for a model was started on demand and did not come up; the message
+    carries why (an exit code, a job's state) and the worker's last lines of output."""
+
+
+class DefinitionMismatch(ServingError):
+    """A worker refused a request for another model than the one it serves (its
+    definition's fingerprint differs from the request's); the message names the
+    differences. Raised on the worker, and again in the client that sent the request."""
+
+
 class ModelUnavailableError(MlipxServeError, ImportError):
     """A model's Python package is not installed here.
 
@@ -63,6 +79,11 @@ class ModelUnavailableError(MlipxServeError, ImportError):
         self.module = module
         self.extras = extras
         self.model = model
+
+
+class DefinitionError(MlipxServeError, ValueError):
+    """A model definition has no canonical form (a keyword argument that is not plain
+    JSON data) or is malformed; the message names the field."""
 
 
 class RegistryError(MlipxServeError, ValueError):

@@ -21,7 +21,8 @@ from typing import Any
 from ase.calculators.calculator import Calculator
 
 from mlipx_serve import environment
-from mlipx_serve.errors import ModelUnavailableError
+from mlipx_serve.definition import Definition
+from mlipx_serve.errors import DefinitionError, ModelUnavailableError
 from mlipx_serve.extras import EXTRAS, model_extras
 
 logger = logging.getLogger(__name__)
@@ -73,14 +74,17 @@ def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
     return bool(use_serve)
 
 
-def _served_calculator(name: str, **kwargs: Any) -> Calculator | None:
+def _served_calculator(model: Servable, call_kwargs: dict[str, Any]) -> Calculator | None:
     """Hook to the bus client, imported lazily so this module stays socket-free."""
     try:
         from mlipx_serve.served import served_calculator_or_none
     except ImportError as exc:
-        logger.warning("cannot serve model %r: the bus client failed to import: %s", name, exc)
+        logger.warning("model %r is computed locally: the bus client failed to import (%s)",
+                       model.label(), exc)
         return None
-    return served_calculator_or_none(name, **kwargs)
+    return served_calculator_or_none(
+        model, call_kwargs=call_kwargs,
+        fallback=lambda: model.build_local_calculator(**call_kwargs))
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -94,8 +98,9 @@ def _split_target(target: str) -> tuple[str, str]:
 class Servable:
     """The serving half of a model definition: ``get_calculator()`` prefers the served model.
 
-    For classes with a ``name`` (the MDP service name) and ``build_local_calculator``:
-    ours below, and mlipx's own ``GenericASECalculator`` once ``mlipx_plugin`` extends it.
+    For classes with a ``name``, ``definition()`` (what the model is, for the fingerprint
+    that a worker checks: ``mlipx_serve.definition``) and ``build_local_calculator``: ours
+    below, and mlipx's own ``GenericASECalculator`` once ``mlipx_plugin`` extends it.
     """
 
     name: str | None
@@ -103,14 +108,17 @@ class Servable:
     def get_calculator(self, use_serve: bool | None = None, **kwargs: Any) -> Calculator:
         """Served calculator when asked for and reachable, else a local one.
 
-        ``use_serve=None`` follows ``MLIPX_USE_SERVE``. Falling back rather than failing
-        keeps scripts running when no broker is up; the warning says so, because the run
-        is then slower or uses local memory.
+        ``use_serve=None`` follows ``MLIPX_USE_SERVE``. The served model is exactly this
+        definition (with ``kwargs``), whatever its name: one served under the same name
+        but defined otherwise is never used. Falling back rather than failing keeps
+        scripts running when no broker is up; one warning says why, because the run is
+        then slower or uses local memory. A served model whose worker then fails to start
+        falls back too, at its first calculation.
         """
         if use_serve is None:
             use_serve = use_serve_from_env()
         if use_serve:
-            served = self._try_served(**kwargs)
+            served = _served_calculator(self, kwargs)
             if served is not None:
                 return served
         return self.build_local_calculator(**kwargs)
@@ -118,37 +126,23 @@ class Servable:
     def build_local_calculator(self, **kwargs: Any) -> Calculator:
         raise NotImplementedError
 
-    def service_name(self) -> str | None:
-        """``name``, else the name of a built-in model defined exactly like this one, so
-        that ``GenericASECalculator(module="ase.calculators.emt", class_name="EMT")``
-        in an mlipx pipeline is served as "emt"."""
-        if self.name is not None:
-            return self.name
-        from mlipx_serve.registry import builtin_name_of
+    def definition(self, **kwargs: Any) -> Definition:
+        """What this model is, called with ``kwargs``; a ``DefinitionError`` when that has
+        no canonical form."""
+        raise NotImplementedError
 
-        return builtin_name_of(self)
+    def label(self) -> str:
+        return self.name or f"{getattr(self, 'module', '?')}:{getattr(self, 'class_name', '?')}"
 
-    def _try_served(self, **kwargs: Any) -> Calculator | None:
-        name = self.service_name()
-        if name is None:
-            logger.warning(
-                "serving was requested for %s.%s but it has no name, so no service to ask "
-                "for; computing locally. Give it name=... or load it from a models file.",
-                getattr(self, "module", "?"),
-                getattr(self, "class_name", "?"),
-            )
-            return None
-        served = _served_calculator(name, **kwargs)
-        if served is None:
-            logger.warning(
-                "model %r could not be served over the bus (reason logged above); computing "
-                "with a local calculator in this process instead. To fix, start it with "
-                "`mlipx serve %s`, or set %s=0 to run locally without this warning.",
-                name,
-                name,
-                environment.USE_SERVE,
-            )
-        return served
+    def _builds_like(self, defined: type) -> None:
+        """A subclass that builds its calculator its own way is not what its fields
+        define: a worker rebuilding it from them would compute another model."""
+        for method in ("get_calculator", "build_local_calculator", "_construct"):
+            if getattr(type(self), method, None) is not getattr(defined, method, None):
+                raise DefinitionError(
+                    f"{type(self).__name__} builds its calculator its own way (it has a "
+                    f"{method} of its own), so its fields do not say what model it is; "
+                    f"serve it by name from a models file on the broker")
 
 
 @dataclasses.dataclass
@@ -186,6 +180,22 @@ class GenericASECalculator(Servable):
             merged["device"] = device
         merged.update(call_kwargs)
         return merged
+
+    def definition(self, **kwargs: Any) -> Definition:
+        """Module, class and keyword arguments, merged as ``build_local_calculator`` merges
+        them; the device, from wherever it comes, is not part of what the model is."""
+        self._builds_like(GenericASECalculator)
+        arguments, running = self._split(kwargs)
+        return Definition.generic(self.module, self.class_name, arguments, **running)
+
+    def _split(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the keyword arguments without the device, the fields that say how it runs)."""
+        arguments = {**(self.kwargs or {}), **kwargs}
+        device = arguments.pop("device", None)
+        if "device" not in kwargs and self.device is not None:
+            device = self.device
+        return arguments, {"name": self.name, "device": device,
+                           "extra": tuple(model_extras(self))}
 
     def _construct(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Calculator:
         """One step for plain calculators; subclasses wrap a loaded model here."""
@@ -233,6 +243,7 @@ class GenericASECalculator(Servable):
         return None
 
 
+
 @dataclasses.dataclass
 class PretrainedASECalculator(GenericASECalculator):
     """A model loaded by one call and wrapped by an ASE calculator class.
@@ -248,12 +259,33 @@ class PretrainedASECalculator(GenericASECalculator):
     calculator_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     calculator_takes_device: bool = False
 
+    def definition(self, **kwargs: Any) -> Definition:
+        self._builds_like(PretrainedASECalculator)
+        arguments, running = self._split(kwargs)
+        return Definition.wrapped(self.module, self.class_name, arguments, self.calculator,
+                                  self.calculator_kwargs, self.calculator_takes_device,
+                                  **running)
+
     def _construct(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Calculator:
         wrapper = self._import_attr(*_split_target(self.calculator))
         wrapper_kwargs = dict(self.calculator_kwargs)
         if self.calculator_takes_device and "device" in kwargs:
             wrapper_kwargs["device"] = kwargs["device"]
         return wrapper(factory(**kwargs), **wrapper_kwargs)
+
+
+def model_from(definition: Definition) -> GenericASECalculator:
+    """The model a definition describes, as a worker builds it."""
+    identity = definition.identity
+    common = {"module": identity["module"], "class_name": identity["class_name"],
+              "kwargs": dict(identity["kwargs"]), "device": definition.device,
+              "name": definition.name, "extra": list(definition.extra)}
+    if not definition.is_wrapped:
+        return GenericASECalculator(**common)
+    return PretrainedASECalculator(
+        **common, calculator=identity["calculator"],
+        calculator_kwargs=dict(identity["calculator_kwargs"]),
+        calculator_takes_device=identity["calculator_takes_device"])
 
 
 def unavailable_message(model: str | None, module: str, extras: list[str], exc: ImportError) -> str:

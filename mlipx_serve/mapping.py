@@ -25,12 +25,14 @@ from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mdp.aio import AsyncClient
-from mdp.errors import MDPError, WorkerError
+from mdp.errors import MDPError
 
-from .calculator import RESENDS, default_timeout, remote_error, serving_error
+from .calculator import RESENDS, default_timeout, served_error
+from .definition import Definition
 from .errors import MlipxServeError
 from .paths import curve_options, default_broker
 from .payload import decode_reply, encode_request
+from .routing import route
 
 DEFAULT_PROPERTIES = ("energy", "forces")
 ON_ERROR = ("raise", "keep")
@@ -46,21 +48,24 @@ class StructureFailed(MlipxServeError):
         self.error = error
 
 
-def evaluate(model: str, structures: Iterable[Atoms],
+def evaluate(model: Any, structures: Iterable[Atoms],
              properties: Sequence[str] = DEFAULT_PROPERTIES, *, broker: str | None = None,
              **options: Any) -> list[Atoms]:
     """``map``'s results as a list, in input order (see ``map_structures``)."""
     return list(map_structures(model, structures, properties, broker=broker, **options))
 
 
-def map_structures(model: str, structures: Iterable[Atoms],
+def map_structures(model: Any, structures: Iterable[Atoms],
                    properties: Sequence[str] = DEFAULT_PROPERTIES, *,
                    broker: str | None = None, max_in_flight: int = 32, ordered: bool = True,
                    on_error: str = "raise", progress: bool | None = None,
                    timeout: float | None = None) -> Iterator[Atoms]:
     """For each structure, a copy whose ``calc`` is a SinglePointCalculator with the results.
 
-    ``structures`` may be any iterable (a list, ``ase.io.iread(...)``): it is read as
+    ``model`` is a name (whatever the broker serves under it), or a definition
+    (``GenericASECalculator`` and the like: exactly that model, under whatever service
+    serves it, started by an autostarting broker if need be; ``NotServed`` if it cannot
+    be). ``structures`` may be any iterable (a list, ``ase.io.iread(...)``): it is read as
     requests are sent. ``ordered=False`` yields each result as it arrives. ``progress``
     shows a bar (default: on a terminal or in Jupyter). ``timeout`` bounds the wait for
     each reply (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s).
@@ -70,10 +75,17 @@ def map_structures(model: str, structures: Iterable[Atoms],
     if isinstance(properties, str):
         raise TypeError("properties must be a list of names, not a single string")
     total = len(structures) if hasattr(structures, "__len__") else None
-    return _results(lambda: _Run(model, broker or default_broker(), structures,
+    broker = broker or default_broker()
+    label = model if isinstance(model, str) else model.label()
+    return _results(lambda: _Run(*_service(model, broker), broker, structures,
                                  list(properties), max(1, max_in_flight),
                                  default_timeout() if timeout is None else timeout),
-                    ordered, on_error, _progress(progress, model, total))
+                    ordered, on_error, _progress(progress, label, total))
+
+
+def _service(model: Any, broker: str) -> tuple[str, Definition | None]:
+    """A name goes as it is (a broker without it answers each request with the reason)."""
+    return (model, None) if isinstance(model, str) else route(model, broker)
 
 
 def _results(start, ordered: bool, on_error: str, progress) -> Iterator[Atoms]:
@@ -98,9 +110,11 @@ class _Run:
     """The requests of one map, sent from an event loop in a thread of its own; results
     come back to the caller's thread through a queue as (index, Atoms or exception)."""
 
-    def __init__(self, model: str, broker: str, structures: Iterable[Atoms],
-                 properties: list[str], max_in_flight: int, timeout: float):
+    def __init__(self, model: str, definition: Definition | None, broker: str,
+                 structures: Iterable[Atoms], properties: list[str], max_in_flight: int,
+                 timeout: float):
         self.model = model
+        self.definition = definition
         self.properties = properties
         self.inputs: dict[int, Atoms] = {}  # sent, not yet handed back
         self.results: queue.Queue = queue.Queue()
@@ -171,14 +185,11 @@ class _Run:
 
     async def _one(self, index: int, atoms: Atoms, slots: asyncio.Semaphore) -> None:
         try:
-            reply = await self._client.request(self.model, *encode_request(atoms, self.properties))
+            frames = encode_request(atoms, self.properties, self.definition)
+            reply = await self._client.request(self.model, *frames)
             self.results.put((index, _with_results(atoms, decode_reply(reply))))
-        except WorkerError as error:
-            self.results.put((index, remote_error(error, self.model)))
         except MDPError as error:
-            failure = serving_error(error, self.model, self._broker)
-            failure.__cause__ = error
-            self.results.put((index, failure))
+            self.results.put((index, served_error(error, self.model, self._broker)))
         except MlipxServeError as error:  # a reply that is not a payload
             self.results.put((index, error))
         finally:

@@ -13,6 +13,8 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
+from .definition import Definition
+from .extras import model_extras
 from .generic import Servable
 
 log = logging.getLogger("mlipx_serve.mlipx_plugin")
@@ -43,6 +45,14 @@ def extend_generic_ase(module: ModuleType) -> None:
             """mlipx's own ``get_calculator``: what this model is without serving."""
             return original.get_calculator(self, **kwargs)
 
+        def definition(self, **kwargs: Any) -> Definition:
+            """As mlipx builds it: its ``kwargs`` win over the call's, and the device
+            (not part of what the model is) comes as an argument of its own."""
+            self._builds_like(GenericASECalculator)
+            arguments = {**kwargs, **(self.kwargs or {})}
+            return Definition.generic(self.module, self.class_name, arguments, name=self.name,
+                                      device=self.device, extra=tuple(model_extras(self)))
+
     GenericASECalculator.__module__ = module.__name__
     GenericASECalculator.__qualname__ = original.__qualname__
     GenericASECalculator.__doc__ = (original.__doc__ or "") + _ADDED_DOC
@@ -55,14 +65,16 @@ _ADDED_DOC = """
     Added by mlipx-serve (``MLIPX_SERVE_HOOK=0`` turns it off):
 
     name : str, default=None
-        The served model's name (its MDP service). Without it, a model defined exactly
-        like a built-in one (e.g. EMT) is served under that one's name.
+        The served model's name (its MDP service). A model is served only as exactly what
+        it is defined to be (module, class and kwargs): one defined otherwise than what
+        the broker serves under its name, or without a name, gets a service of its own
+        (``NAME@fingerprint``), which an autostarting broker starts from this definition.
     extra : list[str], default=None
         The optional-dependency groups that provide ``module`` (e.g. ["mace"]).
 
     ``get_calculator(use_serve=None, **kwargs)`` returns the served model when
-    ``use_serve`` (default: ``$MLIPX_USE_SERVE``) is true and a broker offers it, else the
-    local calculator, with a warning saying why.
+    ``use_serve`` (default: ``$MLIPX_USE_SERVE``) is true and a broker serves it or can
+    start it, else the local calculator, with a warning saying why.
 """
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from .definition import Definition
 from .errors import PayloadError, RemoteCalculationError
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "RemoteCalculationError",
     "decode_reply",
     "decode_request",
+    "read_request",
     "encode_request",
     "encode_results",
 ]
@@ -43,6 +46,7 @@ WIRE_DTYPES = frozenset(
 _DTYPES = {name: np.dtype(name) for name in WIRE_DTYPES}
 
 MAX_NDIM = 32
+_FINGERPRINT = re.compile("[0-9a-f]{64}")
 
 # Per-atom arrays of atoms.arrays that travel with a request, besides numbers and positions.
 OPTIONAL_PER_ATOM = ("initial_magmoms", "initial_charges")
@@ -54,8 +58,11 @@ Spec = tuple[str, np.dtype, tuple[int, ...]]
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_request(atoms: Atoms, properties: Iterable[str]) -> list[bytes | memoryview]:
-    """Frames asking a worker to compute ``properties`` for ``atoms``.
+def encode_request(atoms: Atoms, properties: Iterable[str],
+                   definition: Definition | None = None) -> list[bytes | memoryview]:
+    """Frames asking a worker to compute ``properties`` for ``atoms`` with the model
+    ``definition`` (which the worker checks against its own), or with whatever model it
+    serves when None.
 
     Array frames are views of the atoms' own memory where it is already little-endian and
     contiguous, so the atoms must not be changed until the frames have been sent.
@@ -69,7 +76,11 @@ def encode_request(atoms: Atoms, properties: Iterable[str]) -> list[bytes | memo
         "arrays": [_spec(name, array) for name, array in arrays],
         "info": _info_scalars(atoms.info),
     }
-    return [_dump(header), *(_raw(array) for _, array in arrays)]
+    text = _ENCODER.encode(header)
+    if definition is not None:  # canonical already: spliced in, not encoded again
+        text = f'{text[:-1]},"model":{{"fingerprint":"{definition.fingerprint}",' \
+               f'"definition":{definition.canonical}}}}}'
+    return [text.encode("utf-8"), *(_raw(array) for _, array in arrays)]
 
 
 def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
@@ -211,14 +222,31 @@ def _dump(header: Mapping[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
-    """The atoms and property names of a request; the atoms own copies of the data."""
+class Request(NamedTuple):
+    atoms: Atoms
+    properties: list[str]
+    model: RequestedModel | None  # None: whatever model the worker serves
+
+
+class RequestedModel(NamedTuple):
+    fingerprint: str
+    identity: dict[str, Any] | None  # the definition, for naming the differences
+
+
+def read_request(frames: Sequence[Frame]) -> Request:
+    """A request's atoms (which own copies of the data), property names and model."""
     frames = list(frames)
     header = _parse_header(frames)
     arrays = _read_arrays(header, frames[1:])
     properties = _strings(header.get("properties", []), "properties")
     info = _info(header.get("info", {}))
-    return _build_atoms(arrays, info), properties
+    return Request(_build_atoms(arrays, info), properties, _model(header.get("model")))
+
+
+def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
+    """The atoms and property names of a request (``read_request`` says its model too)."""
+    request = read_request(frames)
+    return request.atoms, request.properties
 
 
 def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
@@ -363,6 +391,19 @@ def _plain_scalars(value: Any, what: str) -> dict[str, Any]:
         if not isinstance(item, (bool, int, float, str)):
             raise PayloadError(f"header: {what}[{key!r}] must be a number, bool or string")
     return dict(value)
+
+
+def _model(value: Any) -> RequestedModel | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PayloadError("header: 'model' must be an object")
+    fingerprint, identity = value.get("fingerprint"), value.get("definition")
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise PayloadError("header: model.fingerprint must be 64 lowercase hex digits")
+    if identity is not None and not isinstance(identity, dict):
+        raise PayloadError("header: model.definition must be an object")
+    return RequestedModel(fingerprint, identity)
 
 
 def _info(value: Any) -> dict[str, Any]:

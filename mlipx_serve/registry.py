@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlipx_serve import environment
+from mlipx_serve.definition import resolve_paths
 from mlipx_serve.errors import ModelUnavailableError, RegistryError
 from mlipx_serve.generic import Device, GenericASECalculator, PretrainedASECalculator
 
@@ -131,23 +132,6 @@ def _builtin_models() -> dict[str, Any]:
     return {key: _with_name(model, key) for key, model in models.items()}
 
 
-def builtin_name_of(model: Any) -> str | None:
-    """The name of the built-in model with the same module, class and kwargs, if any."""
-    definition = _definition(model)
-    for name, builtin in BUILTIN_MODELS.items():
-        if definition is not None and _definition(builtin) == definition:
-            return name
-    return None
-
-
-def _definition(model: Any) -> tuple | None:
-    try:
-        return (isinstance(model, PretrainedASECalculator), model.module, model.class_name,
-                dict(model.kwargs or {}))
-    except AttributeError:
-        return None
-
-
 def load_registry(models_files: Sequence[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
     """Built-in models overridden by each file in turn (later files win)."""
     if models_files is None:
@@ -175,7 +159,8 @@ def load_models_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise RegistryError(
             f"models file {str(file)!r}: ALL_MODELS is a {type(models).__name__}, not a mapping"
         )
-    return {key: _checked_entry(file, key, entry) for key, entry in models.items()}
+    return {key: _with_paths_from(file.parent, _checked_entry(file, key, entry))
+            for key, entry in models.items()}
 
 
 def _checked_entry(file: Path, key: Any, entry: Any) -> Any:
@@ -187,6 +172,18 @@ def _checked_entry(file: Path, key: Any, entry: Any) -> Any:
             "without a get_calculator() method"
         )
     return _with_name(_adopt_mlipx_entry(entry), key)
+
+
+def _with_paths_from(directory: Path, entry: Any) -> Any:
+    """A definition whose relative paths (a checkpoint beside the models file) are made
+    absolute against the file's directory, so that every process opens the same file,
+    whatever its working directory (``definition.resolve_paths``)."""
+    if not isinstance(entry, GenericASECalculator):
+        return entry
+    resolved = {"kwargs": resolve_paths(entry.kwargs or {}, directory)}
+    if isinstance(entry, PretrainedASECalculator):
+        resolved["calculator_kwargs"] = resolve_paths(entry.calculator_kwargs, directory)
+    return dataclasses.replace(entry, **resolved)
 
 
 _counter = itertools.count()

@@ -24,9 +24,10 @@ from mdp.worker import Worker
 
 from . import environment
 from .changes import changes
-from .errors import ServeError
+from .definition import SHORT_FINGERPRINT, Definition, differences
+from .errors import DefinitionError, DefinitionMismatch, ServeError
 from .extras import EXTRAS, model_extras
-from .payload import decode_request, encode_results
+from .payload import RequestedModel, encode_results, read_request
 
 log = logging.getLogger("mlipx_serve.serve")
 
@@ -40,21 +41,44 @@ def find_model(name: str, registry: Mapping[str, object]) -> object:
 
 
 Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+# Bytes of a definition that READY's metadata carries whole (it may hold 4096 in all);
+# a longer one goes by its fingerprint alone.
+MAX_DEFINITION_METADATA = 3000
 LeaveWhen = Callable[[], "str | None"]
 
 
-def make_handler(compute_results: Compute) -> Callable[[list], list]:
-    """Requests in, results out. What a request raises (a ``PayloadError``, the model's
-    own exception) the worker sends back as an MDP worker error, with the traceback: the
-    broker counts it as failed, the client raises it typed, and the worker goes on."""
+def make_handler(compute_results: Compute, served: Definition | None) -> Callable[[list], list]:
+    """Requests in, results out, for requests that ask for the ``served`` definition or
+    name none. What a request raises (a ``PayloadError``, a ``DefinitionMismatch``, the
+    model's own exception) the worker sends back as an MDP worker error, with the
+    traceback: the broker counts it as failed, the client raises it typed, and the worker
+    goes on."""
 
     def handle(frames: list) -> list:
+        atoms, properties, asked = read_request(frames)
+        if asked is not None and (served is None or asked.fingerprint != served.fingerprint):
+            raise DefinitionMismatch(mismatch_message(served, asked))
         # The reply's frames are views of the calculator's own arrays, which it may fill
         # again for the next structure: safe, as MDP gives a connection its next request
         # only after its reply has reached the broker.
-        return encode_results(compute_results(*decode_request(frames)))
+        return encode_results(compute_results(atoms, properties))
 
     return handle
+
+
+def mismatch_message(served: Definition | None, asked: RequestedModel) -> str:
+    """Why a request for another model is refused, naming what differs."""
+    wanted = asked.fingerprint[:SHORT_FINGERPRINT]
+    if served is None:
+        return (f"the request is for a model defined as {wanted}, but this worker serves a "
+                f"model without a definition to compare (a Python function, or a models "
+                f"file entry of a class of its own), so it takes only requests that name "
+                f"no definition: ask for it by name alone")
+    said = f"this worker serves {served.short()} ({served.fingerprint[:SHORT_FINGERPRINT]})" \
+           f", not the model the request is for ({wanted})"
+    if asked.identity is None:
+        return said
+    return f"{said}: {'; '.join(differences(served.identity, asked.identity)) or 'same fields'}"
 
 
 def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
@@ -103,11 +127,12 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     ``leave_when()``: asked every second, a reason to leave or None (e.g. the broker of
     a SLURM job is gone: ``connection.BrokerWatch``)."""
     log.info("loading model '%s'", name)
+    served = served_definition(model)
     calc = build_calculator(model)
     settle_heap()
     log.info("model '%s' loaded; serving it at %s", name, broker)
-    handler = request_handler(calc, name, batch_size, batch_wait, prefetch)
-    metadata = worker_metadata()
+    handler = request_handler(calc, name, served, batch_size, batch_wait, prefetch)
+    metadata = worker_metadata(served)
     workers = [Worker(broker, name, handler, idle_timeout=idle_timeout,
                       heartbeat_interval=heartbeat, copy=False, metadata=metadata,
                       **(curve or {}))
@@ -130,17 +155,34 @@ def owned(results: Mapping[str, Any]) -> dict[str, Any]:
     return {name: copy.copy(value) for name, value in results.items()}
 
 
-def request_handler(calc: Calculator, name: str, batch_size: int = 1,
-                    batch_wait: float = 0.01, prefetch: int = 0) -> Callable[[list], list]:
+def served_definition(model: object) -> Definition | None:
+    """What the worker serves, checked against every request; None for a model without a
+    definition (a Python function, a models file entry of a class of its own)."""
+    define = getattr(model, "definition", None)
+    if define is None:
+        return None
+    try:
+        return define()
+    except DefinitionError as error:
+        log.warning("model has no definition to check requests against (%s); it takes "
+                    "only requests by name alone", error)
+        return None
+
+
+def request_handler(calc: Calculator, name: str, served: Definition | None = None,
+                    batch_size: int = 1, batch_wait: float = 0.01,
+                    prefetch: int = 0) -> Callable[[list], list]:
     """What each of a worker's connections calls with a request's frames (see ``serve``)."""
     if batch_size > 1:
-        return make_handler(_batched(calc, name, batch_size, batch_wait))
+        return make_handler(_batched(calc, name, batch_size, batch_wait), served)
     if not prefetch:
-        return make_handler(lambda atoms, properties: compute(calc, atoms, properties))
+        return make_handler(lambda atoms, properties: compute(calc, atoms, properties),
+                            served)
     # Several connections, one calculator: one request at a time, decoding included (a
     # waiting request then takes no CPU from the one computed), and replies that carry
     # copies, as the calculator may fill its arrays again before a reply has gone out.
-    handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)))
+    handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)),
+                           served)
     lock = threading.Lock()
 
     def handle(frames: list) -> list:
@@ -179,13 +221,18 @@ def _run_together(workers: list[Worker]) -> None:
             signal.signal(sig, handler)
 
 
-def worker_metadata() -> dict[str, Any]:
+def worker_metadata(served: Definition | None = None) -> dict[str, Any]:
     """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
-    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job; and, for
-    the broker, which connections are one process (a batching or prefetching worker's)."""
+    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job, which
+    model definition it serves (protocol/model-definition.md 4); and, for the broker,
+    which connections are one process (a batching or prefetching worker's)."""
     host, pid = socket.gethostname(), os.getpid()
-    return {"host": host, "pid": pid, "device": _device(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}"}
+    metadata = {"host": host, "pid": pid, "device": _device(),
+                "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}",
+                "fingerprint": served.fingerprint if served else None}
+    if served is not None and len(served.canonical) <= MAX_DEFINITION_METADATA:
+        metadata["definition"] = served.identity
+    return metadata
 
 
 def _device() -> str | None:

@@ -3,39 +3,51 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 
 from .broker_status import available_models, get_broker_status
 from .calculator import RemoteCalculator
+from .errors import NotServed
 from .mapping import DEFAULT_PROPERTIES, map_structures
 from .paths import default_broker
+from .routing import route
 
 log = logging.getLogger("mlipx_serve")
 
 
-def served_calculator_or_none(name: str | None, broker: str | None = None,
-                              **kwargs: Any) -> RemoteCalculator | None:
-    """A calculator for the served model ``name``, or None (with the reason logged)."""
+def served_calculator_or_none(model: Any, broker: str | None = None, *,
+                              call_kwargs: Mapping[str, Any] | None = None,
+                              fallback: Callable[[], Calculator] | None = None
+                              ) -> RemoteCalculator | None:
+    """A calculator for the served model, or None, with one warning saying why the model
+    is then computed locally and what would serve it.
+
+    ``model`` is a definition (``GenericASECalculator`` and the like: exactly that model,
+    called with ``call_kwargs``, whatever service serves it), or a name (whatever the
+    broker serves under it). ``fallback`` builds the local calculator that the served one
+    turns to, with a warning, if the model's worker fails to start or turns out to serve
+    another model.
+    """
+    try:
+        return served_calculator(model, broker, call_kwargs=call_kwargs, fallback=fallback)
+    except NotServed as why:
+        label = model if isinstance(model, str) else model.label()
+        log.warning("model '%s' is computed locally: %s", label, why)
+        return None
+
+
+def served_calculator(model: Any, broker: str | None = None, *,
+                      call_kwargs: Mapping[str, Any] | None = None,
+                      fallback: Callable[[], Calculator] | None = None) -> RemoteCalculator:
+    """``served_calculator_or_none``, raising ``NotServed`` instead of returning None."""
     broker = broker or default_broker()
-    if not name:
-        log.warning("a model without a name cannot be served")
-        return None
-    status = get_broker_status(broker)
-    if not status["running"]:
-        log.warning("no model broker answers at %s (%s); start one with "
-                    "`mlipx serve-broker --autostart`", broker, status["error"])
-        return None
-    if name not in available_models(status):
-        log.warning("the broker at %s has no worker for model '%s' and cannot start one; "
-                    "start one with `mlipx serve %s`", broker, name, name)
-        return None
-    if kwargs:
-        log.warning("calculator arguments %s are ignored: the served model '%s' was built "
-                    "by its worker", sorted(kwargs), name)
-    return RemoteCalculator(name, broker)
+    service, definition = route(model, broker, call_kwargs)
+    return RemoteCalculator(service, broker, definition=definition,
+                            fallback=fallback if definition is not None else None)
 
 
 class ServedModel:

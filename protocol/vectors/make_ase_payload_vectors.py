@@ -18,6 +18,7 @@ from ase import Atoms
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from mlipx_serve.definition import Definition  # noqa: E402
 from mlipx_serve.payload import encode_request, encode_results  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("ase_payload.json")
@@ -49,6 +50,25 @@ CASES: list[dict[str, Any]] = [
             "cell": [[0.0, 1.75, 1.75], [1.75, 0.0, 1.75], [1.75, 1.75, 0.0]],
             "pbc": [True, True, True],
             "info": {},
+        },
+    },
+    {
+        "name": "request-with-model",
+        "kind": "request",
+        "description": "fcc Cu primitive cell for the model defined as Lennard-Jones with "
+        "sigma 2.3: the header names its fingerprint and definition "
+        "(protocol/model-definition.md)",
+        "meaning": {
+            "properties": ["energy", "forces"],
+            "numbers": [29],
+            "positions": [[0.0, 0.0, 0.0]],
+            "cell": [[0.0, 1.75, 1.75], [1.75, 0.0, 1.75], [1.75, 1.75, 0.0]],
+            "pbc": [True, True, True],
+            "info": {},
+            "model": {"fingerprint": "dc0de04325ae1137488fe4d531d5d7206c0"
+                                     "8eca2e5c9ab50a9dad0e3dfe41918",
+                      "definition": {"class_name": "LennardJones", "kwargs": {"sigma": 2.3},
+                                     "module": "ase.calculators.lj"}},
         },
     },
     {
@@ -120,6 +140,15 @@ def atoms_from_meaning(meaning: dict[str, Any]) -> Atoms:
     return atoms
 
 
+def definition_from_meaning(meaning: dict[str, Any]) -> Definition | None:
+    """The definition of the request's model, which must have the fingerprint written."""
+    if "model" not in meaning:
+        return None
+    definition = Definition(meaning["model"]["definition"])
+    assert definition.fingerprint == meaning["model"]["fingerprint"]
+    return definition
+
+
 def results_from_meaning(meaning: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = dict(meaning["scalars"])
     for name, array in meaning["arrays"].items():
@@ -131,7 +160,8 @@ def results_from_meaning(meaning: dict[str, Any]) -> dict[str, Any]:
 def frames_for(case: dict[str, Any]) -> list[Any]:
     meaning = case["meaning"]
     if case["kind"] == "request":
-        return encode_request(atoms_from_meaning(meaning), meaning["properties"])
+        return encode_request(atoms_from_meaning(meaning), meaning["properties"],
+                              definition_from_meaning(meaning))
     if case["kind"] == "reply":
         return encode_results(results_from_meaning(meaning))
     # payload version 1's error reply, which workers no longer send but clients decode

@@ -102,17 +102,28 @@ def test_mlipx_generic_calculator_gains_name_extra_and_use_serve(tmp_path):
         "is_original": True, "calc": ["LennardJones", 2.0], "documented": True}
 
 
-def test_an_unnamed_model_like_a_builtin_one_asks_for_that_one(tmp_path):
-    """No broker answers here: the warning shows which served model was asked for."""
+def test_mlipx_definitions_are_what_mlipx_builds(tmp_path):
+    """The same model as ours, its kwargs over the call's as mlipx merges them; with no
+    broker the warning says why it is computed here."""
     found = run(stand_in_mlipx(tmp_path), """
         import json
+        import mlipx_serve
         from mlipx.nodes.generic_ase import GenericASECalculator
 
-        calc = GenericASECalculator("ase.calculators.emt", "EMT").get_calculator()
-        print(json.dumps(type(calc).__name__))
+        theirs = GenericASECalculator("ase.calculators.lj", "LennardJones", {"sigma": 2.3})
+        ours = mlipx_serve.GenericASECalculator(module="ase.calculators.lj",
+                                                class_name="LennardJones", kwargs={"sigma": 2.3})
+        calc = theirs.get_calculator()
+        print(json.dumps({
+            "same": theirs.definition().fingerprint == ours.definition().fingerprint,
+            "merged": theirs.definition(sigma=9.0, rc=4.0).identity["kwargs"],
+            "calc": type(calc).__name__,
+        }))
     """, MLIPX_USE_SERVE="true", MLIPX_SERVE_BROKER=f"ipc://{tmp_path}/none.ipc")
-    assert found["out"] == "EMT"
-    assert "model 'emt' could not be served" in found["err"]
+    assert found["out"] == {"same": True, "merged": {"sigma": 2.3, "rc": 4.0},
+                            "calc": "LennardJones"}
+    assert "model 'ase.calculators.lj:LennardJones' is computed locally: no model broker " \
+           "answers at" in found["err"]
 
 
 def test_mlipx_serve_and_the_commands_are_ours(tmp_path):

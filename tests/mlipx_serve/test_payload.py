@@ -18,6 +18,7 @@ from ase.calculators.calculator import CalculationFailed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlipx_serve.definition import Definition
 from mlipx_serve.payload import (
     FORMAT_VERSION,
     WIRE_DTYPES,
@@ -27,6 +28,7 @@ from mlipx_serve.payload import (
     decode_request,
     encode_request,
     encode_results,
+    read_request,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "ase_payload.json"
@@ -504,7 +506,9 @@ def vector_results(meaning: dict[str, Any]) -> dict[str, Any]:
 def encode_vector(case: dict[str, Any]) -> list[Any]:
     meaning = case["meaning"]
     if case["kind"] == "request":
-        return encode_request(vector_atoms(meaning), meaning["properties"])
+        model = meaning.get("model")
+        definition = Definition(model["definition"]) if model else None
+        return encode_request(vector_atoms(meaning), meaning["properties"], definition)
     return encode_results(vector_results(meaning))
 
 
@@ -527,9 +531,12 @@ def test_vector_decodes_to_its_meaning(case: dict[str, Any]) -> None:
     frames = [bytes.fromhex(frame) for frame in case["frames"]]
     meaning = case["meaning"]
     if case["kind"] == "request":
-        atoms, properties = decode_request(frames)
+        atoms, properties, model = read_request(frames)
         assert properties == meaning["properties"]
         assert_same_atoms(atoms, vector_atoms(meaning))
+        expected = meaning.get("model")
+        assert (model and model._asdict()) == (expected and {
+            "fingerprint": expected["fingerprint"], "identity": expected["definition"]})
     elif case["kind"] == "reply":
         decoded = decode_reply(frames)
         expected = vector_results(meaning)

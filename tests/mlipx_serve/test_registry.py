@@ -406,8 +406,8 @@ def serve_hook(monkeypatch: pytest.MonkeyPatch):
     calls = []
 
     def install(result: object):
-        def fake(name, **kwargs):
-            calls.append((name, kwargs))
+        def fake(model, call_kwargs):
+            calls.append((model, call_kwargs))
             return result
 
         monkeypatch.setattr(generic, "_served_calculator", fake)
@@ -421,19 +421,13 @@ def test_env_selects_served_calculator(monkeypatch: pytest.MonkeyPatch, serve_ho
     calls = serve_hook(sentinel)
     monkeypatch.setenv("MLIPX_USE_SERVE", "yes")
     assert BUILTIN_MODELS["emt"].get_calculator(foo=1) is sentinel
-    assert calls == [("emt", {"foo": 1})]
+    assert calls == [(BUILTIN_MODELS["emt"], {"foo": 1})]
 
 
-def test_served_none_falls_back_with_warning(
-    monkeypatch: pytest.MonkeyPatch, serve_hook, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_not_served_means_local(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
     serve_hook(None)
     monkeypatch.setenv("MLIPX_USE_SERVE", "1")
-    with caplog.at_level(logging.WARNING, logger="mlipx_serve.generic"):
-        calc = BUILTIN_MODELS["emt"].get_calculator()
-    assert isinstance(calc, EMT)
-    assert "mlipx serve emt" in caplog.text
-    assert "MLIPX_USE_SERVE=0" in caplog.text
+    assert isinstance(BUILTIN_MODELS["emt"].get_calculator(), EMT)
 
 
 def test_explicit_argument_beats_env(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
@@ -452,25 +446,13 @@ def test_env_unset_means_local(monkeypatch: pytest.MonkeyPatch, serve_hook) -> N
     assert calls == []
 
 
-def test_unnamed_model_is_not_served(serve_hook, caplog: pytest.LogCaptureFixture) -> None:
-    calls = serve_hook(object())
-    model = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
-                                 kwargs={"sigma": 2.3})  # no built-in model is defined so
-    with caplog.at_level(logging.WARNING):
-        assert isinstance(model.get_calculator(use_serve=True), LennardJones)
-    assert calls == []
-    assert "no name" in caplog.text
-
-
-def test_unnamed_model_defined_like_a_builtin_is_served_as_it(serve_hook) -> None:
+def test_an_unnamed_model_goes_to_the_bus_too(serve_hook) -> None:
     sentinel = object()
     calls = serve_hook(sentinel)
-    model = GenericASECalculator(module="ase.calculators.emt", class_name="EMT")
+    model = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
+                                 kwargs={"sigma": 2.3})
     assert model.get_calculator(use_serve=True) is sentinel
-    assert calls == [("emt", {})]
-    orb = GenericASECalculator(module="orb_models.forcefield.pretrained",
-                               class_name="orb_v3_conservative_inf_omat")
-    assert orb.service_name() is None  # the built-in one is a loader plus a wrapper
+    assert calls == [(model, {})]
 
 
 def test_hook_import_failure_falls_back(

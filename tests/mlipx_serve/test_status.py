@@ -33,7 +33,10 @@ BUSY_TWO = [connection("a:1:1", "busy"), connection("b:2:1", "busy")]
 def test_the_wait_is_explained_from_the_brokers_point_of_view():
     down = {"running": False, "broker": "ipc:///x/broker.ipc", "error": "timeout"}
     assert "no broker answers at ipc:///x/broker.ipc" in describe_wait(down, "emt")
-    assert "start one with `mlipx serve emt`" in describe_wait(running({}), "emt")
+    assert "start a worker with `mlipx serve emt --broker ipc:///x/broker.ipc`" in \
+        describe_wait(running({}), "emt")  # a command that works: emt is built in
+    assert "`mlipx serve mine --models FILE --broker ipc:///x/broker.ipc`, FILE a models.py" \
+        in describe_wait(running({}), "mine")
     assert describe_wait(running({"emt": SERVICE}, workers=BUSY_TWO), "emt") == \
         "2 of 2 worker(s) busy, 3 request(s) queued"
     batching = [connection(f"a:1:{n}", "busy" if n == 1 else "idle", "a:1") for n in (1, 2)]

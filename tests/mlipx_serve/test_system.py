@@ -325,8 +325,10 @@ def test_mlipx_use_serve_toggles_a_script(bus: str, shared_system: ServeSystem):
         assert float(energy) == pytest.approx(local, abs=EXACT)
         kinds.append(kind)
     assert kinds == ["RemoteCalculator", "EMT", "EMT"]
-    assert f"no model broker answers at {nowhere}" in runs[2].stderr
-    assert "computing with a local calculator" in runs[2].stderr
+    # one sentence: what was tried, why it failed, the one command that fixes it
+    assert runs[2].stderr.splitlines() == [
+        f"model 'emt' is computed locally: no model broker answers at {nowhere}; start one "
+        f"with `mlipx serve-broker --autostart`"]
 
 
 # ------------------------------------------------------------ clear errors

@@ -18,6 +18,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from support import load_module
 
+from mlipx_serve import GenericASECalculator
+
 if TYPE_CHECKING:
     from conftest import ServeSystem
 
@@ -133,7 +135,7 @@ def test_use_serve_without_a_broker_computes_locally_and_says_why(env, shared_sy
     found = last_json(run.stdout)
     assert found["types"]["served"] == "EMT"
     assert "no model broker answers" in run.stderr
-    assert "computing with a local calculator" in run.stderr
+    assert "is computed locally" in run.stderr
 
 
 def test_the_integration_turns_off(env, shared_system):
@@ -319,17 +321,25 @@ PIPELINE = """
     import mlipx
 
     project = mlipx.Project()
-    model = mlipx.GenericASECalculator(module="ase.calculators.emt", class_name="EMT",
-                                       name="emt")
+    emt = mlipx.GenericASECalculator(module="ase.calculators.emt", class_name="EMT", name="emt")
+    # defined inline, without a name, like no model the broker has: a worker of its own
+    lj = mlipx.GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
+                                    kwargs={"sigma": 2.3, "epsilon": 0.3, "rc": 5.0})
     with project:
         data = mlipx.LoadDataFile(path="data.xyz")
-        relax = mlipx.StructureOptimization(data=data.frames, model=model, optimizer="BFGS",
-                                            fmax=0.01)
+        relax = mlipx.StructureOptimization(data=data.frames, model=emt, optimizer="BFGS",
+                                            fmax=0.01, name="relax_emt")
+        relax_lj = mlipx.StructureOptimization(data=data.frames, model=lj, optimizer="BFGS",
+                                               fmax=0.01, name="relax_lj")
     project.build()
 """
+INLINE_LJ = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
+                                 kwargs={"sigma": 2.3, "epsilon": 0.3, "rc": 5.0})
 
 
-def test_dvc_repro_of_an_mlipx_pipeline_uses_the_served_model(env, shared_system, emt_bus):
+def test_dvc_repro_of_an_mlipx_pipeline_uses_the_served_models(env, shared_system, emt_bus):
+    """A named model served as the broker's, an unnamed inline one by a worker started
+    from its definition: both follow the local trajectories."""
     if shutil.which("git") is None:
         pytest.skip("dvc repro needs git, which is not installed here")
     repo = shared_system.directory / "pipeline"
@@ -349,14 +359,19 @@ def test_dvc_repro_of_an_mlipx_pipeline_uses_the_served_model(env, shared_system
     sh("git", "init", "-q")
     sh("dvc", "init", "-q")
     sh(str(mlipx_env.python_of(env)), "main.py")
-    trajectories = {}
+    services = {"relax_emt": "emt", "relax_lj": INLINE_LJ.definition().own_service()}
+    trajectories: dict[str, dict[str, list[float]]] = {}
     for use_serve in ("true", "false"):
-        before = served(shared_system, emt_bus)
+        before = {node: served(shared_system, emt_bus, name) for node, name in services.items()}
         sh("dvc", "repro", "--force", MLIPX_USE_SERVE=use_serve)
-        calls = served(shared_system, emt_bus) - before
-        assert (calls > 3) if use_serve == "true" else (calls == 0)
         from ase.io import read
 
-        frames = read(repo / "nodes" / "StructureOptimization" / "frames.traj", ":")
-        trajectories[use_serve] = [frame.get_potential_energy() for frame in frames]
-    assert trajectories["true"] == pytest.approx(trajectories["false"], abs=1e-10)
+        for node, name in services.items():
+            calls = served(shared_system, emt_bus, name) - before[node]
+            assert (calls > 3) if use_serve == "true" else (calls == 0), (node, calls)
+            frames = read(repo / "nodes" / node / "frames.traj", ":")
+            trajectories.setdefault(node, {})[use_serve] = [
+                frame.get_potential_energy() for frame in frames]
+    for node, runs in trajectories.items():
+        assert len(runs["true"]) > 3, node
+        assert runs["true"] == pytest.approx(runs["false"], abs=1e-10), node
