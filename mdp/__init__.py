@@ -18,6 +18,7 @@ from .errors import (  # noqa: E402
     RequestTimeout,
     ServiceNameTooLong,
     ServiceStartFailed,
+    ServiceUnknown,
     WorkerError,
 )
 from .protocol import Dialect, ProtocolError  # noqa: E402
@@ -29,7 +30,8 @@ __all__ = [
     "AsyncClient", "AttemptsExhausted", "Broker", "BrokerConfig", "BrokerError",
     "BrokerStopping", "BrokerUnavailable", "Client", "CurveError", "Dialect", "Event",
     "MDPError", "ProtocolError", "QueueFull", "RequestExpired", "RequestTimeout",
-    "ServiceNameTooLong", "ServiceStartFailed", "Worker", "WorkerError", "__version__",
+    "ServiceNameTooLong", "ServiceStartFailed", "ServiceUnknown", "Worker", "WorkerError",
+    "__version__",
 ]
 
 
