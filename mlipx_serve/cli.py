@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mdp.broker import Broker, ipc_path
 from mdp.client import Client
@@ -37,6 +38,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+
 
 MODELS_HELP = f"A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
               f"models and the files in ${environment.MODELS}, separated like PATH)."
@@ -88,9 +90,14 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, as it is (rich would take ``[mace]`` for markup)."""
+    err.print(escape(message), soft_wrap=True)
 
 
 def _registry(models: list[Path]) -> dict:
@@ -273,10 +280,10 @@ def _open_cluster_side(broker: Broker, cluster, endpoint: str, starter) -> None:
     """In the loop, once bound: the connection file, then say where everything is."""
     connection = cluster.write_connection(broker.bound_endpoints[-1])
     auto = f"on for {len(starter.registry)} models" if starter else "off"
-    err.print(f"model broker at {endpoint}; autostart {auto}, as SLURM jobs. Workers reach "
-              f"it at {connection.endpoint} (CURVE); a worker started by hand on a node "
-              f"needs only: mlipx serve NAME --connect {cluster.connection_file}. "
-              f"Ctrl-C stops it and cancels its jobs.")
+    _say(f"model broker at {endpoint}; autostart {auto}, as SLURM jobs. Workers reach it at "
+         f"{connection.endpoint} (CURVE); a worker started by hand on a node needs only: "
+         f"mlipx serve NAME --connect {cluster.connection_file}. Ctrl-C stops it and cancels "
+         f"its jobs.")
 
 
 def _gpus(text: str) -> list[str]:
@@ -300,8 +307,8 @@ def _announce(endpoint: str, workers: str, starter, curve_key: Path | None,
     auto = f"on for {len(starter.registry)} models" if starter else "off"
     admits = f"the keys in {clients}" if clients else "any key"
     curve = "" if curve_key is None else f"; CURVE, admitting {admits}"
-    err.print(f"model broker at {endpoint} (workers: {workers}); autostart {auto}{curve}. "
-              f"Ctrl-C stops it.")
+    _say(f"model broker at {endpoint} (workers: {workers}); autostart {auto}{curve}. "
+         f"Ctrl-C stops it.")
 
 
 def _run_broker(broker: Broker, starter) -> None:
@@ -380,7 +387,7 @@ def serve(
             reexec_under_uv(model, sys.argv[1:])
     except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
         _fail(str(error))
-    err.print(f"loading model '{name}' ...")
+    _say(f"loading model '{name}' ...")
     options = {"idle_timeout": timeout or None, "heartbeat": heartbeat, "exit_with": exit_with,
                "batch_size": batch_size, "batch_wait": batch_wait, "prefetch": prefetch}
     try:
@@ -495,9 +502,9 @@ def serve_submit(
     ids = _or_fail_serving(lambda: submit.submit_workers(settings, name, count, options,
                                                          command, slurm_command_timeout))
     told = submit.tell_broker(status["broker"], paths.curve_options())  # as the status came
-    err.print(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
-              ("" if told else "; the broker did not answer, so it shows them once it "
-                               "looks at squeue again"))
+    _say(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
+         ("" if told else "; the broker did not answer, so it shows them once it looks at "
+                          "squeue again"))
     print(" ".join(ids))
 
 
@@ -541,7 +548,7 @@ def main() -> None:
     if failure is not None:
         err.print(failure)
     elif asked_for_other:
-        err.print(f"[bold red]error:[/] '{argv[0]}' is not one of "
+        err.print(f"[bold red]error:[/] '{escape(argv[0])}' is not one of "
                   f"{', '.join(SERVE_COMMANDS)}; the other mlipx commands need mlipx: "
                   f"pip install mlipx")
     if asked_for_other:
@@ -559,7 +566,8 @@ def _mlipx_app() -> tuple[typer.Typer | None, str | None]:
         where = traceback.extract_tb(error.__traceback__)[-1]
         return None, (
             f"[bold red]mlipx is installed, but its command line failed to load:[/] "
-            f"{type(error).__name__}: {error}\n  (in {where.filename}, line {where.lineno}; "
+            f"{type(error).__name__}: {escape(str(error))}\n  (in {escape(where.filename)}, "
+            f"line {where.lineno}; "
             f"`python -c 'import mlipx.cli.main'` shows the whole traceback)\n"
             f"Only the serve commands work until that is fixed.")
     add_commands(mlipx_app)

@@ -485,6 +485,14 @@ def test_a_malformed_request_is_a_payload_error_from_the_worker(bus: str):
 
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mace") is not None, reason="mace is installed")
+def test_advice_in_brackets_reaches_the_user(serve_system: ServeSystem):
+    run = serve_system.run(*MLIPX, "serve", "mace-mpa-0", "--no-uv", "--broker",
+                           serve_system.ipc("nobody-here.ipc"))
+    assert run.returncode == 1
+    assert "uv pip install 'mlipx-serve[mace]'" in run.stderr, run.stderr
+
+
 def test_a_broken_models_file_is_one_clear_error(serve_system: ServeSystem, tmp_path: Path):
     broken = tmp_path / "bad.py"
     broken.write_text("ALL_MODELS = {'x': 1 / 0}\n")
