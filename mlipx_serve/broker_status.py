@@ -8,7 +8,7 @@ from typing import Any
 from mdp.client import Client
 from mdp.errors import MDPError
 
-from .paths import curve_options, default_broker
+from .paths import chosen_broker, curve_options
 
 PROBE_TIMEOUT = 2.0
 
@@ -27,7 +27,7 @@ def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT,
 
     A CURVE broker the keys do not fit never answers, so it looks like no broker at all.
     """
-    broker = broker or default_broker()
+    broker = chosen_broker(broker)
     curve = curve_options(curve_server_key, curve_secret_key)
     try:
         status = _mmi_json(broker, "mmi.status", timeout, curve)

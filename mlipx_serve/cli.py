@@ -25,7 +25,7 @@ from mdp.errors import MDPError
 from mdp.security import CurveError, client_curve
 
 from . import environment, paths
-from .errors import MlipxServeError
+from .errors import EndpointError, MlipxServeError
 
 app = typer.Typer(
     help="Serve machine-learned interatomic potentials to ASE over a Majordomo bus.",
@@ -40,6 +40,25 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _checked_endpoint(bind: bool) -> Callable:
+    """An option callback: the endpoint the option, or the variable behind it, gives
+    (``paths.endpoint``); one that cannot be used ends the command with one line and exit
+    code 2, as a bad option does."""
+
+    def check(context: typer.Context, parameter: typer.CallbackParam,
+              value: str | None) -> str | None:
+        if not value:
+            return None
+        source = getattr(context.get_parameter_source(parameter.name), "name", "")
+        named = environment.BROKER if source == "ENVIRONMENT" else parameter.opts[0]
+        try:
+            return paths.endpoint(value, named, bind=bind)
+        except EndpointError as error:
+            _fail(str(error), code=2)
+
+    return check
+
+
 MODELS_HELP = f"A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
               f"models and the files in ${environment.MODELS}, separated like PATH)."
 CURVE_SERVER_KEY = typer.Option(
@@ -50,6 +69,7 @@ CURVE_SECRET_KEY = typer.Option(
     help="This peer's key pair (NAME.key_secret), admitted by the broker (default: an "
          "ephemeral pair, which only a broker without --curve-clients accepts).")
 BROKER = typer.Option(None, "--broker", envvar=environment.BROKER, show_default=False,
+                      callback=_checked_endpoint(bind=False),
                       help="Broker endpoint, its client or its worker path (default: the "
                            "private per-user broker).")
 BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Requests a worker takes at once "
@@ -126,6 +146,7 @@ def _client_curve(server_key: Path | None, secret_key: Path | None) -> dict:
 
 def serve_broker(
     path: str = typer.Option(None, "--path", envvar=environment.BROKER, show_default=False,
+                             callback=_checked_endpoint(bind=True),
                              help="Client endpoint, e.g. ipc:///tmp/my-broker.ipc (default: "
                              "a private per-user socket). Workers also get "
                              "<path>-workers.ipc."),
@@ -167,9 +188,9 @@ def serve_broker(
     slurm_account: str | None = SLURM_ACCOUNT,
     slurm_option: list[str] = SLURM_OPTION,
     workers_bind: str | None = typer.Option(
-        None, "--workers-bind", metavar="tcp://HOST:PORT", help="With --launcher slurm: "
-        "where the workers' side listens, as the nodes reach it (default: every interface, "
-        "a free port, announced as this host's name)."),
+        None, "--workers-bind", metavar="tcp://HOST:PORT", callback=_checked_endpoint(bind=True),
+        help="With --launcher slurm: where the workers' side listens, as the nodes reach it "
+        "(default: every interface, a free port, announced as this host's name)."),
     cluster_dir: Path | None = typer.Option(
         None, "--cluster-dir", envvar=environment.CLUSTER_DIR, file_okay=False,
         help="With --launcher slurm: the directory, on the filesystem the nodes share, "
@@ -193,7 +214,7 @@ def serve_broker(
     elif workers_bind or slurm_option or any(o is not None for o in (
             slurm_partition, slurm_gpus_per_worker, slurm_time, slurm_account)):
         _fail("--workers-bind and the --slurm-* options need --launcher slurm")
-    endpoint = paths.normalise(path) if path else paths.local_broker()
+    endpoint = path or paths.local_broker()
     workers = paths.worker_endpoint(endpoint)
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
@@ -378,7 +399,7 @@ def serve(
 
     _logging(verbose)
     connection = _or_fail_serving(lambda: _read_connection(connect)) if connect else None
-    endpoint = connection.endpoint if connection else paths.normalise(broker) if broker else \
+    endpoint = connection.endpoint if connection else broker or \
         paths.worker_endpoint(paths.default_broker())
     curve = {} if connection else _client_curve(curve_server_key, curve_secret_key)
     try:
@@ -441,10 +462,9 @@ def serve_status(
     from .status import render
 
     curve = _client_curve(curve_server_key, curve_secret_key)
-    endpoint = paths.normalise(broker) if broker else None
-    status = get_broker_status(endpoint, **curve)
+    status = get_broker_status(broker, **curve)
     if watch:
-        _watch(lambda: render(get_broker_status(endpoint, **curve)), render(status), interval)
+        _watch(lambda: render(get_broker_status(broker, **curve)), render(status), interval)
         return
     if as_json:
         print(json.dumps(status, indent=2))
@@ -489,8 +509,7 @@ def serve_submit(
     from . import submit
     from .broker_status import get_broker_status
 
-    endpoint = paths.normalise(broker) if broker else None
-    status = get_broker_status(endpoint)
+    status = get_broker_status(broker)
     settings = _or_fail_serving(lambda: submit.slurm_settings(status))
     if name not in settings["models"] and not models:
         _fail(f"the broker at {status['broker']} knows no model '{name}' (it knows "

@@ -65,6 +65,10 @@ class ModelUnavailableError(MlipxServeError, ImportError):
         self.model = model
 
 
+class EndpointError(MlipxServeError, ValueError):
+    """A broker endpoint that cannot be used; the message names it and the forms that can."""
+
+
 class RegistryError(MlipxServeError, ValueError):
     """A models file cannot be used; the message names the file and the entry."""
 

@@ -29,7 +29,7 @@ from mdp.errors import MDPError, WorkerError
 
 from .calculator import RESENDS, default_timeout, remote_error, serving_error
 from .errors import MlipxServeError
-from .paths import curve_options, default_broker
+from .paths import chosen_broker, curve_options
 from .payload import decode_reply, encode_request
 
 DEFAULT_PROPERTIES = ("energy", "forces")
@@ -70,8 +70,9 @@ def map_structures(model: str, structures: Iterable[Atoms],
     if isinstance(properties, str):
         raise TypeError("properties must be a list of names, not a single string")
     total = len(structures) if hasattr(structures, "__len__") else None
-    return _results(lambda: _Run(model, broker or default_broker(), structures,
-                                 list(properties), max(1, max_in_flight),
+    broker = chosen_broker(broker)  # here: a wrong endpoint fails the call, not a next()
+    return _results(lambda: _Run(model, broker, structures, list(properties),
+                                 max(1, max_in_flight),
                                  default_timeout() if timeout is None else timeout),
                     ordered, on_error, _progress(progress, model, total))
 

@@ -10,8 +10,9 @@ from ase import Atoms
 
 from .broker_status import available_models, get_broker_status
 from .calculator import RemoteCalculator
+from .errors import EndpointError
 from .mapping import DEFAULT_PROPERTIES, map_structures
-from .paths import default_broker
+from .paths import chosen_broker
 
 log = logging.getLogger("mlipx_serve")
 
@@ -19,7 +20,11 @@ log = logging.getLogger("mlipx_serve")
 def served_calculator_or_none(name: str | None, broker: str | None = None,
                               **kwargs: Any) -> RemoteCalculator | None:
     """A calculator for the served model ``name``, or None (with the reason logged)."""
-    broker = broker or default_broker()
+    try:
+        broker = chosen_broker(broker)
+    except EndpointError as error:
+        log.warning("%s", error)
+        return None
     if not name:
         log.warning("a model without a name cannot be served")
         return None
@@ -66,7 +71,7 @@ class Models(Mapping):
     """
 
     def __init__(self, broker: str | None = None):
-        self.broker = broker or default_broker()
+        self.broker = chosen_broker(broker)
         self.refresh()
 
     def refresh(self) -> None:

@@ -329,6 +329,22 @@ def test_mlipx_use_serve_toggles_a_script(bus: str, shared_system: ServeSystem):
     assert "computing with a local calculator" in runs[2].stderr
 
 
+def test_a_malformed_endpoint_under_mlipx_use_serve_computes_locally(
+        shared_system: ServeSystem):
+    endpoints = ["http://localhost:5555", "tcp://nosuchhost.invalid:5555"]
+    with ThreadPoolExecutor(len(endpoints)) as pool:
+        runs = list(pool.map(lambda e: use_serve_script(shared_system, "true", e), endpoints))
+    local = results_with(bulk("Cu", cubic=True), EMT())["energy"]
+    for endpoint, run in zip(endpoints, runs, strict=True):
+        assert run.returncode == 0, run.stderr
+        kind, energy = run.stdout.split()
+        assert kind == "EMT" and float(energy) == pytest.approx(local, abs=EXACT)
+        assert run.stderr.count(endpoint) == 1, run.stderr  # one warning names it
+        assert "Traceback" not in run.stderr
+    assert "tcp://HOST:PORT" in runs[0].stderr
+    assert "cannot be resolved" in runs[1].stderr
+
+
 # ------------------------------------------------------------ clear errors
 
 
@@ -483,6 +499,29 @@ def test_a_malformed_request_is_a_payload_error_from_the_worker(bus: str):
     mapped = remote_error(caught.value, "emt")
     assert isinstance(mapped, PayloadError) and "dtype [1]" in str(mapped)
 
+
+
+@pytest.mark.parametrize("args, environment, said", [
+    (["serve-status", "--broker", "http://localhost:5555"], {},
+     "--broker 'http://localhost:5555' is not a broker endpoint"),
+    (["serve", "emt", "--no-uv", "--broker", "tcp://127.0.0.1"], {},
+     "--broker 'tcp://127.0.0.1' has no port"),
+    (["serve-broker", "--path", "http://localhost:5555"], {},
+     "--path 'http://localhost:5555' is not a broker endpoint"),
+    (["serve-status"], {"MLIPX_SERVE_BROKER": "http://localhost:5555"},
+     "MLIPX_SERVE_BROKER='http://localhost:5555' is not a broker endpoint"),
+    (["serve-status", "--broker", "tcp://nosuchhost.invalid:5555"], {},
+     "--broker 'tcp://nosuchhost.invalid:5555' names a host, 'nosuchhost.invalid', that "
+     "cannot be resolved"),
+], ids=["serve-status", "serve", "serve-broker", "variable", "unresolvable"])
+def test_a_malformed_endpoint_ends_a_command_with_one_line(serve_system: ServeSystem, args,
+                                                           environment, said):
+    run = serve_system.run(*MLIPX, *args, **environment)
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"error: {said}"), run.stderr
+    if "resolved" not in said:
+        assert "ipc://PATH" in run.stderr and "tcp://HOST:PORT" in run.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mace") is not None, reason="mace is installed")
