@@ -250,6 +250,7 @@ def serve_broker(
         else:  # in the loop: the bound port goes into the connection file
             broker.call_soon(lambda: _open_cluster_side(broker, cluster, endpoint, starter))
         _run_broker(broker, starter)
+        _say(f"model broker at {endpoint} stopped ({broker.stop_reason or 'asked to stop'})")
     finally:
         if admitted != curve_clients:
             shutil.rmtree(admitted, ignore_errors=True)
@@ -430,7 +431,7 @@ def serve(
 def _run_worker(name: str, model, endpoint: str, idle_timeout: float | None, **options) -> None:
     from .serve import serve as run_worker
 
-    run_worker(name, model, endpoint, idle_timeout, **options)
+    run_worker(name, model, endpoint, idle_timeout, say=_say, **options)
 
 
 def _read_connection(path: Path):

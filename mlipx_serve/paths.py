@@ -144,6 +144,18 @@ def worker_endpoint(client_endpoint: str) -> str:
     return f"ipc://{stem}-workers.{suffix}"
 
 
+def broker_command(worker_endpoint: str) -> str | None:
+    """The command that starts the broker a worker at this ipc endpoint looks for (for
+    tcp, a broker on another machine maybe, there is no one command to give)."""
+    if not worker_endpoint.startswith("ipc://"):
+        return None
+    stem, dot, suffix = worker_endpoint.rpartition(".")
+    client = f"{stem.removesuffix('-workers')}{dot}{suffix}" if dot and "/" not in suffix \
+        else worker_endpoint.removesuffix("-workers")
+    return "mlipx serve-broker" if client == local_broker() else \
+        f"mlipx serve-broker --path {client}"
+
+
 def normalise(endpoint: str) -> str:
     """Accept a bare filesystem path as an IPC endpoint."""
     return endpoint if "://" in endpoint else f"ipc://{Path(endpoint).absolute()}"

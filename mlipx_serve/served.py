@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -63,24 +64,54 @@ class ServedModel:
         return f"ServedModel({self.name!r}, broker={self.broker!r})"
 
 
+NO_BROKER_MEMORY = 30.0  # seconds a broker that did not answer is taken to be absent
+_silent_since: dict[str, float] = {}  # endpoint -> when its broker last did not answer
+
+
+def offered_models(broker: str, ask: bool = False) -> dict[str, dict]:
+    """The models the broker at ``broker`` offers (``available_models``), none when no
+    broker answers. Asking costs ``PROBE_TIMEOUT`` when none does, so a broker that did
+    not answer is not asked again for ``NO_BROKER_MEMORY`` seconds unless ``ask``; that
+    none answers is said once, until one does."""
+    silent_since = _silent_since.get(broker)
+    if not ask and silent_since is not None and \
+            time.monotonic() - silent_since < NO_BROKER_MEMORY:
+        return {}
+    status = get_broker_status(broker)
+    if status["running"]:
+        _silent_since.pop(broker, None)
+        return available_models(status)
+    if silent_since is None:
+        log.warning("no model broker answers at %s, so it offers no models; start one with "
+                    "`mlipx serve-broker --autostart`", broker)
+    _silent_since[broker] = time.monotonic()
+    return {}
+
+
 class Models(Mapping):
     """The models the broker offers: those with workers, and those it can start.
 
     A snapshot, refreshed by ``refresh()``, and by itself when a name it lacks is asked
-    for (a worker may have come since).
+    for (a worker may have come since). Without a broker it is empty (``name in models``
+    is False), and says so once (``offered_models``).
     """
 
     def __init__(self, broker: str | None = None):
         self.broker = chosen_broker(broker)
-        self.refresh()
+        self._models = offered_models(self.broker)
 
     def refresh(self) -> None:
-        self._models = available_models(get_broker_status(self.broker))
+        """Ask the broker again, even one that did not answer a moment ago."""
+        self._models = offered_models(self.broker, ask=True)
 
     def __getitem__(self, name: str) -> ServedModel:
         if name not in self._models:
-            self.refresh()
+            self._models = offered_models(self.broker)
         if name not in self._models:
+            if self.broker in _silent_since:
+                raise KeyError(f"no model broker answers at {self.broker}, so it offers no "
+                               f"model '{name}'; start one with `mlipx serve-broker "
+                               f"--autostart`")
             known = ", ".join(self._models) or "none"
             raise KeyError(f"the broker at {self.broker} offers no model '{name}' "
                            f"(offered: {known})")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import zmq
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import CalculationFailed, PropertyNotImplementedError
@@ -48,6 +49,7 @@ from mlipx_serve import (
     RemoteCalculationError,
     RemoteCalculator,
     ServingError,
+    served,
     served_calculator_or_none,
 )
 from mlipx_serve.calculator import remote_error
@@ -263,6 +265,52 @@ def test_idle_worker_leaves_and_next_request_starts_a_new_one(serve_system: Serv
     assert_same_results(results_with(rattled_cu(1), remote(broker)), local)
     second_pid, [second] = emt_pid(system, broker), system.workers_of(broker, "emt")
     assert second_pid != first_pid and second["id"] != first["id"]
+
+
+def test_a_worker_says_what_its_broker_does_and_why_it_leaves(serve_system: ServeSystem):
+    system = serve_system
+    client, workers = system.ipc("late.ipc"), system.ipc("late-workers.ipc")
+    worker = system.worker("emt", workers)
+    system.wait_until(lambda: f"no broker answers at {workers} yet; still trying" in
+                      worker.log(), "the worker to say that no broker answers", timeout=20)
+    assert worker.alive()  # it keeps trying
+    assert f"(start one with `mlipx serve-broker --path {client}`)" in worker.log()
+    broker = system.broker(path="late.ipc")
+    system.wait_until(lambda: f"serving model 'emt': registered with the broker at {workers}"
+                      in worker.log(), "the worker to say that it serves")
+    idle = system.worker("emt", workers, "--timeout", "1")
+    assert idle.wait(30) == 0
+    assert idle.log().strip().splitlines()[-1] == "leaving: no request for 1 s"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert worker.log().strip().splitlines()[-1] == "leaving: got SIGTERM"
+    broker_process = system.brokers[broker]
+    assert system.stop_broker(broker)[0] == 0
+    said = broker_process.log().strip().splitlines()
+    assert said[-1] == f"model broker at {broker} stopped (got SIGTERM)", said
+
+
+def test_models_without_a_broker_says_so_once_and_asks_again_later(
+        serve_system: ServeSystem, monkeypatch, caplog):
+    endpoint = serve_system.ipc("late.ipc")
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # takes questions, never answers
+    silent.bind(endpoint)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
+            answers = [len(Models(endpoint)), "emt" in Models(endpoint), "emt" in Models(endpoint)]
+        assert answers == [0, False, False]
+        asked = 0
+        while silent.poll(0):  # the first Models() asked; the others knew nobody answers
+            silent.recv_multipart()
+            asked += 1
+        assert asked == 1
+    finally:
+        silent.close(linger=0)
+    said = [r.getMessage() for r in caplog.records if endpoint in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"no model broker answers at {endpoint}")
+    serve_system.broker("--autostart", path="late.ipc")
+    monkeypatch.setattr(served, "NO_BROKER_MEMORY", 0.5)  # not the 30 s a script waits
+    serve_system.wait_until(lambda: "emt" in Models(endpoint), "Models to find the broker")
 
 
 def failing_bus(system: ServeSystem, start_timeout: str) -> str:
