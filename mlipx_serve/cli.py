@@ -245,8 +245,9 @@ def serve_broker(
                 launch = LocalLauncher(workers, paths.private_dir() / "logs", curve_secret_key,
                                        _gpus(gpus), thread_share(config.workers_per_model))
             starter = Autostarter(broker, _registry(models), config, launch)
-        if cluster is None:
-            _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
+        if cluster is None:  # in the loop, once bound: a broker that cannot bind says only that
+            broker.call_soon(lambda: _announce(endpoint, workers, starter, curve_secret_key,
+                                               curve_clients))
         else:  # in the loop: the bound port goes into the connection file
             broker.call_soon(lambda: _open_cluster_side(broker, cluster, endpoint, starter))
         _run_broker(broker, starter)

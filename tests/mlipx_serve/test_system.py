@@ -13,6 +13,7 @@ import logging
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -595,6 +596,15 @@ def test_a_models_file_without_autostart_is_refused(serve_system: ServeSystem, t
                            "--models", str(MODELS_FILE))
     assert run.returncode == 1
     assert "needs --autostart" in " ".join(run.stderr.split())
+
+
+def test_a_broker_that_cannot_bind_says_only_that(serve_system: ServeSystem):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        run = serve_system.run(*MLIPX, "serve-broker", "--path", endpoint)
+    assert run.returncode == 1
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot bind the broker to {endpoint}"), run.stderr
 
 
 def test_help_names_the_environment_variables(serve_system: ServeSystem):
