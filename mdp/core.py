@@ -111,7 +111,8 @@ class Worker:
     process: Process  # shared with the other connections of its process
     state: WorkerState = IDLE
     request: Request | None = None
-    served: int = 0
+    served: int = 0  # replies with results, as the service's ``served``
+    failed: int = 0  # worker-error replies
     metadata: dict = field(default_factory=dict)  # what its READY said of it (mdp.md 5.4)
 
     def assign(self, request: Request) -> None:
@@ -359,13 +360,14 @@ class BrokerCore:
             self._relay_final(request, body)
         self.counters["replies"] += 1
         worker.release()
-        worker.served += 1
         state = self.services[worker.service]
         failed = marker is not None
         if failed:
             state.failed += 1
+            worker.failed += 1
         else:
             state.served += 1
+            worker.served += 1
         state.idle[peer] = worker
         self._emit_service_event("served", state, worker, "failed" if failed else "ok")
         self._dispatch(state)
@@ -560,7 +562,8 @@ class BrokerCore:
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
                  "dialect": worker.dialect.value, "state": worker.state.value,
-                 "served": worker.served, "since": now - worker.since,
+                 "served": worker.served, "failed": worker.failed,
+                 "since": now - worker.since,
                  "metadata": worker.metadata}
                 for worker in self.workers.values()
             ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from mdp.client import Client
@@ -23,7 +24,8 @@ def _mmi_json(broker: str, service: str, timeout: float, curve: dict) -> Any:
 def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT, *,
                       curve_server_key: str | None = None,
                       curve_secret_key: str | None = None) -> dict:
-    """The broker's state as plain data; ``running`` is False when no broker answers.
+    """The broker's state as plain data; ``running`` is False when no broker answers;
+    ``at``: when it was taken (Unix time; the workers report when they started).
 
     A CURVE broker the keys do not fit never answers, so it looks like no broker at all.
     """
@@ -37,7 +39,7 @@ def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT,
         serving = _mmi_json(broker, "mmi.mlipx", timeout, curve)
     except MDPError:
         serving = None
-    return {"running": True, "broker": broker, "status": status,
+    return {"running": True, "broker": broker, "at": time.time(), "status": status,
             "autostart": serving if isinstance(serving, dict) else {"autostart": False,
                                                                     "models": {}}}
 

@@ -30,6 +30,7 @@ from .paths import broker_command
 from .payload import decode_request, encode_results
 
 log = logging.getLogger("mlipx_serve.serve")
+STARTED = time.time()  # about when this process started: mlipx serve imports this first
 
 NO_BROKER_NOTICE = 3.0  # seconds without a broker before a worker says so (at least)
 
@@ -113,7 +114,7 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     settle_heap()
     log.info("model '%s' loaded; serving it at %s", name, broker)
     handler = request_handler(calc, name, batch_size, batch_wait, prefetch)
-    metadata = worker_metadata()
+    metadata = worker_metadata(model)
     news = BrokerNews(name, broker, say, patience=max(NO_BROKER_NOTICE, 2 * heartbeat))
     workers = [Worker(broker, name, handler, idle_timeout=idle_timeout,
                       heartbeat_interval=heartbeat, copy=False, metadata=metadata,
@@ -219,24 +220,31 @@ def _run_together(workers: list[Worker]) -> None:
             signal.signal(sig, handler)
 
 
-def worker_metadata() -> dict[str, Any]:
+def worker_metadata(model: object = None) -> dict[str, Any]:
     """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
-    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job; and, for
-    the broker, which connections are one process (a batching or prefetching worker's)."""
+    for ``mlipx serve-status``: where it runs, on which device, in which SLURM job, since
+    when; and, for the broker, which connections are one process (a batching or
+    prefetching worker's)."""
     host, pid = socket.gethostname(), os.getpid()
-    return {"host": host, "pid": pid, "device": _device(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}"}
+    return {"host": host, "pid": pid, "device": _device(model),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}",
+            "started": STARTED}
 
 
-def _device() -> str | None:
+def _device(model: object) -> str | None:
     """The GPUs this process may use: SLURM's numbers of the node's GPUs, which stay
-    the node's own where CUDA_VISIBLE_DEVICES is renumbered from 0, else the latter."""
+    the node's own where CUDA_VISIBLE_DEVICES is renumbered from 0, else the latter;
+    without either, the device the model's definition names (``cuda``, ``cpu``), else
+    ``cpu`` where no GPU framework is loaded (EMT, LJ) and None (unknown) where one is."""
     gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
-    if gpus is None:
-        return None
-    if gpus.strip() in ("", "-1", "NoDevFiles"):
-        return "CPU"
-    return f"GPU {gpus}"
+    if gpus is not None:
+        return "cpu" if gpus.strip() in ("", "-1", "NoDevFiles") else f"GPU {gpus}"
+    from .generic import resolve_device
+
+    named = resolve_device(getattr(model, "device", None))
+    if isinstance(named, str) and named:  # (json sends a str Enum's value)
+        return named
+    return None if {"torch", "jax"} & sys.modules.keys() else "cpu"
 
 
 def _leave_when(reasons: list[LeaveWhen], workers: list[Worker], every: float = 1.0) -> None:

@@ -479,6 +479,30 @@ def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     assert table_row(run.stdout, "mace-mpa-0") == ["mace-mpa-0", *"00000", "yes"]
 
 
+def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
+        serve_system: ServeSystem):
+    system = serve_system
+    bus = system.broker()  # no autostart: a request for emt waits for a worker
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(results_with, rattled_cu(0), remote(bus))
+        system.wait_until(lambda: system.service(bus, "emt")["queued"] == 1,
+                          "the request to queue")
+        run = system.run(*MLIPX, "serve-status", "--broker", bus)
+        assert table_row(run.stdout, "emt") == ["emt", "0", "0", "1", "0", "0",
+                                                "no: start a worker"]
+        assert f"start one with `mlipx serve emt --broker {bus}`" in " ".join(run.stdout.split())
+        system.worker("emt", bus)
+        waiting.result(timeout=60)
+    with pytest.raises(RemoteCalculationError):
+        results_with(Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]]), remote(bus))
+    run = system.run(*MLIPX, "serve-status", "--broker", bus)
+    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", "1", "1", "no"]
+    [worker] = system.workers_of(bus, "emt")
+    row = table_row(run.stdout, worker["metadata"]["process"])
+    assert row[3:5] == ["1", "1"] and row[7] == "cpu"  # served, failed; the device
+    assert worker["metadata"]["started"] <= system.status(bus)["at"]
+
+
 def test_serve_status_json(bus: str, shared_system: ServeSystem):
     results_with(rattled_cu(0), remote(bus))
     run = shared_system.run(*MLIPX, "serve-status", "--broker", bus, "--json")
