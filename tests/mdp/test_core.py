@@ -27,6 +27,7 @@ from mdp import protocol as p
 from mdp.core import BrokerConfig, BrokerCore, Event, StateError, WorkerState, peer_name
 from mdp.errors import (
     BROKER_ERROR_MARKER,
+    WORKER_ERROR_MARKER,
     AttemptsExhausted,
     BrokerError,
     BrokerStopping,
@@ -228,6 +229,23 @@ def test_partials_are_buffered_and_joined_for_v01_clients(worker_d):
     assert reply == p.ClientReply(b"echo", [b"a", b"b", b"c", b"d", b"e"], True)
     bus.request(b"c", b"echo", b"again", d=V01)
     assert only(bus.reply(b"w", ID2, b"f"))[1].body == [b"f"]  # the buffer was emptied
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["worker-error", "forged-broker-error"])
+@pytest.mark.parametrize("in_part", [False, True], ids=["in-the-final", "in-a-part"])
+def test_an_error_is_the_whole_reply_of_a_v01_client(forged, in_part):
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c", b"echo", b"x", d=V01)
+    assert bus.reply(b"w", ID1, b"part", final=False) == []
+    error = [BROKER_ERROR_MARKER, b"500", b"x", b"y"] if forged else \
+        worker_error_body("ValueError", "bad input")
+    if in_part:
+        assert bus.reply(b"w", ID1, *error, final=False) == []
+        reply = only(bus.reply(b"w", ID1, b"last part"))[1]
+    else:
+        reply = only(bus.reply(b"w", ID1, *error))[1]
+    assert bytes(reply.body[0]) == WORKER_ERROR_MARKER and b"part" not in reply.body
 
 
 def test_a_worker_holds_one_request_at_a_time():
