@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from . import protocol as p
-from .client import ClientBase, Link, Wait, check_reply, ms_until
+from .client import ClientBase, Deadlines, Link, Wait, check_reply, ms_until
 
 LOOK_EVERY = 0.5  # seconds between looks at a waiting connection's monitor
 
@@ -58,7 +58,7 @@ class AsyncClient(ClientBase):
                     yield check_reply(reply, service)
                     if finished:
                         break
-                    reply = await self._wait(link, timeout)
+                    reply = await self._wait(link, self._deadlines(timeout))
                     if isinstance(reply, Wait):
                         raise self._failure(reply, service, link, timeout, 1, True)
             finally:
@@ -73,8 +73,9 @@ class AsyncClient(ClientBase):
             link = self._take_link()
             try:
                 await self._read_monitor(link)  # what happened while it was idle is no news
-                await link.socket.send_multipart(message, copy=False)
-                reply = await self._wait(link, timeout)
+                deadlines = self._deadlines(timeout)
+                sent = await self._send(link, message, deadlines[1])
+                reply = await self._wait(link, deadlines) if sent else Wait.NO_BROKER
             except BaseException:
                 self._discard(link)
                 raise
@@ -85,7 +86,17 @@ class AsyncClient(ClientBase):
                 raise self._failure(reply, service, link, timeout, sends)
         raise self._failure(Wait.LOST, service, link, timeout, sends)
 
-    async def _wait(self, link: Link, timeout: float) -> p.ClientReply | Wait:
+    async def _send(self, link: Link, message: list, connect_by: float) -> bool:
+        """Send ``message``; False if no connection took it by ``connect_by``."""
+        self._send_within(link, connect_by)
+        try:
+            await link.socket.send_multipart(message, copy=False)
+        except zmq.Again:
+            await self._read_monitor(link)  # a refusal says why
+            return False
+        return True
+
+    async def _wait(self, link: Link, deadlines: Deadlines) -> p.ClientReply | Wait:
         """The next reply on ``link``, or why none will come.
 
         It waits on the socket alone, looking at the monitor every LOOK_EVERY seconds: an
@@ -93,7 +104,7 @@ class AsyncClient(ClientBase):
         broker is not back sooner than that anyway. The socket's own receive timeout ends
         each wait (pyzmq raises zmq.Again): ``asyncio.wait_for`` cost a task per reply.
         """
-        deadline, connect_by = self._deadlines(timeout)
+        deadline, connect_by = deadlines
         drops = link.drops
         while True:
             until = min(self._until(link, deadline, connect_by), time.monotonic() + LOOK_EVERY)

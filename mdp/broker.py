@@ -80,6 +80,7 @@ class Broker:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
         self._stopping = False
+        self.stop_reason = ""
         self._wakeup = Wakeup()
         self._sockets: dict[bytes, zmq.Socket] = {}
         self._monitors: list[zmq.Socket] = []  # one per ROUTER: its disconnect events
@@ -130,8 +131,9 @@ class Broker:
         """How many workers are registered for ``service``. Loop thread only."""
         return self.core.service_workers(_name(service))
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "asked to stop") -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
+        self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
 
@@ -343,8 +345,9 @@ class Broker:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def on_signal(signum, frame):
-            log.info("broker got signal %s, shutting down", signal.Signals(signum).name)
-            self.stop()
+            name = signal.Signals(signum).name
+            log.info("broker got signal %s, shutting down", name)
+            self.stop(f"got {name}")
 
         for sig in previous:
             signal.signal(sig, on_signal)

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .broker import Broker
@@ -66,7 +67,7 @@ def _or_exit(make: Callable[[], T]) -> T:
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     except CurveError as error:
-        err_console.print(f"[red]CURVE error:[/] {error}")
+        err_console.print(f"[red]CURVE error:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
 
 
@@ -79,9 +80,9 @@ def keys(
     public, secret = _or_exit(lambda: create_key_pair(directory, name))
     print(public)
     print(secret)
-    err_console.print(f"give {public.name} to peers (a broker's: --curve-server-key; a "
-                      f"client's: copy into the broker's --curve-clients directory); keep "
-                      f"{secret.name} private")
+    err_console.print(escape(f"give {public.name} to peers (a broker's: --curve-server-key; "
+                             f"a client's: copy into the broker's --curve-clients directory); "
+                             f"keep {secret.name} private"))
 
 
 @app.command()
@@ -123,15 +124,16 @@ def broker(
                                      curve_clients=curve_clients,
                                      curve_workers_only=curve_workers_only,
                                      ipc_mode=_octal_mode(ipc_mode)))
-    err_console.print(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)")
+    err_console.print(escape(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)"))
     if curve_secret_key is not None:
         where = " on the worker endpoints" if curve_workers_only else ""
-        err_console.print(f"CURVE{where}: admitting the keys in {curve_clients}" if curve_clients
-                          else f"CURVE{where}: encrypted, admitting any client key")
+        err_console.print(escape(f"CURVE{where}: admitting the keys in {curve_clients}"
+                                 if curve_clients else
+                                 f"CURVE{where}: encrypted, admitting any client key"))
     try:
         server.run()
     except (OSError, CurveError) as error:
-        err_console.print(f"[red]error:[/] {error}")
+        err_console.print(f"[red]error:[/] {escape(str(error))}")
         raise typer.Exit(1) from None
 
 
@@ -156,7 +158,7 @@ def call(
                 for frame in part:
                     print(bytes(frame).decode("utf-8", "backslashreplace"))
         except MDPError as error:
-            err_console.print(f"[red]{type(error).__name__}:[/] {error}")
+            err_console.print(f"[red]{type(error).__name__}:[/] {escape(str(error))}")
             raise typer.Exit(1) from None
 
 
@@ -176,7 +178,8 @@ def status(
         with client:
             data = json.loads(bytes(client.request("mmi.status")[0]))
     except MDPError as error:
-        err_console.print(f"[red]no broker answered at {broker}:[/] {error}")
+        err_console.print(f"[red]no broker answered at {escape(broker)}:[/] "
+                          f"{escape(str(error))}")
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(data, indent=2))
@@ -185,15 +188,15 @@ def status(
 
 
 def status_table(data: dict, endpoint: str) -> Table:
-    table = Table(title=f"mdp broker {data['version']} at {endpoint}, "
-                        f"up {data['uptime']:.0f} s")
+    table = Table(title=escape(f"mdp broker {data['version']} at {endpoint}, "
+                               f"up {data['uptime']:.0f} s"))
     for column in ("service", "workers", "idle", "busy", "queued", "served", "failed",
                    "expired"):
         table.add_column(column, justify="left" if column == "service" else "right")
     for name, service in data["services"].items():
-        table.add_row(name, *(str(service[key]) for key in
-                              ("workers", "idle", "busy", "queued", "served", "failed",
-                               "expired")))
+        table.add_row(escape(name), *(str(service[key]) for key in
+                                      ("workers", "idle", "busy", "queued", "served",
+                                       "failed", "expired")))
     if not data["services"]:
         table.caption = "no services yet: start a worker, e.g. `mdp echo`"
     return table
@@ -217,7 +220,7 @@ def echo(
         broker, service, lambda frames: frames, heartbeat_interval=heartbeat,
         idle_timeout=idle_timeout or None, dialect=_dialect(dialect),
         curve_server_key=curve_server_key, curve_secret_key=curve_secret_key))
-    err_console.print(f"echo worker for '{service}' at {broker}")
+    err_console.print(escape(f"echo worker for '{service}' at {broker}"))
     worker.run()
 
 

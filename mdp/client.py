@@ -7,6 +7,9 @@ carried a request closed. That is the one time a request is sent again (on a fre
 connection, up to ``retries`` times): the broker was lost or restarted and the request
 with it. A reply that is merely slow is waited for, never duplicated; a client that gives
 up closes its connection, and the broker then forgets the request (protocol/mdp.md 10).
+No call waits past its deadlines, the send included: a DEALER whose connection was refused
+(libzmq drops a connection whose handshake failed on its own side for good) would block
+a plain send for ever.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .security import KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
 Waiting = Callable[[float], None]
+Deadlines = tuple[float, float]  # (give up on the reply, give up on a broker)
 
 _MISMATCH = "the handshake failed (CURVE on one side only, or the wrong server key?)"
 _REFUSALS = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: _MISMATCH,
@@ -145,10 +149,16 @@ class ClientBase:
         timeout = self.timeout if timeout is None else timeout
         return service, message, timeout, 1 + (self.retries if retries is None else retries)
 
-    def _deadlines(self, timeout: float) -> tuple[float, float]:
+    def _deadlines(self, timeout: float) -> Deadlines:
         """(give up on the reply, give up on a broker) for a wait that starts now."""
         now = time.monotonic()
         return now + timeout, now + min(timeout, self.broker_timeout)
+
+    @staticmethod
+    def _send_within(link: Link, connect_by: float) -> None:
+        """Let the next send wait for a connection to take it until ``connect_by`` at most
+        (pyzmq's asyncio sockets honour it too); then it raises ``zmq.Again``."""
+        link.socket.setsockopt(zmq.SNDTIMEO, ms_until(connect_by))
 
     @staticmethod
     def _until(link: Link, deadline: float, connect_by: float) -> float:
@@ -227,7 +237,7 @@ class Client(ClientBase):
                 yield check_reply(reply, service)
                 if finished:
                     return
-                reply = self._wait(self._link, timeout)
+                reply = self._wait(self._link, self._deadlines(timeout))
                 if isinstance(reply, Wait):
                     raise self._failure(reply, service, self._link, timeout, 1, True)
         finally:
@@ -239,8 +249,10 @@ class Client(ClientBase):
         for _ in range(sends):
             link = self._link_or_new()
             self._read_monitor(link)  # what happened while it was idle is no news
-            send_frames(link.socket, message, copy=False)
-            reply = self._wait(link, timeout, waiting)
+            deadlines = self._deadlines(timeout)
+            if not self._send(link, message, deadlines[1]):
+                raise self._failure(Wait.NO_BROKER, service, link, timeout, sends)
+            reply = self._wait(link, deadlines, waiting)
             if not isinstance(reply, Wait):
                 return reply
             if reply is not Wait.LOST:
@@ -248,10 +260,20 @@ class Client(ClientBase):
             self._reset()  # a fresh connection: the old one may still hold the message
         raise self._failure(Wait.LOST, service, link, timeout, sends)
 
-    def _wait(self, link: Link, timeout: float,
+    def _send(self, link: Link, message: list, connect_by: float) -> bool:
+        """Send ``message``; False if no connection took it by ``connect_by``."""
+        self._send_within(link, connect_by)
+        try:
+            send_frames(link.socket, message, copy=False)
+        except zmq.Again:
+            self._read_monitor(link)  # a refusal says why
+            return False
+        return True
+
+    def _wait(self, link: Link, deadlines: Deadlines,
               waiting: Waiting | None = None) -> p.ClientReply | Wait:
         """The next reply on ``link``, or why none will come."""
-        deadline, connect_by = self._deadlines(timeout)
+        deadline, connect_by = deadlines
         start, drops = time.monotonic(), link.drops
         next_call = start + WAITING_EVERY if waiting is not None else float("inf")
         while True:

@@ -111,7 +111,8 @@ class Worker:
     process: Process  # shared with the other connections of its process
     state: WorkerState = IDLE
     request: Request | None = None
-    served: int = 0
+    served: int = 0  # replies with results, as the service's ``served``
+    failed: int = 0  # worker-error replies
     metadata: dict = field(default_factory=dict)  # what its READY said of it (mdp.md 5.4)
 
     def assign(self, request: Request) -> None:
@@ -353,19 +354,20 @@ class BrokerCore:
             body, marker = self._forged_broker_error(worker), WORKER_ERROR_MARKER
         if not final:
             if not request.abandoned:
-                self._relay_partial(request, body)
+                self._relay_partial(request, body, error=marker is not None)
             return
         if not request.abandoned:
-            self._relay_final(request, body)
+            self._relay_final(request, body, error=marker is not None)
         self.counters["replies"] += 1
         worker.release()
-        worker.served += 1
         state = self.services[worker.service]
         failed = marker is not None
         if failed:
             state.failed += 1
+            worker.failed += 1
         else:
             state.served += 1
+            worker.served += 1
         state.idle[peer] = worker
         self._emit_service_event("served", state, worker, "failed" if failed else "ok")
         self._dispatch(state)
@@ -377,15 +379,21 @@ class BrokerCore:
         self._warn_once(f"forged:{worker.peer!r}", f"worker {peer_name(worker.peer)}: {why}")
         return worker_error_body("ProtocolError", why, "", peer_name(worker.peer))
 
-    def _relay_partial(self, request: Request, body: list) -> None:
-        if request.dialect is p.Dialect.V01:
-            request.partials += tuple(body)
-        else:
+    # An MDP/0.1 client gets one reply, the parts joined: an error in any part is all of
+    # it (the first one), or its marker would not come first and the client would take it
+    # for the worker's results.
+
+    def _relay_partial(self, request: Request, body: list, error: bool) -> None:
+        if request.dialect is not p.Dialect.V01:
             self._send(request.client, p.to_client_reply(request.dialect, request.service,
                                                          body, final=False))
+        elif reserved_marker(request.partials) is None:
+            request.partials = tuple(body) if error else request.partials + tuple(body)
 
-    def _relay_final(self, request: Request, body: list) -> None:
-        if request.partials:
+    def _relay_final(self, request: Request, body: list, error: bool) -> None:
+        if reserved_marker(request.partials) is not None:
+            body = list(request.partials)
+        elif request.partials and not error:
             body = [*request.partials, *body]
         self._send(request.client, p.to_client_reply(request.dialect, request.service, body))
 
@@ -560,7 +568,8 @@ class BrokerCore:
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
                  "dialect": worker.dialect.value, "state": worker.state.value,
-                 "served": worker.served, "since": now - worker.since,
+                 "served": worker.served, "failed": worker.failed,
+                 "since": now - worker.since,
                  "metadata": worker.metadata}
                 for worker in self.workers.values()
             ],

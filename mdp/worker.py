@@ -37,6 +37,7 @@ from .wakeup import Wakeup
 log = logging.getLogger("mdp.worker")
 
 Handler = Callable[[list], Any]
+OnRegistration = Callable[[bool], None]
 _CONNECTIONS = itertools.count(1)  # numbers every worker connection this process makes
 TRACEBACK_LIMIT = 16_000  # characters of a handler's traceback sent with its error
 
@@ -66,7 +67,10 @@ class Worker:
     with the key pair in ``curve_secret_key`` (NAME.key_secret) or, without it, a fresh
     one that only a broker admitting any key lets in. ``metadata`` (a small JSON object,
     e.g. the host and the device) goes to the broker with READY, which shows it in
-    ``mmi.status`` (protocol/mdp.md 5.4).
+    ``mmi.status`` (protocol/mdp.md 5.4). ``on_registration(True)`` is called, in the
+    worker's thread, when a broker first answers a READY (MDP has no acknowledgement: its
+    first heartbeat or request says it registered the worker), ``(False)`` when that broker
+    is lost; ``stop_reason`` says why ``run`` returned.
     """
 
     def __init__(self, endpoint: str, service: str | bytes, handler: Handler, *,
@@ -75,7 +79,8 @@ class Worker:
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
                  context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None,
-                 metadata: Mapping[str, Any] | None = None):
+                 metadata: Mapping[str, Any] | None = None,
+                 on_registration: OnRegistration | None = None):
         self.endpoint = endpoint
         self.metadata = _metadata_frame(metadata)
         self.curve = client_curve(curve_server_key, curve_secret_key)
@@ -94,7 +99,10 @@ class Worker:
         self.copy = copy
         self.context = context or zmq.Context.instance()
         self.served = 0
-        self.connected = threading.Event()  # set while registered with a broker
+        self.connected = threading.Event()  # set while connected (READY sent)
+        self.registered = threading.Event()  # set while a broker has answered the READY
+        self.on_registration = on_registration
+        self.stop_reason = ""
         self._socket: zmq.Socket | None = None
         self._stopping = False
         self._heard_from_broker = False  # in this session; resets the reconnect back-off
@@ -111,8 +119,9 @@ class Worker:
 
     # ------------------------------------------------------------ control
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "asked to stop") -> None:
         """Finish the request in hand, send DISCONNECT and return from ``run``."""
+        self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
 
@@ -143,6 +152,10 @@ class Worker:
         while not self._stopping and not self._idle_too_long():
             self._connect()
             outcome = self._session()
+            if self.registered.is_set():
+                self.registered.clear()
+                if outcome != "stop" and self.on_registration is not None:
+                    self.on_registration(False)
             if outcome == "stop":
                 break
             log.info("lost the broker at %s (%s); reconnecting in %.1f s",
@@ -162,6 +175,7 @@ class Worker:
         """Past the idle deadline: then the worker stops."""
         if time.monotonic() >= self._idle_deadline():
             log.info("no request for %.0f s; leaving", self.idle_timeout)
+            self.stop_reason = self.stop_reason or f"no request for {self.idle_timeout:g} s"
             self._stopping = True
         return self._stopping
 
@@ -195,6 +209,8 @@ class Worker:
                     continue
                 if isinstance(message, p.Disconnect):
                     return "the broker sent DISCONNECT"
+                if not self.registered.is_set():
+                    self._note_registered()
                 if isinstance(message, p.Heartbeat):
                     # Answer at once, so a broker that expects beats more often than we
                     # send them still hears from us in time.
@@ -211,6 +227,11 @@ class Worker:
                 self._send(p.worker_heartbeat(self.dialect))
                 next_heartbeat = now + self.heartbeat_interval
             self._idle_too_long()
+
+    def _note_registered(self) -> None:
+        self.registered.set()
+        if self.on_registration is not None:
+            self.on_registration(True)
 
     # ------------------------------------------------------------ requests
 
@@ -273,7 +294,8 @@ class Worker:
         self._socket.connect(self.endpoint)
         self._send(p.worker_ready(self.dialect, self.service, self.metadata))
         self.connected.set()
-        log.info("worker for '%s' sent READY to %s", self.service.decode(), self.endpoint)
+        log.info("worker for '%s' connecting to %s (READY sent; registered once the broker "
+                 "answers)", self.service.decode(), self.endpoint)
 
     def _disconnect_socket(self) -> None:
         self.connected.clear()
@@ -299,6 +321,7 @@ class Worker:
 
     def _close(self) -> None:
         self.connected.clear()
+        self.registered.clear()
         with self._socket_lock:
             self._closed.set()
         if self._socket is not None:
@@ -317,9 +340,9 @@ class Worker:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def on_signal(signum, frame):
-            log.info("got %s: finishing the current request, then leaving",
-                     signal.Signals(signum).name)
-            self.stop()
+            name = signal.Signals(signum).name
+            log.info("got %s: finishing the current request, then leaving", name)
+            self.stop(f"got {name}")
 
         for sig in previous:
             signal.signal(sig, on_signal)

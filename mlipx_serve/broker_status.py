@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from typing import Any
 
 from mdp.client import Client
 from mdp.errors import MDPError
 
-from .paths import curve_options, default_broker
+from .errors import MlipxServeError
+from .paths import chosen_broker, curve_options, default_broker
 
 PROBE_TIMEOUT = 2.0
 OFFER_SHOWN = 12  # model names listed when a name is not among them
@@ -25,11 +27,12 @@ def _mmi_json(broker: str, service: str, timeout: float, curve: dict) -> Any:
 def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT, *,
                       curve_server_key: str | None = None,
                       curve_secret_key: str | None = None) -> dict:
-    """The broker's state as plain data; ``running`` is False when no broker answers.
+    """The broker's state as plain data; ``running`` is False when no broker answers;
+    ``at``: when it was taken (Unix time; the workers report when they started).
 
     A CURVE broker the keys do not fit never answers, so it looks like no broker at all.
     """
-    broker = broker or default_broker()
+    broker = chosen_broker(broker)
     curve = curve_options(curve_server_key, curve_secret_key)
     try:
         status = _mmi_json(broker, "mmi.status", timeout, curve)
@@ -39,9 +42,30 @@ def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT,
         serving = _mmi_json(broker, "mmi.mlipx", timeout, curve)
     except MDPError:
         serving = None
-    return {"running": True, "broker": broker, "status": status,
+    return {"running": True, "broker": broker, "at": time.time(), "status": status,
             "autostart": serving if isinstance(serving, dict) else {"autostart": False,
                                                                     "models": {}}}
+
+
+NO_BROKER_MEMORY = 30.0  # seconds a broker that did not answer is taken to be absent
+_silent_since: dict[str, float] = {}  # endpoint -> when its broker last did not answer
+
+
+def recent_status(broker: str, ask: bool = False) -> dict:
+    """``get_broker_status``, but a broker that did not answer within the last
+    ``NO_BROKER_MEMORY`` seconds is not asked again unless ``ask``: each question to no
+    broker costs ``PROBE_TIMEOUT``, and a script may ask for every model it builds."""
+    silent_since = _silent_since.get(broker)
+    if not ask and silent_since is not None and \
+            time.monotonic() - silent_since < NO_BROKER_MEMORY:
+        return {"running": False, "broker": broker,
+                "error": f"it did not answer {time.monotonic() - silent_since:.0f} s ago"}
+    status = get_broker_status(broker)
+    if status["running"]:
+        _silent_since.pop(broker, None)
+    else:
+        _silent_since[broker] = time.monotonic()
+    return status
 
 
 def describe_wait(status: dict, model: str) -> str:
@@ -75,13 +99,30 @@ def closest_first(names: list[str], wanted: str) -> list[str]:
 
 def how_to_serve(status: dict, model: str) -> str:
     """The command that starts a worker for ``model`` beside this broker."""
-    from .registry import BUILTIN_MODELS
+    command = f"mlipx serve {model}"
+    if status["broker"] != _default_broker():
+        command += f" --broker {status['broker']}"
+    if _known_model(model):
+        return f"start a worker with `{command}`"
+    return (f"start a worker with `{command} --models FILE`, FILE a models.py whose "
+            f"ALL_MODELS defines it")
 
-    where = "" if status["broker"] == default_broker() else f" --broker {status['broker']}"
-    if model in BUILTIN_MODELS:
-        return f"start a worker with `mlipx serve {model}{where}`"
-    return (f"start a worker with `mlipx serve {model} --models FILE{where}`, FILE a "
-            f"models.py whose ALL_MODELS defines it")
+
+def _default_broker() -> str | None:
+    try:
+        return default_broker()
+    except (MlipxServeError, OSError):
+        return None
+
+
+def _known_model(name: str) -> bool:
+    """Would ``mlipx serve NAME`` find it (built in, or in ``$MLIPX_SERVE_MODELS``)?"""
+    from .registry import load_registry
+
+    try:
+        return name in load_registry()
+    except MlipxServeError:
+        return False
 
 
 def available_models(status: dict) -> dict[str, dict]:

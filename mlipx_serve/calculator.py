@@ -24,7 +24,7 @@ from .errors import (
     ServiceStartFailedError,
     ServingError,
 )
-from .paths import curve_options, default_broker
+from .paths import chosen_broker, curve_options
 from .payload import decode_reply, encode_request
 
 log = logging.getLogger("mlipx_serve")
@@ -77,7 +77,7 @@ class RemoteCalculator(Calculator):
         super().__init__(**kwargs)
         self.model = model
         self.definition = definition
-        self.broker = broker or default_broker()
+        self.broker = chosen_broker(broker)
         self.timeout = default_timeout() if timeout is None else timeout
         self.broker_timeout = broker_timeout
         self.curve = curve_options(curve_server_key, curve_secret_key)

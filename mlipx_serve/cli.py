@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mdp.broker import Broker, ipc_path
 from mdp.client import Client
@@ -24,7 +25,7 @@ from mdp.errors import MDPError
 from mdp.security import CurveError, client_curve
 
 from . import environment, paths
-from .errors import MlipxServeError
+from .errors import EndpointError, MlipxServeError
 
 app = typer.Typer(
     help="Serve machine-learned interatomic potentials to ASE over a Majordomo bus.",
@@ -38,6 +39,26 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+
+def _checked_endpoint(bind: bool) -> Callable:
+    """An option callback: the endpoint the option, or the variable behind it, gives
+    (``paths.endpoint``); one that cannot be used ends the command with one line and exit
+    code 2, as a bad option does."""
+
+    def check(context: typer.Context, parameter: typer.CallbackParam,
+              value: str | None) -> str | None:
+        if not value:
+            return None
+        source = getattr(context.get_parameter_source(parameter.name), "name", "")
+        named = environment.BROKER if source == "ENVIRONMENT" else parameter.opts[0]
+        try:
+            return paths.endpoint(value, named, bind=bind)
+        except EndpointError as error:
+            _fail(str(error), code=2)
+
+    return check
+
+
 MODELS_HELP = f"A models.py file defining ALL_MODELS; repeat for more (default: built-in " \
               f"models and the files in ${environment.MODELS}, separated like PATH)."
 CURVE_SERVER_KEY = typer.Option(
@@ -48,6 +69,7 @@ CURVE_SECRET_KEY = typer.Option(
     help="This peer's key pair (NAME.key_secret), admitted by the broker (default: an "
          "ephemeral pair, which only a broker without --curve-clients accepts).")
 BROKER = typer.Option(None, "--broker", envvar=environment.BROKER, show_default=False,
+                      callback=_checked_endpoint(bind=False),
                       help="Broker endpoint, its client or its worker path (default: the "
                            "private per-user broker).")
 BATCH_SIZE = typer.Option(1, "--batch-size", min=1, help="Requests a worker takes at once "
@@ -88,9 +110,14 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, as it is (rich would take ``[mace]`` for markup)."""
+    err.print(escape(message), soft_wrap=True)
 
 
 def _registry(models: list[Path]) -> dict:
@@ -119,6 +146,7 @@ def _client_curve(server_key: Path | None, secret_key: Path | None) -> dict:
 
 def serve_broker(
     path: str = typer.Option(None, "--path", envvar=environment.BROKER, show_default=False,
+                             callback=_checked_endpoint(bind=True),
                              help="Client endpoint, e.g. ipc:///tmp/my-broker.ipc (default: "
                              "a private per-user socket). Workers also get "
                              "<path>-workers.ipc."),
@@ -160,9 +188,9 @@ def serve_broker(
     slurm_account: str | None = SLURM_ACCOUNT,
     slurm_option: list[str] = SLURM_OPTION,
     workers_bind: str | None = typer.Option(
-        None, "--workers-bind", metavar="tcp://HOST:PORT", help="With --launcher slurm: "
-        "where the workers' side listens, as the nodes reach it (default: every interface, "
-        "a free port, announced as this host's name)."),
+        None, "--workers-bind", metavar="tcp://HOST:PORT", callback=_checked_endpoint(bind=True),
+        help="With --launcher slurm: where the workers' side listens, as the nodes reach it "
+        "(default: every interface, a free port, announced as this host's name)."),
     cluster_dir: Path | None = typer.Option(
         None, "--cluster-dir", envvar=environment.CLUSTER_DIR, file_okay=False,
         help="With --launcher slurm: the directory, on the filesystem the nodes share, "
@@ -191,7 +219,7 @@ def serve_broker(
     elif workers_bind or slurm_option or any(o is not None for o in (
             slurm_partition, slurm_gpus_per_worker, slurm_time, slurm_account)):
         _fail("--workers-bind and the --slurm-* options need --launcher slurm")
-    endpoint = paths.normalise(path) if path else paths.local_broker()
+    endpoint = path or paths.local_broker()
     workers = paths.worker_endpoint(endpoint)
     config = BrokerConfig(heartbeat_interval=heartbeat, request_expiry=expiry or None)
     binds = [endpoint] if workers == endpoint else [endpoint, workers]
@@ -224,11 +252,13 @@ def serve_broker(
             refusal = _definitions_refused(endpoint, curve_secret_key, curve_clients,
                                            accept_definitions)
             starter = Autostarter(broker, _registry(models), config, launch, refusal)
-        if cluster is None:
-            _announce(endpoint, workers, starter, curve_secret_key, curve_clients)
+        if cluster is None:  # in the loop, once bound: a broker that cannot bind says only that
+            broker.call_soon(lambda: _announce(endpoint, workers, starter, curve_secret_key,
+                                               curve_clients))
         else:  # in the loop: the bound port goes into the connection file
             broker.call_soon(lambda: _open_cluster_side(broker, cluster, endpoint, starter))
         _run_broker(broker, starter)
+        _say(f"model broker at {endpoint} stopped ({broker.stop_reason or 'asked to stop'})")
     finally:
         if admitted != curve_clients:
             shutil.rmtree(admitted, ignore_errors=True)
@@ -293,10 +323,10 @@ def _open_cluster_side(broker: Broker, cluster, endpoint: str, starter) -> None:
     """In the loop, once bound: the connection file, then say where everything is."""
     connection = cluster.write_connection(broker.bound_endpoints[-1])
     auto = f"on for {len(starter.registry)} models" if starter else "off"
-    err.print(f"model broker at {endpoint}; autostart {auto}, as SLURM jobs. Workers reach "
-              f"it at {connection.endpoint} (CURVE); a worker started by hand on a node "
-              f"needs only: mlipx serve NAME --connect {cluster.connection_file}. "
-              f"Ctrl-C stops it and cancels its jobs.")
+    _say(f"model broker at {endpoint}; autostart {auto}, as SLURM jobs. Workers reach it at "
+         f"{connection.endpoint} (CURVE); a worker started by hand on a node needs only: "
+         f"mlipx serve NAME --connect {cluster.connection_file}. Ctrl-C stops it and cancels "
+         f"its jobs.")
 
 
 def _gpus(text: str) -> list[str]:
@@ -320,8 +350,8 @@ def _announce(endpoint: str, workers: str, starter, curve_key: Path | None,
     auto = f"on for {len(starter.registry)} models" if starter else "off"
     admits = f"the keys in {clients}" if clients else "any key"
     curve = "" if curve_key is None else f"; CURVE, admitting {admits}"
-    err.print(f"model broker at {endpoint} (workers: {workers}); autostart {auto}{curve}. "
-              f"Ctrl-C stops it.")
+    _say(f"model broker at {endpoint} (workers: {workers}); autostart {auto}{curve}. "
+         f"Ctrl-C stops it.")
 
 
 def _run_broker(broker: Broker, starter) -> None:
@@ -396,7 +426,7 @@ def serve(
 
     _logging(verbose)
     connection = _or_fail_serving(lambda: _read_connection(connect)) if connect else None
-    endpoint = connection.endpoint if connection else paths.normalise(broker) if broker else \
+    endpoint = connection.endpoint if connection else broker or \
         paths.worker_endpoint(paths.default_broker())
     curve = {} if connection else _client_curve(curve_server_key, curve_secret_key)
     try:
@@ -406,7 +436,7 @@ def serve(
             reexec_under_uv(model, sys.argv[1:])
     except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
         _fail(str(error))
-    err.print(f"loading model '{name}' ...")
+    _say(f"loading model '{name}' ...")
     options = {"idle_timeout": timeout or None, "heartbeat": heartbeat, "exit_with": exit_with,
                "batch_size": batch_size, "batch_wait": batch_wait, "prefetch": prefetch}
     try:
@@ -428,7 +458,7 @@ def serve(
 def _run_worker(name: str, model, endpoint: str, idle_timeout: float | None, **options) -> None:
     from .serve import serve as run_worker
 
-    run_worker(name, model, endpoint, idle_timeout, **options)
+    run_worker(name, model, endpoint, idle_timeout, say=_say, **options)
 
 
 def _read_connection(path: Path):
@@ -460,10 +490,9 @@ def serve_status(
     from .status import render
 
     curve = _client_curve(curve_server_key, curve_secret_key)
-    endpoint = paths.normalise(broker) if broker else None
-    status = get_broker_status(endpoint, **curve)
+    status = get_broker_status(broker, **curve)
     if watch:
-        _watch(lambda: render(get_broker_status(endpoint, **curve)), render(status), interval)
+        _watch(lambda: render(get_broker_status(broker, **curve)), render(status), interval)
         return
     if as_json:
         print(json.dumps(status, indent=2))
@@ -508,8 +537,7 @@ def serve_submit(
     from . import submit
     from .broker_status import get_broker_status
 
-    endpoint = paths.normalise(broker) if broker else None
-    status = get_broker_status(endpoint)
+    status = get_broker_status(broker)
     settings = _or_fail_serving(lambda: submit.slurm_settings(status))
     if name not in settings["models"] and not models:
         _fail(f"the broker at {status['broker']} knows no model '{name}' (it knows "
@@ -521,9 +549,9 @@ def serve_submit(
     ids = _or_fail_serving(lambda: submit.submit_workers(settings, name, count, options,
                                                          command, slurm_command_timeout))
     told = submit.tell_broker(status["broker"], paths.curve_options())  # as the status came
-    err.print(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
-              ("" if told else "; the broker did not answer, so it shows them once it "
-                               "looks at squeue again"))
+    _say(f"submitted {len(ids)} worker job(s) for '{name}': {', '.join(ids)}" +
+         ("" if told else "; the broker did not answer, so it shows them once it looks at "
+                          "squeue again"))
     print(" ".join(ids))
 
 
@@ -577,7 +605,7 @@ def main() -> None:
     if failure is not None:
         err.print(failure)
     elif asked_for_other:
-        err.print(f"[bold red]error:[/] '{argv[0]}' is not one of "
+        err.print(f"[bold red]error:[/] '{escape(argv[0])}' is not one of "
                   f"{', '.join(SERVE_COMMANDS)}; the other mlipx commands need mlipx: "
                   f"pip install mlipx")
     if asked_for_other:
@@ -595,7 +623,8 @@ def _mlipx_app() -> tuple[typer.Typer | None, str | None]:
         where = traceback.extract_tb(error.__traceback__)[-1]
         return None, (
             f"[bold red]mlipx is installed, but its command line failed to load:[/] "
-            f"{type(error).__name__}: {error}\n  (in {where.filename}, line {where.lineno}; "
+            f"{type(error).__name__}: {escape(str(error))}\n  (in {escape(where.filename)}, "
+            f"line {where.lineno}; "
             f"`python -c 'import mlipx.cli.main'` shows the whole traceback)\n"
             f"Only the serve commands work until that is fixed.")
     add_commands(mlipx_app)

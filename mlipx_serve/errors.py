@@ -86,6 +86,10 @@ class DefinitionError(MlipxServeError, ValueError):
     JSON data) or is malformed; the message names the field."""
 
 
+class EndpointError(MlipxServeError, ValueError):
+    """A broker endpoint that cannot be used; the message names it and the forms that can."""
+
+
 class RegistryError(MlipxServeError, ValueError):
     """A models file cannot be used; the message names the file and the entry."""
 

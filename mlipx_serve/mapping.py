@@ -30,7 +30,7 @@ from mdp.errors import MDPError
 from .calculator import RESENDS, default_timeout, served_error
 from .definition import Definition
 from .errors import MlipxServeError
-from .paths import curve_options, default_broker
+from .paths import chosen_broker, curve_options
 from .payload import decode_reply, encode_request
 from .routing import route
 
@@ -75,7 +75,7 @@ def map_structures(model: Any, structures: Iterable[Atoms],
     if isinstance(properties, str):
         raise TypeError("properties must be a list of names, not a single string")
     total = len(structures) if hasattr(structures, "__len__") else None
-    broker = broker or default_broker()
+    broker = chosen_broker(broker)  # here: a wrong endpoint fails the call, not a next()
     label = model if isinstance(model, str) else model.label()
     return _results(lambda: _Run(*_service(model, broker), broker, structures,
                                  list(properties), max(1, max_in_flight),

@@ -26,7 +26,7 @@ from .broker_status import get_broker_status
 from .calculator import RemoteCalculator
 from .errors import ModelStartError
 from .launchers import end_processes, serve_command
-from .paths import default_broker, private_dir, worker_endpoint
+from .paths import chosen_broker, private_dir, worker_endpoint
 
 Factory = Callable[[], Calculator]
 POLL = 0.1
@@ -85,7 +85,7 @@ def serve_model(name: str, factory: Factory, *, broker: str | None = None,
     if not name or name.startswith("mmi."):
         raise ValueError(f"{name!r} cannot name a model: names may not be empty or start "
                          f"with 'mmi.'")
-    endpoint = broker or default_broker()
+    endpoint = chosen_broker(broker)
     if not get_broker_status(endpoint)["running"]:
         raise ModelStartError(f"no model broker answers at {endpoint}; start one with "
                               f"`mlipx serve-broker`")

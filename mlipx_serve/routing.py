@@ -17,7 +17,7 @@ from typing import Any
 from mdp.client import Client
 from mdp.errors import MDPError
 
-from .broker_status import available_models, describe_offer, get_broker_status
+from .broker_status import available_models, describe_offer, recent_status
 from .definition import Definition
 from .errors import DefinitionError, NotServed
 from .paths import curve_options
@@ -38,7 +38,7 @@ def route(model: Any, broker: str, call_kwargs: Mapping[str, Any] | None = None
     except DefinitionError as error:
         raise NotServed(f"no worker can rebuild it: {error}") from None
     curve = curve_options()
-    status = get_broker_status(broker, **curve)
+    status = recent_status(broker)
     if not status["running"]:
         raise NotServed(f"no model broker answers at {broker}; start one with "
                         f"`mlipx serve-broker --autostart`")

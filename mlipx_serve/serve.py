@@ -27,9 +27,13 @@ from .changes import changes
 from .definition import SHORT_FINGERPRINT, Definition, differences
 from .errors import DefinitionError, DefinitionMismatch, ServeError
 from .extras import EXTRAS, model_extras
+from .paths import broker_command
 from .payload import RequestedModel, encode_results, read_request
 
 log = logging.getLogger("mlipx_serve.serve")
+STARTED = time.time()  # about when this process started: mlipx serve imports this first
+
+NO_BROKER_NOTICE = 3.0  # seconds without a broker before a worker says so (at least)
 
 
 def find_model(name: str, registry: Mapping[str, object]) -> object:
@@ -45,6 +49,7 @@ Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
 # a longer one goes by its fingerprint alone.
 MAX_DEFINITION_METADATA = 3000
 LeaveWhen = Callable[[], "str | None"]
+Say = Callable[[str], None]
 
 
 def make_handler(compute_results: Compute, served: Definition | None) -> Callable[[list], list]:
@@ -117,7 +122,8 @@ def settle_heap() -> None:
 def serve(name: str, model: object, broker: str, idle_timeout: float | None,
           heartbeat: float = 2.5, curve: Mapping[str, Any] | None = None,
           exit_with: int | None = None, batch_size: int = 1, batch_wait: float = 0.01,
-          prefetch: int = 0, leave_when: LeaveWhen | None = None) -> None:
+          prefetch: int = 0, leave_when: LeaveWhen | None = None,
+          say: Say = log.info) -> None:
     """``curve``: the Worker's CURVE keyword arguments (``paths.curve_options``);
     ``exit_with``: a pid whose end ends this worker too (its broker's, or a notebook's);
     ``batch_size`` > 1: that many connections, their requests evaluated in batches;
@@ -125,28 +131,62 @@ def serve(name: str, model: object, broker: str, idle_timeout: float | None,
     the model computes, so that the next one is here when it is done (the broker sends
     to them only when no other process is free: protocol/mdp.md 6);
     ``leave_when()``: asked every second, a reason to leave or None (e.g. the broker of
-    a SLURM job is gone: ``connection.BrokerWatch``)."""
+    a SLURM job is gone: ``connection.BrokerWatch``); ``say(line)``: what a person
+    watching the worker reads (``BrokerNews``), and why it leaves."""
     log.info("loading model '%s'", name)
     served = served_definition(model)
     calc = build_calculator(model)
     settle_heap()
     log.info("model '%s' loaded; serving it at %s", name, broker)
     handler = request_handler(calc, name, served, batch_size, batch_wait, prefetch)
-    metadata = worker_metadata(served)
+    metadata = worker_metadata(model, served)
+    news = BrokerNews(name, broker, say, patience=max(NO_BROKER_NOTICE, 2 * heartbeat))
     workers = [Worker(broker, name, handler, idle_timeout=idle_timeout,
                       heartbeat_interval=heartbeat, copy=False, metadata=metadata,
-                      **(curve or {}))
-               for _ in range(batch_size + prefetch)]
+                      on_registration=news if n == 0 else None, **(curve or {}))
+               for n in range(batch_size + prefetch)]
     reasons = [] if leave_when is None else [leave_when]
     if exit_with is not None:
         reasons.append(lambda: None if _alive(exit_with) else f"process {exit_with} has ended")
     if reasons:
         threading.Thread(target=_leave_when, args=(reasons, workers), daemon=True,
                          name="leave-when").start()
-    if len(workers) == 1:
-        workers[0].run()  # in this thread: it stops on SIGTERM/SIGINT itself
-    else:
-        _run_together(workers)
+    try:
+        if len(workers) == 1:
+            workers[0].run()  # in this thread: it stops on SIGTERM/SIGINT itself
+        else:
+            _run_together(workers)
+    finally:
+        news.close()
+    say(f"leaving: {next((w.stop_reason for w in workers if w.stop_reason), 'stopped')}")
+
+
+class BrokerNews:
+    """What a worker says of its broker: that none answers yet (after ``patience``
+    seconds, while it keeps trying), that it is registered and serving, that it lost it.
+    Called by the worker with each change (``Worker(on_registration=...)``)."""
+
+    def __init__(self, name: str, endpoint: str, say: Say, patience: float):
+        self.name, self.endpoint, self.say = name, endpoint, say
+        self._nobody_yet = threading.Timer(patience, self._no_broker)
+        self._nobody_yet.daemon = True
+        self._nobody_yet.start()
+
+    def __call__(self, registered: bool) -> None:
+        self._nobody_yet.cancel()
+        if registered:
+            self.say(f"serving model '{self.name}': registered with the broker at "
+                     f"{self.endpoint}")
+        else:
+            self.say(f"lost the broker at {self.endpoint}; trying again")
+
+    def _no_broker(self) -> None:
+        start = broker_command(self.endpoint)
+        self.say(f"no broker answers at {self.endpoint} yet; still trying" +
+                 (f" (start one with `{start}`)" if start else ""))
+
+    def close(self) -> None:
+        self._nobody_yet.cancel()
 
 
 def owned(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,7 +247,8 @@ def _run_together(workers: list[Worker]) -> None:
     """Each connection in a thread of its own; SIGTERM/SIGINT stops them all."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: [worker.stop() for worker in workers])
+        signal.signal(sig, lambda signum, frame: [worker.stop(f"got {signal.Signals(signum).name}")
+                                                  for worker in workers])
     threads = [threading.Thread(target=worker.run, name=f"mdp-worker-{n}")
                for n, worker in enumerate(workers)]
     try:
@@ -221,29 +262,34 @@ def _run_together(workers: list[Worker]) -> None:
             signal.signal(sig, handler)
 
 
-def worker_metadata(served: Definition | None = None) -> dict[str, Any]:
+def worker_metadata(model: object = None, served: Definition | None = None) -> dict[str, Any]:
     """What the worker tells the broker about itself with READY (protocol/mdp.md 5.4),
-    for ``mlipx serve-status``: where it runs, on which GPU, in which SLURM job, which
-    model definition it serves (protocol/model-definition.md 4); and, for the broker,
-    which connections are one process (a batching or prefetching worker's)."""
+    for ``mlipx serve-status``: where it runs, on which device, in which SLURM job, since
+    when, which model definition it serves (protocol/model-definition.md 4); and, for the
+    broker, which connections are one process (a batching or prefetching worker's)."""
     host, pid = socket.gethostname(), os.getpid()
-    metadata = {"host": host, "pid": pid, "device": _device(),
+    metadata = {"host": host, "pid": pid, "device": _device(model),
                 "slurm_job": os.environ.get("SLURM_JOB_ID"), "process": f"{host}:{pid}",
-                "fingerprint": served.fingerprint if served else None}
+                "started": STARTED, "fingerprint": served.fingerprint if served else None}
     if served is not None and len(served.canonical) <= MAX_DEFINITION_METADATA:
         metadata["definition"] = served.identity
     return metadata
 
 
-def _device() -> str | None:
+def _device(model: object) -> str | None:
     """The GPUs this process may use: SLURM's numbers of the node's GPUs, which stay
-    the node's own where CUDA_VISIBLE_DEVICES is renumbered from 0, else the latter."""
+    the node's own where CUDA_VISIBLE_DEVICES is renumbered from 0, else the latter;
+    without either, the device the model's definition names (``cuda``, ``cpu``), else
+    ``cpu`` where no GPU framework is loaded (EMT, LJ) and None (unknown) where one is."""
     gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
-    if gpus is None:
-        return None
-    if gpus.strip() in ("", "-1", "NoDevFiles"):
-        return "CPU"
-    return f"GPU {gpus}"
+    if gpus is not None:
+        return "cpu" if gpus.strip() in ("", "-1", "NoDevFiles") else f"GPU {gpus}"
+    from .generic import resolve_device
+
+    named = resolve_device(getattr(model, "device", None))
+    if isinstance(named, str) and named:  # (json sends a str Enum's value)
+        return named
+    return None if {"torch", "jax"} & sys.modules.keys() else "cpu"
 
 
 def _leave_when(reasons: list[LeaveWhen], workers: list[Worker], every: float = 1.0) -> None:
@@ -252,9 +298,9 @@ def _leave_when(reasons: list[LeaveWhen], workers: list[Worker], every: float = 
         if why:
             break
         time.sleep(every)
-    log.warning("%s; leaving after the request in hand", why)
+    log.info("%s; leaving after the request in hand", why)
     for worker in workers:
-        worker.stop()
+        worker.stop(why)
 
 
 def _alive(pid: int) -> bool:

@@ -9,11 +9,11 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from .broker_status import available_models, get_broker_status
+from .broker_status import available_models, recent_status
 from .calculator import RemoteCalculator
-from .errors import NotServed
+from .errors import EndpointError, NotServed
 from .mapping import DEFAULT_PROPERTIES, map_structures
-from .paths import default_broker
+from .paths import chosen_broker
 from .routing import route
 
 log = logging.getLogger("mlipx_serve")
@@ -34,7 +34,7 @@ def served_calculator_or_none(model: Any, broker: str | None = None, *,
     """
     try:
         return served_calculator(model, broker, call_kwargs=call_kwargs, fallback=fallback)
-    except NotServed as why:
+    except (NotServed, EndpointError) as why:
         label = model if isinstance(model, str) else model.label()
         log.warning("model '%s' is computed locally: %s", label, why)
         return None
@@ -44,7 +44,7 @@ def served_calculator(model: Any, broker: str | None = None, *,
                       call_kwargs: Mapping[str, Any] | None = None,
                       fallback: Callable[[], Calculator] | None = None) -> RemoteCalculator:
     """``served_calculator_or_none``, raising ``NotServed`` instead of returning None."""
-    broker = broker or default_broker()
+    broker = chosen_broker(broker)
     service, definition = route(model, broker, call_kwargs)
     return RemoteCalculator(service, broker, definition=definition,
                             fallback=fallback if definition is not None else None)
@@ -70,24 +70,48 @@ class ServedModel:
         return f"ServedModel({self.name!r}, broker={self.broker!r})"
 
 
+_said_silent: set[str] = set()  # endpoints whose silence was said, until they answer
+
+
+def offered_models(broker: str, ask: bool = False) -> dict[str, dict]:
+    """The models the broker at ``broker`` offers (``available_models``), none when no
+    broker answers (asked again only after a while unless ``ask``: ``recent_status``),
+    which is said once, until one does."""
+    status = recent_status(broker, ask)
+    if status["running"]:
+        _said_silent.discard(broker)
+        return available_models(status)
+    if broker not in _said_silent:
+        _said_silent.add(broker)
+        log.warning("no model broker answers at %s, so it offers no models; start one with "
+                    "`mlipx serve-broker --autostart`", broker)
+    return {}
+
+
 class Models(Mapping):
     """The models the broker offers: those with workers, and those it can start.
 
     A snapshot, refreshed by ``refresh()``, and by itself when a name it lacks is asked
-    for (a worker may have come since).
+    for (a worker may have come since). Without a broker it is empty (``name in models``
+    is False), and says so once (``offered_models``).
     """
 
     def __init__(self, broker: str | None = None):
-        self.broker = broker or default_broker()
-        self.refresh()
+        self.broker = chosen_broker(broker)
+        self._models = offered_models(self.broker)
 
     def refresh(self) -> None:
-        self._models = available_models(get_broker_status(self.broker))
+        """Ask the broker again, even one that did not answer a moment ago."""
+        self._models = offered_models(self.broker, ask=True)
 
     def __getitem__(self, name: str) -> ServedModel:
         if name not in self._models:
-            self.refresh()
+            self._models = offered_models(self.broker)
         if name not in self._models:
+            if self.broker in _said_silent:
+                raise KeyError(f"no model broker answers at {self.broker}, so it offers no "
+                               f"model '{name}'; start one with `mlipx serve-broker "
+                               f"--autostart`")
             known = ", ".join(self._models) or "none"
             raise KeyError(f"the broker at {self.broker} offers no model '{name}' "
                            f"(offered: {known})")

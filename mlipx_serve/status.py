@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .broker_status import available_models, worker_processes
+from .broker_status import available_models, how_to_serve, worker_processes
 
 
 def render(status: dict) -> Group:
@@ -23,10 +23,26 @@ def render(status: dict) -> Group:
         parts.append(workers_table(status))
     if status["autostart"].get("jobs"):
         parts.append(jobs_table(status))
-    if not available_models(status):
+    stuck = stuck_models(status)
+    parts.extend(Text(stuck_advice(status, name, queued)) for name, queued in stuck.items())
+    if not available_models(status) and not stuck:
         parts.append(Text("No models yet. Start a worker with `mlipx serve emt`, or restart "
                           "the broker with --autostart to start workers on demand."))
     return Group(*parts)
+
+
+def stuck_models(status: dict) -> dict[str, int]:
+    """Model -> requests queued for it, for the models whose requests wait with no worker
+    and none to come: none serves them and the broker cannot start one."""
+    offered = available_models(status)
+    return {name: service["queued"] for name, service in status["status"]["services"].items()
+            if service["queued"] and not service["workers"] and name not in offered}
+
+
+def stuck_advice(status: dict, name: str, queued: int) -> str:
+    """What to do about requests that wait for a model nobody serves."""
+    return (f"{queued} request(s) for '{name}' wait, and no worker serves it: "
+            f"{how_to_serve(status, name)}; or restart the broker with --autostart.")
 
 
 def broker_table(status: dict) -> Table:
@@ -35,10 +51,10 @@ def broker_table(status: dict) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("running", "yes")
-    table.add_row("path", status["broker"])
+    table.add_row("path", _text(status["broker"]))
     table.add_row("autostart", _autostart(autostart))
     if autostart.get("connection_file"):
-        table.add_row("connection file", autostart["connection_file"])
+        table.add_row("connection file", _text(autostart["connection_file"]))
     table.add_row("uptime", _duration(data["uptime"]))
     table.add_row("version", data["version"])
     processes, connections = len(worker_processes(data["workers"])), len(data["workers"])
@@ -60,8 +76,12 @@ def models_table(status: dict) -> Table:
         services = status["status"]["services"].get(name, {})
         note = f"starting ({starting[name]:.0f} s)" if name in starting else \
             ("yes" if info["autostart"] else "no")
-        table.add_row(name, str(info["idle"]), str(info["busy"]), str(info["queued"]),
+        table.add_row(Text(name), str(info["idle"]), str(info["busy"]), str(info["queued"]),
                       str(services.get("served", 0)), str(services.get("failed", 0)), note)
+    for name, queued in stuck_models(status).items():
+        services = status["status"]["services"][name]
+        table.add_row(Text(name), "0", "0", str(queued), str(services["served"]),
+                      str(services["failed"]), Text("no: start a worker", style="bold red"))
     return table
 
 
@@ -69,16 +89,30 @@ def workers_table(status: dict) -> Table:
     """One row per worker process (a batching or prefetching worker holds several
     connections), with what the worker said of itself in READY."""
     table = Table(title="Workers")
-    for column in ("worker", "model", "state", "served", "up", "host", "device", "job"):
-        table.add_column(column, justify="right" if column in ("served", "up") else "left")
+    numbers = ("served", "failed", "up")
+    for column in ("worker", "model", "state", *numbers, "host", "device", "job"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for model, name, connections in worker_processes(status["status"]["workers"]):
         about = connections[0].get("metadata") or {}
-        table.add_row(name, model, _state(connections),
+        table.add_row(_text(name), _text(model), _state(connections),
                       str(sum(c["served"] for c in connections)),
-                      _duration(max(c["since"] for c in connections)),
+                      str(sum(c.get("failed", 0) for c in connections)),
+                      _duration(_up(connections, about, status.get("at"))),
                       _text(about.get("host")), _text(about.get("device")),
                       _text(about.get("slurm_job")))
     return table
+
+
+def _up(connections: list[dict], about: dict, taken_at: float | None) -> float:
+    """How long the worker process has run: from the start it reports (``started``, Unix
+    time) to when the status was taken; else, or if clocks disagree, since it registered
+    (``since``, which starts again whenever a connection re-registers, after a broker
+    restart say, and leaves out the time the model took to load)."""
+    registered = max(c["since"] for c in connections)
+    started = about.get("started")
+    if isinstance(started, (int, float)) and taken_at is not None:
+        return max(taken_at - started, registered)
+    return registered
 
 
 def _state(connections: list[dict]) -> str:
@@ -95,8 +129,9 @@ def jobs_table(status: dict) -> Table:
         table.add_column(column, justify="right" if column == "since" else "left")
     for job in status["autostart"]["jobs"]:
         where = job["node"] if job["state"] == "RUNNING" else job["reason"]
-        table.add_row(_text(job["job"]), job["model"], job["state"],
-                      "" if where == "None" else where, _duration(job["age"]), job["by"])
+        table.add_row(_text(job["job"]), _text(job["model"]), _text(job["state"]),
+                      _text("" if where == "None" else where), _duration(job["age"]),
+                      _text(job["by"]))
     return table
 
 
@@ -111,8 +146,9 @@ def _autostart(autostart: dict) -> str:
     return f"on, as SLURM jobs{partition}{gpus}"
 
 
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
+def _text(value: object) -> Text:
+    """A cell as it is: rich would read ``[...]`` in a plain string as markup."""
+    return Text("" if value is None else str(value))
 
 
 def _duration(seconds: float) -> str:

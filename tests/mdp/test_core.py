@@ -27,6 +27,7 @@ from mdp import protocol as p
 from mdp.core import BrokerConfig, BrokerCore, Event, StateError, WorkerState, peer_name
 from mdp.errors import (
     BROKER_ERROR_MARKER,
+    WORKER_ERROR_MARKER,
     AttemptsExhausted,
     BrokerError,
     BrokerStopping,
@@ -228,6 +229,23 @@ def test_partials_are_buffered_and_joined_for_v01_clients(worker_d):
     assert reply == p.ClientReply(b"echo", [b"a", b"b", b"c", b"d", b"e"], True)
     bus.request(b"c", b"echo", b"again", d=V01)
     assert only(bus.reply(b"w", ID2, b"f"))[1].body == [b"f"]  # the buffer was emptied
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["worker-error", "forged-broker-error"])
+@pytest.mark.parametrize("in_part", [False, True], ids=["in-the-final", "in-a-part"])
+def test_an_error_is_the_whole_reply_of_a_v01_client(forged, in_part):
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c", b"echo", b"x", d=V01)
+    assert bus.reply(b"w", ID1, b"part", final=False) == []
+    error = [BROKER_ERROR_MARKER, b"500", b"x", b"y"] if forged else \
+        worker_error_body("ValueError", "bad input")
+    if in_part:
+        assert bus.reply(b"w", ID1, *error, final=False) == []
+        reply = only(bus.reply(b"w", ID1, b"last part"))[1]
+    else:
+        reply = only(bus.reply(b"w", ID1, *error))[1]
+    assert bytes(reply.body[0]) == WORKER_ERROR_MARKER and b"part" not in reply.body
 
 
 def test_a_worker_holds_one_request_at_a_time():
@@ -715,7 +733,8 @@ def test_worker_errors_are_relayed_and_count_as_failed():
     bus.reply(b"w", ID2, b"fine")
     assert status(bus)["services"]["echo"]["failed"] == 1
     assert status(bus)["services"]["echo"]["served"] == 1
-    assert status(bus)["workers"][0]["served"] == 2
+    worker = status(bus)["workers"][0]  # one meaning of each count, as the service's
+    assert (worker["served"], worker["failed"]) == (1, 1)
     served = [e for e in bus.core.events if e.kind == "served"]
     assert [e.detail for e in served] == ["failed", "ok"]
 
@@ -865,11 +884,11 @@ def test_mmi_status_and_workers():
                  "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0}}
     assert doc["workers"] == [
         {"id": peer_name(b"\x01\x02"), "service": "echo", "dialect": "MDP/0.2", "state": "busy",
-         "served": 1, "since": 5.0, "metadata": {}},
+         "served": 1, "failed": 0, "since": 5.0, "metadata": {}},
         {"id": peer_name(b"w2"), "service": "echo", "dialect": "MDP/0.1", "state": "busy",
-         "served": 0, "since": 3.0, "metadata": {}},
+         "served": 0, "failed": 0, "since": 3.0, "metadata": {}},
         {"id": peer_name(b"w3"), "service": "calc", "dialect": "majortomo", "state": "idle",
-         "served": 0, "since": 3.0, "metadata": {}}]
+         "served": 0, "failed": 0, "since": 3.0, "metadata": {}}]
     assert json.loads(mmi(bus, b"mmi.workers")) == doc["workers"]
     assert bus.core.status(15.0) == doc | {"counters": doc["counters"] | {"requests": 6}}
 

@@ -11,20 +11,24 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import support
 import zmq
 
 from mdp.aio import AsyncClient
 from mdp.broker import Broker
-from mdp.client import Client
+from mdp.client import Client, Link
 from mdp.core import BrokerConfig
-from mdp.errors import RequestTimeout
+from mdp.errors import BrokerUnavailable, RequestTimeout
 from mdp.security import CurveError, client_curve, create_key_pair, server_curve
 from mdp.worker import Worker
 
@@ -208,6 +212,90 @@ def test_curve_on_the_worker_socket_only(mdp_system, keys):
         stop_all(worker, broker)
     with pytest.raises(ValueError, match="needs curve_secret_key and worker_bind"):
         Broker(clients, curve_secret_key=keys.broker_secret, curve_workers_only=True)
+
+
+class CurveGreeter:
+    """A tcp peer that greets as a ZMTP 3 CURVE server and then says nothing, as a CURVE
+    broker does until it has read the client's greeting. A plain client so always finds
+    the mismatch itself, which on a busy machine it sometimes did against the real
+    broker (test_curve_on_the_worker_socket_only): libzmq then drops the connection for
+    good, and a DEALER without a connection blocks a plain send for ever."""
+
+    GREETING = (b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\x00")
+                + b"\x01" + bytes(31))
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._peers: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._greet_all, daemon=True)
+        self._thread.start()
+
+    def _greet_all(self) -> None:
+        while True:
+            try:
+                peer, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._peers.append(peer)
+            peer.sendall(self.GREETING)
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(10)
+        for peer in self._peers:
+            peer.close()
+
+
+def refused_for_good(link: Link) -> bool:
+    """The handshake failed and the DEALER has no connection left to send on."""
+    return bool(link.refused) and not link.socket.get(zmq.EVENTS) & zmq.POLLOUT
+
+
+class DescheduledClient(Client):
+    """A client whose thread loses the CPU between connecting and sending, as on a busy
+    machine: the peer's refusal comes first."""
+
+    @staticmethod
+    def _read_monitor(link: Link) -> None:
+        support.wait_until(lambda: Client._read_monitor(link) or refused_for_good(link),
+                           "the handshake to fail", 20)
+
+
+class DescheduledAsyncClient(AsyncClient):
+    @staticmethod
+    async def _read_monitor(link: Link) -> None:
+        deadline = time.monotonic() + 20
+        await AsyncClient._read_monitor(link)
+        while not refused_for_good(link):
+            assert time.monotonic() < deadline, "the handshake did not fail"
+            await asyncio.sleep(0.05)
+            await AsyncClient._read_monitor(link)
+
+
+@pytest.fixture
+def greeter() -> Iterator[str]:
+    peer = CurveGreeter()
+    try:
+        yield peer.endpoint
+    finally:
+        peer.close()
+
+
+def test_a_refused_connection_fails_the_send_instead_of_blocking_it(greeter):
+    with DescheduledClient(greeter, timeout=2.0, retries=0) as client:
+        with pytest.raises(BrokerUnavailable, match="refused the connection: the handshake"):
+            client.request("echo", "x")
+
+
+def test_a_refused_connection_fails_the_async_send_instead_of_blocking_it(greeter):
+    async def main() -> None:
+        async with DescheduledAsyncClient(greeter, timeout=2.0, retries=0) as client:
+            await asyncio.wait_for(client.request("echo", "x"), 30)
+
+    with pytest.raises(BrokerUnavailable, match="refused the connection: the handshake"):
+        asyncio.run(main())
 
 
 def test_a_stopped_broker_frees_the_context_for_the_next(mdp_system, keys):

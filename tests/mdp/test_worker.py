@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+import support
 
 from mdp.broker import Broker
 from mdp.client import Client
@@ -106,3 +107,31 @@ def test_the_pulse_heartbeats_while_a_long_handler_runs(tmp_path):
         worker.stop()
         worker.join(10)
         router.close(linger=0)
+
+
+def test_a_worker_tells_when_a_broker_registers_it_and_loses_it_and_why_it_left(tmp_path):
+    news: list[bool] = []
+    worker = Worker(f"ipc://{tmp_path}/b.ipc", "svc", lambda frames: frames,
+                    heartbeat_interval=0.2, on_registration=news.append)
+    worker.start()
+    try:
+        assert worker.connected.wait(10) and not worker.registered.is_set()  # no broker yet
+        broker = Broker(f"ipc://{tmp_path}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
+        broker.start()
+        assert worker.registered.wait(10) and news == [True]
+        broker.stop("the test is done with it")
+        broker.join(10)
+        assert broker.stop_reason == "the test is done with it"
+        support.wait_until(lambda: news == [True, False], "the worker to lose its broker", 10)
+    finally:
+        worker.stop("the test ends")
+        worker.join(10)
+    assert worker.stop_reason == "the test ends" and news == [True, False]
+
+
+def test_an_idle_worker_says_it_left_for_want_of_requests(tmp_path):
+    worker = Worker(f"ipc://{tmp_path}/b.ipc", "svc", lambda frames: frames,
+                    heartbeat_interval=0.2, idle_timeout=0.5)
+    worker.start()
+    worker.join(10)
+    assert worker.stop_reason == "no request for 0.5 s"

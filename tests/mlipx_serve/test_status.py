@@ -35,7 +35,7 @@ def test_the_wait_is_explained_from_the_brokers_point_of_view():
     assert "no broker answers at ipc:///x/broker.ipc" in describe_wait(down, "emt")
     assert "start a worker with `mlipx serve emt --broker ipc:///x/broker.ipc`" in \
         describe_wait(running({}), "emt")  # a command that works: emt is built in
-    assert "`mlipx serve mine --models FILE --broker ipc:///x/broker.ipc`, FILE a models.py" \
+    assert "`mlipx serve mine --broker ipc:///x/broker.ipc --models FILE`, FILE a models.py" \
         in describe_wait(running({}), "mine")
     assert describe_wait(running({"emt": SERVICE}, workers=BUSY_TWO), "emt") == \
         "2 of 2 worker(s) busy, 3 request(s) queued"
@@ -78,8 +78,8 @@ def test_status_tables_show_broker_models_and_workers():
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = table_rows(text)
     assert ["emt", "1", "1", "3", "7", "1", "no"] in rows
-    assert ["gpu7:42:1", "emt", "busy", "7", "1m 05s", "gpu7", "GPU 1", "981"] in rows
-    assert ["node:43:1", "emt", "idle", "7", "1m 05s", "", "", ""] in rows  # an old worker
+    assert ["gpu7:42:1", "emt", "busy", "7", "0", "1m 05s", "gpu7", "GPU 1", "981"] in rows
+    assert ["node:43:1", "emt", "idle", "7", "0", "1m 05s", "", "", ""] in rows  # an old worker
 
 
 def test_a_worker_with_several_connections_is_one_row():
@@ -89,8 +89,9 @@ def test_a_worker_with_several_connections_is_one_row():
     alone = connection("node:43:1", "idle", served=1)
     rows = table_rows(rendered(running({"chgnet": SERVICE, "emt": SERVICE},
                                        workers=[*batching, alone])))
-    assert ["gpu7:42", "chgnet", "2 of 17 busy", "153", "1m 17s", "gpu7", "GPU 0", ""] in rows
-    assert ["node:43:1", "emt", "idle", "1", "0m 05s", "", "", ""] in rows
+    assert ["gpu7:42", "chgnet", "2 of 17 busy", "153", "0", "1m 17s", "gpu7", "GPU 0", ""] \
+        in rows
+    assert ["node:43:1", "emt", "idle", "1", "0", "0m 05s", "", "", ""] in rows
     assert ["workers", "2 (18 connections)"] in rows
     assert ["chgnet", "0", "1", "3", "7", "1", "no"] in rows  # processes, not connections
     idle = [dict(c, state="idle") for c in batching]
@@ -125,3 +126,32 @@ def test_nothing_running_says_what_to_type():
     down = {"running": False, "broker": "ipc:///x/broker.ipc", "error": "timeout"}
     assert "mlipx serve-broker --autostart" in rendered(down)
     assert "mlipx serve emt" in rendered(running({}))
+
+
+def test_a_worker_is_up_since_its_process_started_not_since_it_last_registered():
+    # registered 2 s ago (its broker restarted, say), started 125 s before the status
+    worker = connection("node:7:3", "idle", "node:7", since=2.0, host="node", device="cpu",
+                        started=1_000_000.0)
+    status = dict(running({"emt": SERVICE}, workers=[worker]), at=1_000_125.0)
+    assert ["node:7", "emt", "idle", "0", "0", "2m 05s", "node", "cpu", ""] in \
+        table_rows(rendered(status))
+
+
+def test_a_request_that_waits_for_a_model_nobody_serves_is_shown_with_what_to_do():
+    stuck = dict(SERVICE, workers=0, idle=0, busy=0, queued=1, served=0, failed=0)
+    text = rendered(running({"emt": stuck, "nope": dict(stuck, queued=2)}))
+    rows = table_rows(text)
+    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker"] in rows
+    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker"] in rows
+    said = " ".join(text.split())
+    assert "1 request(s) for 'emt' wait, and no worker serves it: start a worker with `mlipx " \
+        "serve emt --broker ipc:///x/broker.ipc`; or restart the broker with --autostart" in said
+    assert "`mlipx serve nope --broker ipc:///x/broker.ipc --models FILE`, FILE a models.py" \
+        in said
+    assert "No models yet" not in said
+
+
+def test_what_workers_say_of_themselves_is_shown_as_it_is():
+    worker = connection("n:1:1", "idle", "n:1", host="node[a7]", slurm_job="42[b]")
+    assert "node[a7]" in rendered(running({"emt": SERVICE}, workers=[worker]))
+    assert "42[b]" in rendered(running({"emt": SERVICE}, workers=[worker]))

@@ -13,6 +13,7 @@ import logging
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+import zmq
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import CalculationFailed, PropertyNotImplementedError
@@ -48,6 +50,7 @@ from mlipx_serve import (
     RemoteCalculationError,
     RemoteCalculator,
     ServingError,
+    broker_status,
     served_calculator_or_none,
 )
 from mlipx_serve.calculator import remote_error
@@ -265,6 +268,73 @@ def test_idle_worker_leaves_and_next_request_starts_a_new_one(serve_system: Serv
     assert second_pid != first_pid and second["id"] != first["id"]
 
 
+def test_a_worker_says_what_its_broker_does_and_why_it_leaves(serve_system: ServeSystem):
+    system = serve_system
+    client, workers = system.ipc("late.ipc"), system.ipc("late-workers.ipc")
+    worker = system.worker("emt", workers)
+    system.wait_until(lambda: f"no broker answers at {workers} yet; still trying" in
+                      worker.log(), "the worker to say that no broker answers", timeout=20)
+    assert worker.alive()  # it keeps trying
+    assert f"(start one with `mlipx serve-broker --path {client}`)" in worker.log()
+    broker = system.broker(path="late.ipc")
+    system.wait_until(lambda: f"serving model 'emt': registered with the broker at {workers}"
+                      in worker.log(), "the worker to say that it serves")
+    idle = system.worker("emt", workers, "--timeout", "1")
+    assert idle.wait(30) == 0
+    assert idle.log().strip().splitlines()[-1] == "leaving: no request for 1 s"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert worker.log().strip().splitlines()[-1] == "leaving: got SIGTERM"
+    broker_process = system.brokers[broker]
+    assert system.stop_broker(broker)[0] == 0
+    said = broker_process.log().strip().splitlines()
+    assert said[-1] == f"model broker at {broker} stopped (got SIGTERM)", said
+
+
+def test_models_without_a_broker_says_so_once_and_asks_again_later(
+        serve_system: ServeSystem, monkeypatch, caplog):
+    endpoint = serve_system.ipc("late.ipc")
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # takes questions, never answers
+    silent.bind(endpoint)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
+            answers = [len(Models(endpoint)), "emt" in Models(endpoint), "emt" in Models(endpoint)]
+        assert answers == [0, False, False]
+        asked = 0
+        while silent.poll(0):  # the first Models() asked; the others knew nobody answers
+            silent.recv_multipart()
+            asked += 1
+        assert asked == 1
+    finally:
+        silent.close(linger=0)
+    said = [r.getMessage() for r in caplog.records if endpoint in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"no model broker answers at {endpoint}")
+    serve_system.broker("--autostart", path="late.ipc")
+    monkeypatch.setattr(broker_status, "NO_BROKER_MEMORY", 0.5)  # not the 30 s a script waits
+    serve_system.wait_until(lambda: "emt" in Models(endpoint), "Models to find the broker")
+
+
+def test_use_serve_without_a_broker_asks_it_once_not_for_every_model(
+        serve_system: ServeSystem, monkeypatch, caplog):
+    endpoint = serve_system.ipc("silent.ipc")
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # takes questions, never answers
+    silent.bind(endpoint)
+    monkeypatch.setenv("MLIPX_SERVE_BROKER", endpoint)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
+            calcs = [BUILTIN_MODELS["emt"].get_calculator(use_serve=True) for _ in range(3)]
+        assert all(isinstance(calc, EMT) for calc in calcs)
+        asked = 0
+        while silent.poll(0):
+            silent.recv_multipart()
+            asked += 1
+        assert asked == 1  # each question to a silent endpoint costs seconds
+    finally:
+        silent.close(linger=0)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 3 and all(f"no model broker answers at {endpoint}" in s for s in said)
+
+
 def failing_bus(system: ServeSystem, start_timeout: str) -> str:
     """An autostart broker that also offers the models of helpers/models.py, which fail."""
     return system.broker("--autostart", "--models", str(MODELS_FILE),
@@ -329,6 +399,22 @@ def test_mlipx_use_serve_toggles_a_script(bus: str, shared_system: ServeSystem):
     assert runs[2].stderr.splitlines() == [
         f"model 'emt' is computed locally: no model broker answers at {nowhere}; start one "
         f"with `mlipx serve-broker --autostart`"]
+
+
+def test_a_malformed_endpoint_under_mlipx_use_serve_computes_locally(
+        shared_system: ServeSystem):
+    endpoints = ["http://localhost:5555", "tcp://nosuchhost.invalid:5555"]
+    with ThreadPoolExecutor(len(endpoints)) as pool:
+        runs = list(pool.map(lambda e: use_serve_script(shared_system, "true", e), endpoints))
+    local = results_with(bulk("Cu", cubic=True), EMT())["energy"]
+    for endpoint, run in zip(endpoints, runs, strict=True):
+        assert run.returncode == 0, run.stderr
+        kind, energy = run.stdout.split()
+        assert kind == "EMT" and float(energy) == pytest.approx(local, abs=EXACT)
+        assert run.stderr.count(endpoint) == 1, run.stderr  # one warning names it
+        assert "Traceback" not in run.stderr
+    assert "tcp://HOST:PORT" in runs[0].stderr
+    assert "cannot be resolved" in runs[1].stderr
 
 
 # ------------------------------------------------------------ clear errors
@@ -416,6 +502,31 @@ def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     assert table_row(run.stdout, "mace-mpa-0") == ["mace-mpa-0", *"00000", "yes"]
 
 
+def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
+        serve_system: ServeSystem):
+    system = serve_system
+    bus = system.broker()  # no autostart: a request for emt waits for a worker
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(results_with, rattled_cu(0), remote(bus))
+        system.wait_until(lambda: system.service(bus, "emt")["queued"] == 1,
+                          "the request to queue")
+        run = system.run(*MLIPX, "serve-status", "--broker", bus)
+        assert table_row(run.stdout, "emt") == ["emt", "0", "0", "1", "0", "0",
+                                                "no: start a worker"]
+        assert f"start a worker with `mlipx serve emt --broker {bus}`" in \
+            " ".join(run.stdout.split())
+        system.worker("emt", bus)
+        waiting.result(timeout=60)
+    with pytest.raises(RemoteCalculationError):
+        results_with(Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]]), remote(bus))
+    run = system.run(*MLIPX, "serve-status", "--broker", bus)
+    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", "1", "1", "no"]
+    [worker] = system.workers_of(bus, "emt")
+    row = table_row(run.stdout, worker["metadata"]["process"])
+    assert row[3:5] == ["1", "1"] and row[7] == "cpu"  # served, failed; the device
+    assert worker["metadata"]["started"] <= system.status(bus)["at"]
+
+
 def test_serve_status_json(bus: str, shared_system: ServeSystem):
     results_with(rattled_cu(0), remote(bus))
     run = shared_system.run(*MLIPX, "serve-status", "--broker", bus, "--json")
@@ -487,6 +598,37 @@ def test_a_malformed_request_is_a_payload_error_from_the_worker(bus: str):
 
 
 
+@pytest.mark.parametrize("args, environment, said", [
+    (["serve-status", "--broker", "http://localhost:5555"], {},
+     "--broker 'http://localhost:5555' is not a broker endpoint"),
+    (["serve", "emt", "--no-uv", "--broker", "tcp://127.0.0.1"], {},
+     "--broker 'tcp://127.0.0.1' has no port"),
+    (["serve-broker", "--path", "http://localhost:5555"], {},
+     "--path 'http://localhost:5555' is not a broker endpoint"),
+    (["serve-status"], {"MLIPX_SERVE_BROKER": "http://localhost:5555"},
+     "MLIPX_SERVE_BROKER='http://localhost:5555' is not a broker endpoint"),
+    (["serve-status", "--broker", "tcp://nosuchhost.invalid:5555"], {},
+     "--broker 'tcp://nosuchhost.invalid:5555' names a host, 'nosuchhost.invalid', that "
+     "cannot be resolved"),
+], ids=["serve-status", "serve", "serve-broker", "variable", "unresolvable"])
+def test_a_malformed_endpoint_ends_a_command_with_one_line(serve_system: ServeSystem, args,
+                                                           environment, said):
+    run = serve_system.run(*MLIPX, *args, **environment)
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"error: {said}"), run.stderr
+    if "resolved" not in said:
+        assert "ipc://PATH" in run.stderr and "tcp://HOST:PORT" in run.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mace") is not None, reason="mace is installed")
+def test_advice_in_brackets_reaches_the_user(serve_system: ServeSystem):
+    run = serve_system.run(*MLIPX, "serve", "mace-mpa-0", "--no-uv", "--broker",
+                           serve_system.ipc("nobody-here.ipc"))
+    assert run.returncode == 1
+    assert "uv pip install 'mlipx-serve[mace]'" in run.stderr, run.stderr
+
+
 def test_a_broken_models_file_is_one_clear_error(serve_system: ServeSystem, tmp_path: Path):
     broken = tmp_path / "bad.py"
     broken.write_text("ALL_MODELS = {'x': 1 / 0}\n")
@@ -502,6 +644,15 @@ def test_a_models_file_without_autostart_is_refused(serve_system: ServeSystem, t
                            "--models", str(MODELS_FILE))
     assert run.returncode == 1
     assert "needs --autostart" in " ".join(run.stderr.split())
+
+
+def test_a_broker_that_cannot_bind_says_only_that(serve_system: ServeSystem):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        run = serve_system.run(*MLIPX, "serve-broker", "--path", endpoint)
+    assert run.returncode == 1
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot bind the broker to {endpoint}"), run.stderr
 
 
 def test_help_names_the_environment_variables(serve_system: ServeSystem):

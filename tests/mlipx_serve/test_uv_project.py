@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,14 @@ def test_a_model_with_an_extra_becomes_uv_run_with_that_extra(project_copy, tmp_
     assert argv == ["run", "--extra", "mace", "mlipx", "serve", "mace-mpa-0",
                     "--broker", "ipc:///nowhere.ipc", "--timeout", "7",
                     "--models", str(models), "--no-uv"]
+
+
+def test_the_readme_installs_from_a_clone_into_a_virtual_environment():
+    """mlipx-serve is not on the package index: `pip install mlipx-serve` finds nothing."""
+    readme = (PROJECT / "README.md").read_text()
+    commands = [line for block in re.findall(r"```\n(.*?)```", readme, re.S)
+                for line in block.splitlines()]
+    by_name = [line for line in commands if re.search(r"pip install\s+'?mlipx-serve\b", line)]
+    assert by_name == []
+    set_up = readme.split("## Set up")[1].split("\n## ")[0]
+    assert set_up.index("python -m venv") < set_up.index("pip install -e")
