@@ -186,10 +186,10 @@ class ClientBase:
             wait = min(timeout, self.broker_timeout)
             if link.refused:
                 return BrokerUnavailable(f"the broker at {self.endpoint} refused the "
-                                         f"connection: {link.refused}")
-            return BrokerUnavailable(
-                f"no broker answers at {self.endpoint} (no connection within {wait:g} s); "
-                f"start one, e.g. `mdp broker --bind {self.endpoint}`")
+                                         f"connection: {link.refused}", refused=True)
+            cause = f"no broker answers at {self.endpoint} (no connection within {wait:g} s)"
+            return BrokerUnavailable(f"{cause}; start one, e.g. `mdp broker --bind "
+                                     f"{self.endpoint}`", cause=cause)
         if why is Wait.LOST:
             what = "while it streamed the reply of" if streaming else \
                 f"{sends} time(s), each time holding the request to"
@@ -198,9 +198,9 @@ class ClientBase:
         if streaming:
             return RequestTimeout(f"'{name}' stopped sending parts of its reply: none came "
                                   f"for {timeout:g} s")
-        return RequestTimeout(f"no reply from '{name}' via {self.endpoint} within "
-                              f"{timeout:g} s; the broker is there, is a worker serving "
-                              f"'{name}'? (`mdp status` shows)")
+        cause = f"no reply from '{name}' via {self.endpoint} within {timeout:g} s"
+        return RequestTimeout(f"{cause}; the broker is there, is a worker serving '{name}'? "
+                              f"(`mdp status --broker {self.endpoint}` shows)", cause=cause)
 
 
 class Client(ClientBase):

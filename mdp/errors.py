@@ -27,15 +27,26 @@ class MDPError(Exception):
 
 
 class RequestTimeout(MDPError, TimeoutError):
-    """No reply arrived in time."""
+    """No reply arrived in time. ``cause`` is what happened without the advice of the
+    message (a command of this package's), for layers above that give advice of their
+    own."""
+
+    def __init__(self, message: str, *, cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class BrokerUnavailable(RequestTimeout):
-    """No broker answers at the endpoint, or the one that did was lost for good.
+    """No broker answers at the endpoint (``refused``: one did, but refused the
+    connection), or the one that did was lost for good.
 
     A ``RequestTimeout`` of a particular kind, so that code which waits for either need
     not tell them apart; the message says which it was and how to start a broker.
     """
+
+    def __init__(self, message: str, *, cause: str | None = None, refused: bool = False):
+        super().__init__(message, cause=cause)
+        self.refused = refused
 
 
 class BrokerError(MDPError):

@@ -9,7 +9,13 @@ from typing import Any
 from ase.calculators.calculator import Calculator, all_changes
 
 from mdp.client import Client
-from mdp.errors import BrokerUnavailable, MDPError, ServiceStartFailed, WorkerError
+from mdp.errors import (
+    BrokerUnavailable,
+    MDPError,
+    RequestTimeout,
+    ServiceStartFailed,
+    WorkerError,
+)
 
 from . import environment
 from .broker_status import describe_wait, get_broker_status
@@ -173,9 +179,15 @@ def served_error(error: Exception, model: str, broker: str) -> Exception:
 
 def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
     """The ASE-typed exception for what the bus said; raise it ``from`` that error."""
-    if isinstance(error, BrokerUnavailable):
-        return ServingError(f"model '{model}': no model broker answers at {broker}; start one "
-                            f"with `mlipx serve-broker --autostart` ({error})")
+    if isinstance(error, BrokerUnavailable) and error.refused:
+        return ServingError(f"model '{model}': {error.cause}; give the broker's key (and an "
+                            f"admitted key pair) with ${environment.CURVE_SERVER_KEY} (and "
+                            f"${environment.CURVE_SECRET_KEY})")
+    if isinstance(error, RequestTimeout):  # (a BrokerUnavailable is one too)
+        fix = "start one with `mlipx serve-broker --autostart`" if \
+            isinstance(error, BrokerUnavailable) else \
+            f"`mlipx serve-status --broker {broker}` shows what its workers do"
+        return ServingError(f"model '{model}': {error.cause}; {fix}")
     kind = ServiceStartFailedError if isinstance(error, ServiceStartFailed) else ServingError
     return kind(f"model '{model}' via {broker}: {error}")
 

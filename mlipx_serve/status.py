@@ -7,6 +7,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .broker_status import available_models, how_to_serve, worker_processes
+from .definition import short_text
+from .routing import fingerprints
+
+TEXT_COLUMNS = ("model", "by", "definition")
 
 
 def render(status: dict) -> Group:
@@ -64,10 +68,14 @@ def broker_table(status: dict) -> Table:
 
 
 def models_table(status: dict) -> Table:
+    """One row per model, with its definition in short and who defined it: the broker
+    (built in, or its models files), a client (served as it defined it), or a worker
+    started by hand (protocol/model-definition.md)."""
     table = Table(title="Models")
-    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart")
+    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart", "by",
+               "definition")
     for column in columns:
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
     starting = status["autostart"].get("starting", {})
     models = available_models(status)
     running_first = sorted(models, key=lambda name: (models[name]["workers"] == 0, name))
@@ -77,12 +85,29 @@ def models_table(status: dict) -> Table:
         note = f"starting ({starting[name]:.0f} s)" if name in starting else \
             ("yes" if info["autostart"] else "no")
         table.add_row(Text(name), str(info["idle"]), str(info["busy"]), str(info["queued"]),
-                      str(services.get("served", 0)), str(services.get("failed", 0)), note)
+                      str(services.get("served", 0)), str(services.get("failed", 0)), note,
+                      *_defined(status, name))
     for name, queued in stuck_models(status).items():
         services = status["status"]["services"][name]
         table.add_row(Text(name), "0", "0", str(queued), str(services["served"]),
-                      str(services["failed"]), Text("no: start a worker", style="bold red"))
+                      str(services["failed"]), Text("no: start a worker", style="bold red"),
+                      "", "")
     return table
+
+
+def _defined(status: dict, name: str) -> tuple[str, Text]:
+    """(who defined model ``name``, its definition in short); a model whose workers do not
+    all serve one definition is marked, as requests naming a definition fail on some."""
+    entry = status["autostart"].get("models", {}).get(name) or {}
+    identity, by = entry.get("definition"), entry.get("defined_by", "broker")
+    for worker in status["status"]["workers"]:
+        if identity is None and worker["service"] == name:
+            identity, by = (worker.get("metadata") or {}).get("definition"), "worker"
+    text = Text(short_text(identity) if identity else "-")
+    kinds = len(fingerprints(status).get(name, ()))
+    if kinds > 1:
+        text.append(f"  (mixed: workers of {kinds} definitions)", style="bold red")
+    return by, text
 
 
 def workers_table(status: dict) -> Table:

@@ -77,7 +77,7 @@ def test_status_tables_show_broker_models_and_workers():
                             workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = table_rows(text)
-    assert ["emt", "1", "1", "3", "7", "1", "no"] in rows
+    assert ["emt", "1", "1", "3", "7", "1", "no", "worker", "-"] in rows
     assert ["gpu7:42:1", "emt", "busy", "7", "0", "1m 05s", "gpu7", "GPU 1", "981"] in rows
     assert ["node:43:1", "emt", "idle", "7", "0", "1m 05s", "", "", ""] in rows  # an old worker
 
@@ -93,7 +93,7 @@ def test_a_worker_with_several_connections_is_one_row():
         in rows
     assert ["node:43:1", "emt", "idle", "1", "0", "0m 05s", "", "", ""] in rows
     assert ["workers", "2 (18 connections)"] in rows
-    assert ["chgnet", "0", "1", "3", "7", "1", "no"] in rows  # processes, not connections
+    assert ["chgnet", "0", "1", "3", "7", "1", "no", "worker", "-"] in rows  # processes
     idle = [dict(c, state="idle") for c in batching]
     assert "idle (17)" in [row[2] for row in table_rows(rendered(running({}, workers=idle)))
                            if len(row) > 2]
@@ -141,8 +141,8 @@ def test_a_request_that_waits_for_a_model_nobody_serves_is_shown_with_what_to_do
     stuck = dict(SERVICE, workers=0, idle=0, busy=0, queued=1, served=0, failed=0)
     text = rendered(running({"emt": stuck, "nope": dict(stuck, queued=2)}))
     rows = table_rows(text)
-    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker"] in rows
-    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker"] in rows
+    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker", "", ""] in rows
+    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker", "", ""] in rows
     said = " ".join(text.split())
     assert "1 request(s) for 'emt' wait, and no worker serves it: start a worker with `mlipx " \
         "serve emt --broker ipc:///x/broker.ipc`; or restart the broker with --autostart" in said
@@ -155,3 +155,27 @@ def test_what_workers_say_of_themselves_is_shown_as_it_is():
     worker = connection("n:1:1", "idle", "n:1", host="node[a7]", slurm_job="42[b]")
     assert "node[a7]" in rendered(running({"emt": SERVICE}, workers=[worker]))
     assert "42[b]" in rendered(running({"emt": SERVICE}, workers=[worker]))
+
+
+def test_each_model_shows_its_definition_and_who_defined_it():
+    lj = {"class_name": "LennardJones", "kwargs": {"sigma": 2.3}, "module": "ase.calculators.lj"}
+    emt = {"class_name": "EMT", "kwargs": {}, "module": "ase.calculators.emt"}
+    models = {"emt": {"extras": [], "autostart": True, "defined_by": "broker",
+                      "fingerprint": "e" * 64, "definition": emt},
+              "LennardJones@dc0de043": {"extras": [], "autostart": True,
+                                        "defined_by": "client", "fingerprint": "d" * 64,
+                                        "definition": lj}}
+    workers = [connection("a:1:1", "idle", service="emt", fingerprint="e" * 64),
+               connection("b:2:1", "idle", service="emt", fingerprint="f" * 64),
+               connection("c:3:1", "idle", service="mine", fingerprint="c" * 64,
+                          definition=lj)]
+    text = rendered(running({"emt": SERVICE, "mine": SERVICE},
+                            {"autostart": True, "models": models}, workers))
+    rows = table_rows(text)
+    assert ["LennardJones@dc0de043", "0", "0", "0", "0", "0", "yes", "client",
+            "ase.calculators.lj:LennardJones sigma=2.3"] in rows
+    assert ["mine", "1", "0", "3", "7", "1", "no", "worker",
+            "ase.calculators.lj:LennardJones sigma=2.3"] in rows
+    [emt_row] = [row for row in rows if row[0] == "emt"]
+    assert emt_row[6:8] == ["yes", "broker"]
+    assert emt_row[8].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")

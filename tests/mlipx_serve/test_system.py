@@ -439,6 +439,7 @@ def test_a_broker_that_is_not_running_is_a_clear_error_within_seconds(
     assert time.monotonic() - started < 30  # not the 600 s a reply may take
     assert isinstance(caught.value.__cause__, BrokerUnavailable)
     assert "mlipx serve-broker --autostart" in str(caught.value)
+    assert "mdp broker" not in str(caught.value)  # the bus's own advice serves no models
     run = serve_system.run(*MLIPX, "serve-status", "--broker", nowhere)
     assert run.returncode == 1
     assert f"No model broker answers at {nowhere}" in run.stdout
