@@ -52,10 +52,10 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.socketio import SocketClient, SocketIOCalculator
 from bench_calculators import ZeroCalculator
 
-from mlipx_serve.broker_status import available_models, get_broker_status
-from mlipx_serve.calculator import RemoteCalculator
-from mlipx_serve.definition import Definition
-from mlipx_serve.launchers import end_processes
+from mlipx_serve.broker.launchers import end_processes
+from mlipx_serve.client.broker_status import available_models, get_broker_status
+from mlipx_serve.client.calculator import RemoteCalculator
+from mlipx_serve.wire.definition import Definition
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"
@@ -308,8 +308,8 @@ def report_ratio(kind: str, ours: float, theirs: float) -> None:
 SERVED_SCRIPT = """
 import sys
 from ase.build import bulk
-from mlipx_serve.calculator import RemoteCalculator
-from mlipx_serve.launchers import end_processes
+from mlipx_serve.client.calculator import RemoteCalculator
+from mlipx_serve.broker.launchers import end_processes
 atoms = bulk("Si", "diamond", a=5.43, cubic=True)
 atoms.calc = RemoteCalculator("chgnet", broker=sys.argv[1], timeout=120)
 print("ENERGY", atoms.get_potential_energy(), flush=True)

@@ -10,16 +10,16 @@ every Python process of the environment (``mlipx_hook``), which must cost nothin
 TYPE_CHECKING = False  # not typing's: importing typing would cost every Python start-up
 # public name -> the module of this package that defines it
 _EXPORTS = {
-    "GenericASECalculator": "generic",
-    "RemoteCalculator": "calculator",
-    "Models": "served",
-    "ServedModel": "served",
-    "served_calculator_or_none": "served",
-    "get_broker_status": "broker_status",
-    "evaluate": "mapping",
-    "StructureFailed": "mapping",
-    "serve_model": "python_models",
-    "ModelProcess": "python_models",
+    "GenericASECalculator": "models.definitions",
+    "RemoteCalculator": "client.calculator",
+    "Models": "client.served",
+    "ServedModel": "client.served",
+    "served_calculator_or_none": "client.served",
+    "get_broker_status": "client.broker_status",
+    "evaluate": "client.mapping",
+    "StructureFailed": "client.mapping",
+    "serve_model": "client.notebook",
+    "ModelProcess": "client.notebook",
     "MlipxServeError": "errors",
     "ModelStartError": "errors",
     "ModelUnavailableError": "errors",
@@ -31,9 +31,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors
-    from .broker_status import get_broker_status  # noqa: F401
-    from .calculator import RemoteCalculator  # noqa: F401
-    from .errors import (  # noqa: F401
+    from mlipx_serve.client.broker_status import get_broker_status  # noqa: F401
+    from mlipx_serve.client.calculator import RemoteCalculator  # noqa: F401
+    from mlipx_serve.client.mapping import StructureFailed, evaluate  # noqa: F401
+    from mlipx_serve.client.notebook import ModelProcess, serve_model  # noqa: F401
+    from mlipx_serve.client.served import Models, ServedModel, served_calculator_or_none  # noqa: F401
+    from mlipx_serve.errors import (  # noqa: F401
         MlipxServeError,
         ModelStartError,
         ModelUnavailableError,
@@ -42,10 +45,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         RemotePropertyNotImplementedError,
         ServingError,
     )
-    from .generic import GenericASECalculator  # noqa: F401
-    from .mapping import StructureFailed, evaluate  # noqa: F401
-    from .python_models import ModelProcess, serve_model  # noqa: F401
-    from .served import Models, ServedModel, served_calculator_or_none  # noqa: F401
+    from mlipx_serve.models.definitions import GenericASECalculator  # noqa: F401
 
 
 def __getattr__(name: str):

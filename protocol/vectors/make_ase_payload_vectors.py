@@ -18,8 +18,8 @@ from ase import Atoms
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mlipx_serve.definition import Definition  # noqa: E402
-from mlipx_serve.payload import encode_request, encode_results  # noqa: E402
+from mlipx_serve.wire.definition import Definition  # noqa: E402
+from mlipx_serve.wire.payload import encode_request, encode_results  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("ase_payload.json")
 

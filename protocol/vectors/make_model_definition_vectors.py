@@ -17,7 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mlipx_serve.definition import Definition  # noqa: E402
+from mlipx_serve.wire.definition import Definition  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("model_definitions.json")
 

@@ -17,10 +17,10 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from mlipx_serve import evaluate
-from mlipx_serve.batching import Batcher
-from mlipx_serve.payload import decode_reply, encode_request
-from mlipx_serve.registry import load_models_file
-from mlipx_serve.serve import build_calculator, request_handler
+from mlipx_serve.models.models_file import load_models_file
+from mlipx_serve.wire.payload import decode_reply, encode_request
+from mlipx_serve.worker.batching import Batcher
+from mlipx_serve.worker.run import build_calculator, request_handler
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -7,7 +7,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.calculator import compare_atoms
 
-from mlipx_serve.changes import changes
+from mlipx_serve.models.changes import changes
 
 
 def base():

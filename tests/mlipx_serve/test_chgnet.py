@@ -25,8 +25,8 @@ from ase.build import bulk
 pytest.importorskip("chgnet")
 
 from mlipx_serve import RemoteCalculator  # noqa: E402
-from mlipx_serve.paths import worker_endpoint  # noqa: E402
-from mlipx_serve.registry import BUILTIN_MODELS  # noqa: E402
+from mlipx_serve.models.models_file import BUILTIN_MODELS  # noqa: E402
+from mlipx_serve.wire.endpoints import worker_endpoint  # noqa: E402
 
 pytestmark = [pytest.mark.mlip, pytest.mark.timeout(300)]
 

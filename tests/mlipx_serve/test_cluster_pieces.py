@@ -10,13 +10,14 @@ import pytest
 import zmq
 
 from mdp.security import load_key_file
-from mlipx_serve import paths, slurm
-from mlipx_serve.cluster import reachable
-from mlipx_serve.connection import Connection, names_broker
+from mlipx_serve.broker import slurm
+from mlipx_serve.broker.cluster import reachable
+from mlipx_serve.broker.launchers import SlurmJob
+from mlipx_serve.broker.slurm import SlurmOptions
+from mlipx_serve.broker.submit import merged_options
 from mlipx_serve.errors import ServeError
-from mlipx_serve.launchers import SlurmJob
-from mlipx_serve.slurm import SlurmOptions
-from mlipx_serve.submit import merged_options
+from mlipx_serve.wire import endpoints as paths
+from mlipx_serve.wire.connection import Connection, names_broker
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -14,13 +14,13 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from mlipx_serve.definition import Definition, differences, resolve_paths
+from mlipx_serve.client.routing import serving
 from mlipx_serve.errors import DefinitionError, DefinitionMismatch, PayloadError
-from mlipx_serve.generic import GenericASECalculator, PretrainedASECalculator, model_from
-from mlipx_serve.payload import decode_reply, encode_request, read_request
-from mlipx_serve.registry import BUILTIN_MODELS, load_models_file
-from mlipx_serve.routing import serving
-from mlipx_serve.serve import compute, make_handler
+from mlipx_serve.models.definitions import GenericASECalculator, PretrainedASECalculator, model_from
+from mlipx_serve.models.models_file import BUILTIN_MODELS, load_models_file
+from mlipx_serve.wire.definition import Definition, differences, resolve_paths
+from mlipx_serve.wire.payload import decode_reply, encode_request, read_request
+from mlipx_serve.worker.run import compute, make_handler
 
 pytestmark = pytest.mark.timeout(30)
 

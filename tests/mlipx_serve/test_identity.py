@@ -21,7 +21,7 @@ from ase.calculators.lj import LennardJones
 
 from mlipx_serve import GenericASECalculator, RemoteCalculator, ServingError, evaluate
 from mlipx_serve.errors import DefinitionMismatch, ServiceStartFailedError
-from mlipx_serve.registry import load_models_file
+from mlipx_serve.models.models_file import load_models_file
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -192,6 +192,7 @@ def test_without_mlipx_the_hook_loads_nothing_else():
                                 ("mlipx", "mlipx_serve", "mdp", "zmq", "ase", "numpy"))))
     """)], capture_output=True, text=True, timeout=50, env=_base_env())
     assert json.loads(done.stdout) == ["mlipx_serve", "mlipx_serve.environment",
+                                       "mlipx_serve.mlipx_glue", "mlipx_serve.mlipx_glue.hook",
                                        "mlipx_serve.mlipx_hook"]
 
 

@@ -16,11 +16,11 @@ from mlipx_serve import (
     RemoteCalculator,
     evaluate,
     get_broker_status,
-    paths,
     serve_model,
     served_calculator_or_none,
 )
 from mlipx_serve.errors import EndpointError
+from mlipx_serve.wire import endpoints as paths
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -18,8 +18,8 @@ from ase.calculators.calculator import CalculationFailed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlipx_serve.definition import Definition
-from mlipx_serve.payload import (
+from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.payload import (
     FORMAT_VERSION,
     WIRE_DTYPES,
     PayloadError,

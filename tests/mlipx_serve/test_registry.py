@@ -15,16 +15,18 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
-from mlipx_serve import environment, generic, registry
-from mlipx_serve.extras import EXTRAS, model_extras
-from mlipx_serve.generic import (
+from mlipx_serve import environment
+from mlipx_serve.models import definitions as generic
+from mlipx_serve.models import models_file as registry
+from mlipx_serve.models.definitions import (
     GenericASECalculator,
     ModelUnavailableError,
     PretrainedASECalculator,
     resolve_device,
     use_serve_from_env,
 )
-from mlipx_serve.registry import (
+from mlipx_serve.models.extras import EXTRAS, model_extras
+from mlipx_serve.models.models_file import (
     BUILTIN_MODELS,
     RegistryError,
     load_models_file,
@@ -458,7 +460,7 @@ def test_an_unnamed_model_goes_to_the_bus_too(serve_hook) -> None:
 def test_hook_import_failure_falls_back(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mlipx_serve.served", None)
+    monkeypatch.setitem(sys.modules, "mlipx_serve.client.served", None)
     with caplog.at_level(logging.WARNING):
         assert isinstance(BUILTIN_MODELS["emt"].get_calculator(use_serve=True), EMT)
     assert "failed to import" in caplog.text

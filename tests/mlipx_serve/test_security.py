@@ -25,12 +25,12 @@ from ase.calculators.emt import EMT
 
 from mdp.errors import RequestTimeout
 from mlipx_serve import RemoteCalculator, get_broker_status
-from mlipx_serve.autostart import admit_broker_key
+from mlipx_serve.broker.autostart import admit_broker_key
+from mlipx_serve.broker.launchers import worker_env
 from mlipx_serve.environment import CURVE as CURVE_ENV
 from mlipx_serve.environment import CURVE_SECRET_KEY as CURVE_SECRET_KEY_ENV
 from mlipx_serve.environment import CURVE_SERVER_KEY as CURVE_SERVER_KEY_ENV
 from mlipx_serve.errors import ServingError
-from mlipx_serve.launchers import worker_env
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from mdp.core import Event
-from mlipx_serve import serve
-from mlipx_serve.autostart import wants_worker
-from mlipx_serve.launchers import thread_share
-from mlipx_serve.serve import (
+from mlipx_serve.broker.autostart import wants_worker
+from mlipx_serve.broker.launchers import thread_share
+from mlipx_serve.worker import run as serve
+from mlipx_serve.worker.run import (
     ServeError,
     missing_modules,
     project_defines,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from mlipx_serve.broker_status import available_models, describe_wait
-from mlipx_serve.status import render
+from mlipx_serve.cli.status_view import render
+from mlipx_serve.client.broker_status import available_models, describe_wait
 
 SERVICE = {"workers": 2, "idle": 0, "busy": 2, "queued": 3, "served": 7, "failed": 1,
            "expired": 0, "rejected": 0}

@@ -50,11 +50,11 @@ from mlipx_serve import (
     RemoteCalculationError,
     RemoteCalculator,
     ServingError,
-    broker_status,
     served_calculator_or_none,
 )
-from mlipx_serve.calculator import remote_error
-from mlipx_serve.registry import BUILTIN_MODELS
+from mlipx_serve.client import broker_status
+from mlipx_serve.client.calculator import remote_error
+from mlipx_serve.models.models_file import BUILTIN_MODELS
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -12,7 +12,7 @@ from ase.build import bulk
 
 pytest.importorskip("torch_sim")
 
-from mlipx_serve.torchsim import TorchSimCalculator  # noqa: E402
+from mlipx_serve.models.torchsim import TorchSimCalculator  # noqa: E402
 
 pytestmark = [pytest.mark.mlip, pytest.mark.timeout(120)]
 

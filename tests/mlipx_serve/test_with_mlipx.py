@@ -165,6 +165,7 @@ def test_without_mlipx_imported_nothing_is_loaded(env, shared_system):
     """)
     assert run.returncode == 0, run.stderr
     assert last_json(run.stdout) == ["mlipx_serve", "mlipx_serve.environment",
+                                     "mlipx_serve.mlipx_glue", "mlipx_serve.mlipx_glue.hook",
                                      "mlipx_serve.mlipx_hook"]
 
 

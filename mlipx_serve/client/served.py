@@ -9,14 +9,14 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from .broker_status import available_models, recent_status
-from .calculator import RemoteCalculator
-from .errors import EndpointError, NotServed
-from .mapping import DEFAULT_PROPERTIES, map_structures
-from .paths import chosen_broker
-from .routing import route
+from mlipx_serve.client.broker_status import available_models, recent_status
+from mlipx_serve.client.calculator import RemoteCalculator
+from mlipx_serve.client.mapping import DEFAULT_PROPERTIES, map_structures
+from mlipx_serve.client.routing import route
+from mlipx_serve.errors import EndpointError, NotServed
+from mlipx_serve.wire.endpoints import chosen_broker
 
-log = logging.getLogger("mlipx_serve")
+log = logging.getLogger(__name__)
 
 
 def served_calculator_or_none(model: Any, broker: str | None = None, *,

@@ -20,8 +20,8 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .definition import Definition
-from .errors import PayloadError, RemoteCalculationError
+from mlipx_serve.errors import PayloadError, RemoteCalculationError
+from mlipx_serve.wire.definition import Definition
 
 __all__ = [
     "FORMAT_VERSION",

@@ -13,11 +13,11 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
-from .definition import Definition
-from .extras import model_extras
-from .generic import Servable
+from mlipx_serve.models.definitions import Servable
+from mlipx_serve.models.extras import model_extras
+from mlipx_serve.wire.definition import Definition
 
-log = logging.getLogger("mlipx_serve.mlipx_plugin")
+log = logging.getLogger(__name__)
 
 EXTENDED = "_mlipx_serve_extended"
 
@@ -80,6 +80,6 @@ _ADDED_DOC = """
 
 def add_serve_commands(module: ModuleType) -> None:
     """Add the serve commands (``cli.SERVE_COMMANDS``) to mlipx's command line."""
-    from .cli import add_commands
+    from mlipx_serve.cli.main import add_commands
 
     add_commands(module.app)

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Protocol
 
 from mdp.broker import Broker
+from mlipx_serve import environment
+from mlipx_serve.broker import slurm
+from mlipx_serve.broker.slurm import SlurmError, SlurmOptions
 
-from . import environment, slurm
-from .slurm import SlurmError, SlurmOptions
-
-log = logging.getLogger("mlipx_serve.autostart")
+log = logging.getLogger(__name__)
 
 SLURM_POLL = 5.0  # seconds between squeue calls while the broker has jobs
 

@@ -6,9 +6,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from .broker_status import available_models, how_to_serve, worker_processes
-from .definition import short_text
-from .routing import fingerprints
+from mlipx_serve.client.broker_status import available_models, how_to_serve, worker_processes
+from mlipx_serve.client.routing import fingerprints
+from mlipx_serve.wire.definition import short_text
 
 TEXT_COLUMNS = ("model", "by", "definition")
 

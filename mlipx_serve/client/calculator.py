@@ -16,12 +16,9 @@ from mdp.errors import (
     ServiceStartFailed,
     WorkerError,
 )
-
-from . import environment
-from .broker_status import describe_wait, get_broker_status
-from .changes import changes
-from .definition import Definition
-from .errors import (
+from mlipx_serve import environment
+from mlipx_serve.client.broker_status import describe_wait, get_broker_status
+from mlipx_serve.errors import (
     DefinitionMismatch,
     PayloadError,
     RemoteCalculationError,
@@ -30,10 +27,12 @@ from .errors import (
     ServiceStartFailedError,
     ServingError,
 )
-from .paths import chosen_broker, curve_options
-from .payload import decode_reply, encode_request
+from mlipx_serve.models.changes import changes
+from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.endpoints import chosen_broker, curve_options
+from mlipx_serve.wire.payload import decode_reply, encode_request
 
-log = logging.getLogger("mlipx_serve")
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 600.0  # a first request may wait for a worker to install and load a model
 BROKER_TIMEOUT = 10.0  # but when no broker answers at all, that is known in seconds

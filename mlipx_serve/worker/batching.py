@@ -25,7 +25,7 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-log = logging.getLogger("mlipx_serve.batching")
+log = logging.getLogger(__name__)
 
 BatchFunction = Callable[[list[Atoms], list[str]], list[Any]]
 
@@ -107,7 +107,7 @@ def batch_function(calc: Calculator) -> tuple[BatchFunction, bool]:
 
 
 def _one_after_another(calc: Calculator) -> BatchFunction:
-    from .serve import compute, owned
+    from mlipx_serve.worker.run import compute, owned
 
     def evaluate(structures: list[Atoms], properties: list[str]) -> list[Any]:
         results: list[Any] = []

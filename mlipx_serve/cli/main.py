@@ -23,9 +23,9 @@ from mdp.client import Client
 from mdp.core import BrokerConfig
 from mdp.errors import MDPError
 from mdp.security import CurveError, client_curve
-
-from . import environment, paths
-from .errors import EndpointError, MlipxServeError
+from mlipx_serve import environment
+from mlipx_serve.errors import EndpointError, MlipxServeError
+from mlipx_serve.wire import endpoints as paths
 
 app = typer.Typer(
     help="Serve machine-learned interatomic potentials to ASE over a Majordomo bus.",
@@ -121,7 +121,7 @@ def _say(message: str) -> None:
 
 
 def _registry(models: list[Path]) -> dict:
-    from .registry import load_registry
+    from mlipx_serve.models.models_file import load_registry
 
     try:
         return load_registry([str(p) for p in models] or None)
@@ -233,9 +233,9 @@ def serve_broker(
             _fail(f"a broker already runs at {endpoint}; stop it first or pick another --path")
         starter = None
         if autostart:
-            from .autostart import AutostartConfig, Autostarter
-            from .launchers import LocalLauncher, thread_share
-            from .slurm import SlurmOptions
+            from mlipx_serve.broker.autostart import AutostartConfig, Autostarter
+            from mlipx_serve.broker.launchers import LocalLauncher, thread_share
+            from mlipx_serve.broker.slurm import SlurmOptions
 
             config = AutostartConfig(
                 start_timeout=worker_start_timeout, worker_timeout=worker_timeout,
@@ -293,7 +293,7 @@ def _check_slurm_options(autostart: bool, gpus: str, curve_key: Path | None,
 
 
 def _cluster_side(bind: str | None, directory: Path | None):
-    from .cluster import ClusterSide
+    from mlipx_serve.broker.cluster import ClusterSide
 
     directory = Path(directory).absolute() if directory else None
     try:
@@ -304,8 +304,8 @@ def _cluster_side(bind: str | None, directory: Path | None):
 
 def _slurm_launcher(broker: Broker, cluster, options, orphan_timeout: float, poll: float,
                     command_timeout: float):
-    from .launchers import SlurmLauncher
-    from .submit import POLL_SERVICE
+    from mlipx_serve.broker.launchers import SlurmLauncher
+    from mlipx_serve.broker.submit import POLL_SERVICE
 
     launcher = SlurmLauncher(broker, cluster.broker_id, cluster.connection_file,
                              cluster.connection_file.parent / "logs", options, orphan_timeout,
@@ -340,7 +340,7 @@ def _admitted(clients: Path | None, secret_key: Path | None) -> Path | None:
     """The clients directory an autostarting broker uses: one that admits its own key."""
     if clients is None or secret_key is None:
         return clients
-    from .autostart import admit_broker_key
+    from mlipx_serve.broker.autostart import admit_broker_key
 
     return _or_fail(lambda: admit_broker_key(clients, secret_key, paths.private_dir()))
 
@@ -422,7 +422,7 @@ def serve(
     verbose: bool = VERBOSE,
 ) -> None:
     """Load one model and serve it until idle for --timeout seconds."""
-    from .serve import find_model, reexec_under_uv
+    from mlipx_serve.worker.run import find_model, reexec_under_uv
 
     _logging(verbose)
     connection = _or_fail_serving(lambda: _read_connection(connect)) if connect else None
@@ -443,7 +443,7 @@ def serve(
         if connection is None:
             _run_worker(name, model, endpoint, curve=curve, **options)
         else:
-            from .connection import BrokerWatch
+            from mlipx_serve.wire.connection import BrokerWatch
 
             with connection.key_files() as keys:
                 watch = BrokerWatch(connect, connection, keys, orphan_timeout)
@@ -456,13 +456,13 @@ def serve(
 
 
 def _run_worker(name: str, model, endpoint: str, idle_timeout: float | None, **options) -> None:
-    from .serve import serve as run_worker
+    from mlipx_serve.worker.run import serve as run_worker
 
     run_worker(name, model, endpoint, idle_timeout, say=_say, **options)
 
 
 def _read_connection(path: Path):
-    from .connection import Connection
+    from mlipx_serve.wire.connection import Connection
 
     return Connection.read(path)
 
@@ -486,8 +486,8 @@ def serve_status(
 ) -> None:
     """Show the broker, its models, workers, SLURM jobs and queues (exit 1 if no broker
     answers)."""
-    from .broker_status import get_broker_status
-    from .status import render
+    from mlipx_serve.cli.status_view import render
+    from mlipx_serve.client.broker_status import get_broker_status
 
     curve = _client_curve(curve_server_key, curve_secret_key)
     status = get_broker_status(broker, **curve)
@@ -534,8 +534,8 @@ def serve_submit(
 ) -> None:
     """Submit worker jobs to a running `serve-broker --launcher slurm`, with its sbatch
     options unless given here (--slurm-option adds to its own)."""
-    from . import submit
-    from .broker_status import get_broker_status
+    from mlipx_serve.broker import submit
+    from mlipx_serve.client.broker_status import get_broker_status
 
     status = get_broker_status(broker)
     settings = _or_fail_serving(lambda: submit.slurm_settings(status))
@@ -556,8 +556,8 @@ def serve_submit(
 
 
 def _defined_model(text: str):
-    from .definition import Definition
-    from .generic import model_from
+    from mlipx_serve.models.definitions import model_from
+    from mlipx_serve.wire.definition import Definition
 
     try:
         return model_from(Definition.from_json(json.loads(text)))
@@ -566,7 +566,7 @@ def _defined_model(text: str):
 
 
 def _factory_model(name: str, path: Path):
-    from .python_models import FactoryModel, load_factory
+    from mlipx_serve.client.notebook import FactoryModel, load_factory
 
     return FactoryModel(load_factory(path), name)
 
@@ -629,7 +629,3 @@ def _mlipx_app() -> tuple[typer.Typer | None, str | None]:
             f"Only the serve commands work until that is fixed.")
     add_commands(mlipx_app)
     return mlipx_app, None
-
-
-if __name__ == "__main__":
-    main()

@@ -30,16 +30,15 @@ from mdp.broker import Broker
 from mdp.core import Event
 from mdp.errors import ServiceStartFailed, ServiceUnknown
 from mdp.security import load_key_file
+from mlipx_serve.broker.launchers import Launch, Launcher
+from mlipx_serve.client.routing import DEFINE_SERVICE
+from mlipx_serve.errors import DefinitionError
+from mlipx_serve.models.definitions import model_from
+from mlipx_serve.models.extras import model_extras
+from mlipx_serve.wire.definition import Definition
+from mlipx_serve.worker.run import served_definition
 
-from .definition import Definition
-from .errors import DefinitionError
-from .extras import model_extras
-from .generic import model_from
-from .launchers import Launch, Launcher
-from .routing import DEFINE_SERVICE
-from .serve import served_definition
-
-log = logging.getLogger("mlipx_serve.autostart")
+log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 0.25
 LOG_TAIL_LINES = 20

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from mlipx_serve import environment
-from mlipx_serve.definition import resolve_paths
 from mlipx_serve.errors import ModelUnavailableError, RegistryError
-from mlipx_serve.generic import Device, GenericASECalculator, PretrainedASECalculator
+from mlipx_serve.models.definitions import Device, GenericASECalculator, PretrainedASECalculator
+from mlipx_serve.wire.definition import resolve_paths
 
 logger = logging.getLogger(__name__)
 

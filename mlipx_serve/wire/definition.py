@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from .errors import DefinitionError
+from mlipx_serve.errors import DefinitionError
 
 GENERIC_FIELDS = ("module", "class_name", "kwargs")
 WRAPPER_FIELDS = ("calculator", "calculator_kwargs", "calculator_takes_device")

@@ -21,16 +21,15 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from mdp.worker import Worker
+from mlipx_serve import environment
+from mlipx_serve.errors import DefinitionError, DefinitionMismatch, ServeError
+from mlipx_serve.models.changes import changes
+from mlipx_serve.models.extras import EXTRAS, model_extras
+from mlipx_serve.wire.definition import SHORT_FINGERPRINT, Definition, differences
+from mlipx_serve.wire.endpoints import broker_command
+from mlipx_serve.wire.payload import RequestedModel, encode_results, read_request
 
-from . import environment
-from .changes import changes
-from .definition import SHORT_FINGERPRINT, Definition, differences
-from .errors import DefinitionError, DefinitionMismatch, ServeError
-from .extras import EXTRAS, model_extras
-from .paths import broker_command
-from .payload import RequestedModel, encode_results, read_request
-
-log = logging.getLogger("mlipx_serve.serve")
+log = logging.getLogger(__name__)
 STARTED = time.time()  # about when this process started: mlipx serve imports this first
 
 NO_BROKER_NOTICE = 3.0  # seconds without a broker before a worker says so (at least)
@@ -233,7 +232,7 @@ def request_handler(calc: Calculator, name: str, served: Definition | None = Non
 
 
 def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:
-    from .batching import Batcher, batch_function
+    from mlipx_serve.worker.batching import Batcher, batch_function
 
     evaluate, one_call = batch_function(calc)
     if not one_call:
@@ -284,7 +283,7 @@ def _device(model: object) -> str | None:
     gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpus is not None:
         return "cpu" if gpus.strip() in ("", "-1", "NoDevFiles") else f"GPU {gpus}"
-    from .generic import resolve_device
+    from mlipx_serve.models.definitions import resolve_device
 
     named = resolve_device(getattr(model, "device", None))
     if isinstance(named, str) and named:  # (json sends a str Enum's value)

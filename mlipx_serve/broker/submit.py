@@ -13,11 +13,10 @@ from pathlib import Path
 
 from mdp.client import Client
 from mdp.errors import MDPError
-
-from . import slurm
-from .errors import MlipxServeError
-from .launchers import options_from, serve_command, worker_env
-from .slurm import SlurmOptions
+from mlipx_serve.broker import slurm
+from mlipx_serve.broker.launchers import options_from, serve_command, worker_env
+from mlipx_serve.broker.slurm import SlurmOptions
+from mlipx_serve.errors import MlipxServeError
 
 POLL_SERVICE = "mmi.mlipx.poll"
 

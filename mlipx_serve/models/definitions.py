@@ -21,9 +21,9 @@ from typing import Any
 from ase.calculators.calculator import Calculator
 
 from mlipx_serve import environment
-from mlipx_serve.definition import Definition
 from mlipx_serve.errors import DefinitionError, ModelUnavailableError
-from mlipx_serve.extras import EXTRAS, model_extras
+from mlipx_serve.models.extras import EXTRAS, model_extras
+from mlipx_serve.wire.definition import Definition
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
 def _served_calculator(model: Servable, call_kwargs: dict[str, Any]) -> Calculator | None:
     """Hook to the bus client, imported lazily so this module stays socket-free."""
     try:
-        from mlipx_serve.served import served_calculator_or_none
+        from mlipx_serve.client.served import served_calculator_or_none
     except ImportError as exc:
         logger.warning("model %r is computed locally: the bus client failed to import (%s)",
                        model.label(), exc)

@@ -22,11 +22,11 @@ from typing import Any
 import cloudpickle
 from ase.calculators.calculator import Calculator
 
-from .broker_status import get_broker_status
-from .calculator import RemoteCalculator
-from .errors import ModelStartError
-from .launchers import end_processes, serve_command
-from .paths import chosen_broker, private_dir, worker_endpoint
+from mlipx_serve.broker.launchers import end_processes, serve_command
+from mlipx_serve.client.broker_status import get_broker_status
+from mlipx_serve.client.calculator import RemoteCalculator
+from mlipx_serve.errors import ModelStartError
+from mlipx_serve.wire.endpoints import chosen_broker, private_dir, worker_endpoint
 
 Factory = Callable[[], Calculator]
 POLL = 0.1
@@ -125,7 +125,7 @@ def _wait_registered(started: ModelProcess, timeout: float) -> None:
         elif time.monotonic() > deadline:
             why = f"the worker did not register within {timeout:g} s"
         if why is not None:
-            from .autostart import tail
+            from mlipx_serve.broker.autostart import tail
 
             raise ModelStartError(f"could not serve model '{started.name}': {why}. Last "
                                   f"lines of its output ({started.log_path}):\n"

@@ -9,9 +9,8 @@ from typing import Any
 
 from mdp.client import Client
 from mdp.errors import MDPError
-
-from .errors import MlipxServeError
-from .paths import chosen_broker, curve_options, default_broker
+from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.wire.endpoints import chosen_broker, curve_options, default_broker
 
 PROBE_TIMEOUT = 2.0
 OFFER_SHOWN = 12  # model names listed when a name is not among them
@@ -117,7 +116,7 @@ def _default_broker() -> str | None:
 
 def _known_model(name: str) -> bool:
     """Would ``mlipx serve NAME`` find it (built in, or in ``$MLIPX_SERVE_MODELS``)?"""
-    from .registry import load_registry
+    from mlipx_serve.models.models_file import load_registry
 
     try:
         return name in load_registry()

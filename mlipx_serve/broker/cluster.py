@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdp.security import create_key_pair, load_key_file
-
-from . import paths
-from .connection import Connection, new_broker_id
+from mlipx_serve.wire import endpoints as paths
+from mlipx_serve.wire.connection import Connection, new_broker_id
 
 ANY_HOST = ("*", "0.0.0.0", "::", "[::]")
 DEFAULT_BIND = "tcp://*:0"  # every interface, a port the system picks

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from mdp.client import Client
 from mdp.errors import MDPError
-
-from .errors import ServeError
+from mlipx_serve.errors import ServeError
 
 FORMAT = 1
 PROBE_EVERY = 5.0  # seconds between a worker's questions to a broker on another machine

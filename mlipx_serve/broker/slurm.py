@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MlipxServeError
+from mlipx_serve.errors import MlipxServeError
 
 NAME_PREFIX = "mlipx-serve"
 COMMAND_TIMEOUT = 30.0  # seconds an sbatch, squeue or scancel call may take

@@ -26,13 +26,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mdp.aio import AsyncClient
 from mdp.errors import MDPError
-
-from .calculator import RESENDS, default_timeout, served_error
-from .definition import Definition
-from .errors import MlipxServeError
-from .paths import chosen_broker, curve_options
-from .payload import decode_reply, encode_request
-from .routing import route
+from mlipx_serve.client.calculator import RESENDS, default_timeout, served_error
+from mlipx_serve.client.routing import route
+from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.endpoints import chosen_broker, curve_options
+from mlipx_serve.wire.payload import decode_reply, encode_request
 
 DEFAULT_PROPERTIES = ("energy", "forces")
 ON_ERROR = ("raise", "keep")

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import environment
-from .errors import EndpointError
+from mlipx_serve import environment
+from mlipx_serve.errors import EndpointError
 
 SOCKET_NAME = "broker.ipc"
 ACCEPTED = "use ipc://PATH (or a plain path) or tcp://HOST:PORT"
@@ -117,7 +117,7 @@ def curve_options(server_key: str | os.PathLike | None = None,
 
 @functools.cache
 def _connection():
-    from .connection import Connection
+    from mlipx_serve.wire.connection import Connection
 
     return Connection.read(Path(environment.text(environment.CONNECT)))
 
