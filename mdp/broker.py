@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .core import BrokerConfig, BrokerCore, Event, MMIHandler, Outgoing
 from .errors import BrokerError
 from .frames import recv_frames, send_frames
+from .protocol import service_name
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
 from .wakeup import Wakeup
 
@@ -118,18 +119,18 @@ class Broker:
     def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
         """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in the
         loop's thread. Call it before ``start`` or from the loop's thread."""
-        name = service.encode() if isinstance(service, str) else service
+        name = service_name(service)
         if not name.startswith(b"mmi."):
             raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
         self.core.mmi_handlers[name] = handler
 
     def fail_queued(self, service: str | bytes, error: BrokerError) -> None:
         """Answer every request waiting for ``service`` with ``error``. Loop thread only."""
-        self.send(self.core.fail_queued(_name(service), error))
+        self.send(self.core.fail_queued(service_name(service), error))
 
     def service_workers(self, service: str | bytes) -> int:
         """How many workers are registered for ``service``. Loop thread only."""
-        return self.core.service_workers(_name(service))
+        return self.core.service_workers(service_name(service))
 
     def stop(self, reason: str = "asked to stop") -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
@@ -418,10 +419,6 @@ class Connections:
         if peer is not None:
             del self._fd_of[peer]
         return peer
-
-
-def _name(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -49,10 +49,6 @@ for _event in _REFUSALS:
     _EVENTS |= _event
 
 
-def encode_service(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
-
-
 def encode_body(frames: Sequence[Any]) -> list:
     return [f.encode() if isinstance(f, str) else f for f in frames]
 
@@ -144,7 +140,7 @@ class ClientBase:
     def _prepare(self, service: str | bytes, frames: Sequence[Any], timeout: float | None,
                  retries: int | None) -> tuple[bytes, list, float, int]:
         """The service name, the message, the timeout and how many times to send it."""
-        service = encode_service(service)
+        service = p.service_name(service)
         message = p.client_request(self.dialect, service, encode_body(frames))
         timeout = self.timeout if timeout is None else timeout
         return service, message, timeout, 1 + (self.retries if retries is None else retries)

@@ -323,7 +323,7 @@ class BrokerCore:
     def _ready_metadata(self, body: list) -> dict:
         """The JSON object a READY carries after its service; anything else is ignored
         (logged once), the worker is registered all the same."""
-        frame = p._b(body[0])
+        frame = p.frame_bytes(body[0])
         if len(frame) > p.MAX_READY_METADATA:
             why = f"it is {len(frame)} bytes long (at most {p.MAX_READY_METADATA})"
         else:
@@ -554,7 +554,7 @@ class BrokerCore:
     def _mmi_service(self, body: list) -> bytes:
         if not body:
             return b"400"
-        return b"200" if self.service_workers(p._b(body[0])) else b"404"
+        return b"200" if self.service_workers(p.frame_bytes(body[0])) else b"404"
 
     def status(self, now: float) -> dict:
         """Everything `mdp status` shows, as plain data."""

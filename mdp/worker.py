@@ -84,7 +84,7 @@ class Worker:
         self.endpoint = endpoint
         self.metadata = _metadata_frame(metadata)
         self.curve = client_curve(curve_server_key, curve_secret_key)
-        self.service = service.encode() if isinstance(service, str) else service
+        self.service = p.service_name(service)
         if self.service.startswith(p.MMI_PREFIX):
             raise ValueError("service names starting with 'mmi.' are reserved for the broker")
         if not 0 < len(self.service) <= p.MAX_SERVICE_NAME:
