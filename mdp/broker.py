@@ -98,7 +98,7 @@ class Broker:
         to spares every request the Event objects.
         """
         self.hooks.append(hook)
-        self.core.emit_events = True
+        self.core.enable_events()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread. Safe from any thread."""
@@ -119,10 +119,7 @@ class Broker:
     def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
         """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in the
         loop's thread. Call it before ``start`` or from the loop's thread."""
-        name = service_name(service)
-        if not name.startswith(b"mmi."):
-            raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
-        self.core.mmi_handlers[name] = handler
+        self.core.add_mmi_handler(service, handler)
 
     def fail_queued(self, service: str | bytes, error: BrokerError) -> None:
         """Answer every request waiting for ``service`` with ``error``. Loop thread only."""
