@@ -13,7 +13,6 @@ import heapq
 import itertools
 import logging
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from .errors import BrokerError
 from .frames import recv_frames, send_frames
 from .protocol import service_name
 from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
+from .signals import stop_on_signals
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.broker")
@@ -131,6 +131,7 @@ class Broker:
 
     def stop(self, reason: str = "asked to stop") -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
+        log.info("broker stopping: %s", reason)
         self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
@@ -152,12 +153,11 @@ class Broker:
     def run(self) -> None:
         """Bind, serve until ``stop()`` or SIGINT/SIGTERM, then shut down cleanly."""
         self._bind()
-        restore = self._install_signal_handlers()
         try:
-            self.ready.set()
-            self._loop()
+            with stop_on_signals(self.stop):
+                self.ready.set()
+                self._loop()
         finally:
-            restore()
             self._shutdown()
 
     def _loop(self) -> None:
@@ -336,25 +336,6 @@ class Broker:
                     raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
                 self.bound_endpoints.append(_as_bound(endpoint, sock))
         log.info("broker bound to %s", ", ".join(self.bound_endpoints))
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            log.info("broker got signal %s, shutting down", name)
-            self.stop(f"got {name}")
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
 
     def _shutdown(self) -> None:
         self.send(self.core.shutdown(time.monotonic()))

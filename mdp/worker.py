@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from . import protocol as p
 from .errors import reserved_marker, worker_error_body
 from .frames import recv_frames, send_frames
 from .security import KeyPath, client_curve
+from .signals import stop_on_signals
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.worker")
@@ -121,6 +121,7 @@ class Worker:
 
     def stop(self, reason: str = "asked to stop") -> None:
         """Finish the request in hand, send DISCONNECT and return from ``run``."""
+        log.info("stopping (%s): finishing the request in hand, if any, then leaving", reason)
         self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
@@ -138,12 +139,13 @@ class Worker:
     # ------------------------------------------------------------ loop
 
     def run(self) -> None:
-        restore = self._install_signal_handlers()
+        """Serve until ``stop()``, SIGINT or SIGTERM (in the main thread), or the idle
+        timeout."""
         self._pulse.start()
         try:
-            self._serve()
+            with stop_on_signals(self.stop):
+                self._serve()
         finally:
-            restore()
             self._close()
 
     def _serve(self) -> None:
@@ -333,20 +335,6 @@ class Worker:
         """A back-off that ``stop()`` cuts short."""
         zmq.select([self._wakeup.fileno()], [], [], seconds)
         self._wakeup.drain()
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            log.info("got %s: finishing the current request, then leaving", name)
-            self.stop(f"got {name}")
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
 def _metadata_frame(metadata: Mapping[str, Any] | None) -> bytes:
