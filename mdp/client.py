@@ -37,6 +37,7 @@ from .frames import recv_frames, send_frames
 from .security import KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
+BROKER_TIMEOUT = 10.0  # seconds a client waits for a broker to take its connection
 Waiting = Callable[[float], None]
 Deadlines = tuple[float, float]  # (give up on the reply, give up on a broker)
 
@@ -126,7 +127,7 @@ class ClientBase:
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 60.0, retries: int = 2,
-                 broker_timeout: float = 10.0, dialect: p.Dialect = p.Dialect.V02,
+                 broker_timeout: float = BROKER_TIMEOUT, dialect: p.Dialect = p.Dialect.V02,
                  copy: bool = True, curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
@@ -313,3 +314,20 @@ class Client(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ask(endpoint: str, service: str | bytes, *frames: Any, timeout: float = 10.0,
+        broker_timeout: float | None = None, context: zmq.Context | None = None,
+        curve_server_key: KeyPath | None = None,
+        curve_secret_key: KeyPath | None = None) -> list[bytes]:
+    """One request, sent once on a connection of its own that is closed afterwards; the
+    reply's frames. For a probe such as ``mmi.service``, where sending it again would only
+    put off the answer. Raises what ``Client.request`` raises.
+
+    ``broker_timeout`` None is the client's default (BROKER_TIMEOUT); either way, no
+    longer than ``timeout``.
+    """
+    with Client(endpoint, timeout=timeout, retries=0, context=context,
+                broker_timeout=BROKER_TIMEOUT if broker_timeout is None else broker_timeout,
+                curve_server_key=curve_server_key, curve_secret_key=curve_secret_key) as client:
+        return client.request(service, *frames)
