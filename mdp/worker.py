@@ -30,7 +30,7 @@ import zmq
 from . import protocol as p
 from .errors import reserved_marker, worker_error_body
 from .frames import recv_frames, send_frames
-from .security import KeyPath, client_curve
+from .security import ClientCurve, KeyPath, client_curve
 from .signals import stop_on_signals
 from .wakeup import Wakeup
 
@@ -65,7 +65,8 @@ class Worker:
     seconds without a request, whether or not it found a broker meanwhile.
     ``curve_server_key`` (the broker's NAME.key) makes the connection CURVE-encrypted,
     with the key pair in ``curve_secret_key`` (NAME.key_secret) or, without it, a fresh
-    one that only a broker admitting any key lets in. ``metadata`` (a small JSON object,
+    one that only a broker admitting any key lets in; ``curve`` (a ``ClientCurve``) does
+    the same with the keys in memory. ``metadata`` (a small JSON object,
     e.g. the host and the device) goes to the broker with READY, which shows it in
     ``mmi.status`` (protocol/mdp.md 5.4). ``on_registration(True)`` is called, in the
     worker's thread, when a broker first answers a READY (MDP has no acknowledgement: its
@@ -77,13 +78,14 @@ class Worker:
                  heartbeat_interval: float = 2.5, heartbeat_liveness: int = 3,
                  idle_timeout: float | None = None, reconnect_max: float = 5.0,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
+                 context: zmq.Context | None = None, curve: ClientCurve | None = None,
+                 curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None,
                  metadata: Mapping[str, Any] | None = None,
                  on_registration: OnRegistration | None = None):
         self.endpoint = endpoint
         self.metadata = _metadata_frame(metadata)
-        self.curve = client_curve(curve_server_key, curve_secret_key)
+        self.curve = client_curve(curve_server_key, curve_secret_key, curve=curve)
         self.service = p.service_name(service)
         if self.service.startswith(p.MMI_PREFIX):
             raise ValueError("service names starting with 'mmi.' are reserved for the broker")
