@@ -6,7 +6,7 @@
 
 __version__ = "0.1.0"
 
-from .core import BrokerConfig, Event  # noqa: E402
+from .core import BrokerConfig, Event, EventKind  # noqa: E402
 from .errors import (  # noqa: E402
     AttemptsExhausted,
     BrokerError,
@@ -29,7 +29,7 @@ _LAZY = {"Broker": "broker", "Worker": "worker", "Client": "client", "AsyncClien
 __all__ = [
     "AsyncClient", "AttemptsExhausted", "Broker", "BrokerConfig", "BrokerError",
     "BrokerStopping", "BrokerUnavailable", "Client", "CurveError", "Dialect", "Event",
-    "MDPError", "ProtocolError", "QueueFull", "RequestExpired", "RequestTimeout",
+    "EventKind", "MDPError", "ProtocolError", "QueueFull", "RequestExpired", "RequestTimeout",
     "ServiceNameTooLong", "ServiceStartFailed", "ServiceUnknown", "Worker", "WorkerError",
     "__version__",
 ]

@@ -13,7 +13,6 @@ import heapq
 import itertools
 import logging
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -28,7 +27,17 @@ from zmq.utils.monitor import parse_monitor_message
 from .core import BrokerConfig, BrokerCore, Event, MMIHandler, Outgoing
 from .errors import BrokerError
 from .frames import recv_frames, send_frames
-from .security import KeyPath, check_clients_dir, server_curve, start_authenticator
+from .protocol import service_name
+from .security import (
+    AdmittedKeys,
+    Key,
+    KeyPath,
+    ServerCurve,
+    server_curve,
+    start_authenticator,
+    z85_key,
+)
+from .signals import stop_on_signals
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.broker")
@@ -43,11 +52,13 @@ class Broker:
 
     ``bind`` endpoints serve clients and workers alike; ``worker_bind`` endpoints, when
     given, are a second socket for workers, so the two can be secured or placed apart.
-    With ``curve_secret_key`` (a NAME.key_secret file) every bound socket is a CURVE
-    server, or with ``curve_workers_only`` the worker socket alone (workers on tcp from
-    other machines, clients on a private ipc socket beside the broker); ``curve_clients``
-    (a directory of NAME.key files) admits only those keys, without it any key is
-    admitted (encryption without client authentication). ``bound_endpoints`` are the
+    With the broker's key pair, in memory (``curve``, a ``ServerCurve``) or in a file
+    (``curve_secret_key``, NAME.key_secret), every bound socket is a CURVE server, or
+    with ``curve_workers_only`` the worker socket alone (workers on tcp from other
+    machines, clients on a private ipc socket beside the broker). ``curve_clients`` (a
+    directory of NAME.key files, or a list of the public keys) admits only those keys,
+    and those given to ``admit`` later; without it any key is admitted (encryption
+    without client authentication). ``bound_endpoints`` are the
     endpoints as bound, a tcp port of 0 or ``*`` replaced by the port the system chose.
     The socket file of an ipc endpoint gets ``ipc_mode`` (default owner-only; None leaves
     it to the umask).
@@ -55,21 +66,24 @@ class Broker:
 
     def __init__(self, bind: str | Iterable[str], worker_bind: str | Iterable[str] = (),
                  config: BrokerConfig | None = None, context: zmq.Context | None = None,
-                 *, curve_secret_key: KeyPath | None = None,
-                 curve_clients: KeyPath | None = None, curve_workers_only: bool = False,
-                 ipc_mode: int | None = 0o600):
+                 *, curve: ServerCurve | None = None, curve_secret_key: KeyPath | None = None,
+                 curve_clients: KeyPath | Iterable[Key] | None = None,
+                 curve_workers_only: bool = False, ipc_mode: int | None = 0o600):
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
         self.worker_endpoints = [worker_bind] if isinstance(worker_bind, str) else list(worker_bind)
         if not self.endpoints:
             raise ValueError("a broker needs at least one endpoint to bind")
-        if curve_clients is not None and curve_secret_key is None:
-            raise ValueError("curve_clients needs curve_secret_key (the broker's key pair)")
-        if curve_workers_only and not (curve_secret_key and self.worker_endpoints):
-            raise ValueError("curve_workers_only needs curve_secret_key and worker_bind")
-        self.curve = server_curve(curve_secret_key)
+        self.curve = server_curve(curve_secret_key, curve=curve)
+        if curve_clients is not None and self.curve is None:
+            raise ValueError("curve_clients needs the broker's key pair (curve_secret_key or "
+                             "curve)")
+        if curve_workers_only and not (self.curve and self.worker_endpoints):
+            raise ValueError("curve_workers_only needs the broker's key pair (curve_secret_key "
+                             "or curve) and worker_bind")
         self.curve_workers_only = curve_workers_only
+        # None: any key is admitted
+        self.admitted = None if curve_clients is None else AdmittedKeys.of(curve_clients)
         self.bound_endpoints: list[str] = []
-        self.curve_clients = None if curve_clients is None else check_clients_dir(curve_clients)
         self.ipc_mode = ipc_mode
         self._auth: ThreadAuthenticator | None = None  # ZAP handler while CURVE is bound
         self.core = BrokerCore(config, time.monotonic(), emit_events=False)  # until a hook
@@ -97,7 +111,7 @@ class Broker:
         to spares every request the Event objects.
         """
         self.hooks.append(hook)
-        self.core.emit_events = True
+        self.core.enable_events()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread. Safe from any thread."""
@@ -118,21 +132,29 @@ class Broker:
     def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
         """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in the
         loop's thread. Call it before ``start`` or from the loop's thread."""
-        name = service.encode() if isinstance(service, str) else service
-        if not name.startswith(b"mmi."):
-            raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
-        self.core.mmi_handlers[name] = handler
+        self.core.add_mmi_handler(service, handler)
+
+    def admit(self, public_key: Key) -> None:
+        """Admit the client or worker with ``public_key`` (Z85) from now on, as if it were
+        in ``curve_clients``; a broker that admits any key admits it already. Safe from
+        any thread, before or after ``start``."""
+        if self.curve is None:
+            raise ValueError("this broker has no CURVE key pair, so no keys to admit")
+        key = z85_key(public_key)
+        if self.admitted is not None:
+            self.admitted.admit(key)
 
     def fail_queued(self, service: str | bytes, error: BrokerError) -> None:
         """Answer every request waiting for ``service`` with ``error``. Loop thread only."""
-        self.send(self.core.fail_queued(_name(service), error))
+        self.send(self.core.fail_queued(service_name(service), error))
 
     def service_workers(self, service: str | bytes) -> int:
         """How many workers are registered for ``service``. Loop thread only."""
-        return self.core.service_workers(_name(service))
+        return self.core.service_workers(service_name(service))
 
     def stop(self, reason: str = "asked to stop") -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
+        log.info("broker stopping: %s", reason)
         self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
@@ -154,12 +176,11 @@ class Broker:
     def run(self) -> None:
         """Bind, serve until ``stop()`` or SIGINT/SIGTERM, then shut down cleanly."""
         self._bind()
-        restore = self._install_signal_handlers()
         try:
-            self.ready.set()
-            self._loop()
+            with stop_on_signals(self.stop):
+                self.ready.set()
+                self._loop()
         finally:
-            restore()
             self._shutdown()
 
     def _loop(self) -> None:
@@ -320,7 +341,7 @@ class Broker:
         if self.worker_endpoints:
             sides.append((WORKER_SIDE, self.worker_endpoints))
         if self.curve is not None:  # before any bind: without ZAP handler libzmq admits all
-            self._auth = start_authenticator(self.context, self.curve_clients)
+            self._auth = start_authenticator(self.context, self.admitted)
         for side, endpoints in sides:
             sock = self.context.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 500)
@@ -338,25 +359,6 @@ class Broker:
                     raise OSError(f"cannot bind the broker to {endpoint}: {error}") from error
                 self.bound_endpoints.append(_as_bound(endpoint, sock))
         log.info("broker bound to %s", ", ".join(self.bound_endpoints))
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            log.info("broker got signal %s, shutting down", name)
-            self.stop(f"got {name}")
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
 
     def _shutdown(self) -> None:
         self.send(self.core.shutdown(time.monotonic()))
@@ -418,10 +420,6 @@ class Connections:
         if peer is not None:
             del self._fd_of[peer]
         return peer
-
-
-def _name(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .broker import Broker
-from .client import Client
+from .client import Client, ask
 from .core import BrokerConfig
 from .errors import MDPError
 from .protocol import Dialect
@@ -61,7 +61,8 @@ def _octal_mode(text: str) -> int:
 
 
 def _or_exit(make: Callable[[], T]) -> T:
-    """Build a broker, client or worker; unusable options or key files end the command."""
+    """Build a broker, client or worker (or ask once); unusable options or key files end
+    the command."""
     try:
         return make()
     except ValueError as error:
@@ -171,16 +172,15 @@ def status(
     curve_secret_key: Path | None = SECRET_KEY,
 ) -> None:
     """Show services, workers and queues of a running broker (exit 1 if none answers)."""
-    client = _or_exit(lambda: Client(broker, timeout=timeout, retries=0,
+    try:
+        reply = _or_exit(lambda: ask(broker, "mmi.status", timeout=timeout,
                                      curve_server_key=curve_server_key,
                                      curve_secret_key=curve_secret_key))
-    try:
-        with client:
-            data = json.loads(bytes(client.request("mmi.status")[0]))
     except MDPError as error:
         err_console.print(f"[red]no broker answered at {escape(broker)}:[/] "
                           f"{escape(str(error))}")
         raise typer.Exit(1) from None
+    data = json.loads(reply[0])
     if as_json:
         print(json.dumps(data, indent=2))
         return

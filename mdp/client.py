@@ -34,9 +34,10 @@ from .errors import (
     reserved_marker,
 )
 from .frames import recv_frames, send_frames
-from .security import KeyPath, client_curve
+from .security import ClientCurve, KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
+BROKER_TIMEOUT = 10.0  # seconds a client waits for a broker to take its connection
 Waiting = Callable[[float], None]
 Deadlines = tuple[float, float]  # (give up on the reply, give up on a broker)
 
@@ -47,10 +48,6 @@ _REFUSALS = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: _MISMATCH,
 _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 for _event in _REFUSALS:
     _EVENTS |= _event
-
-
-def encode_service(service: str | bytes) -> bytes:
-    return service.encode() if isinstance(service, str) else service
 
 
 def encode_body(frames: Sequence[Any]) -> list:
@@ -126,15 +123,17 @@ class ClientBase:
     how long to wait for a broker to accept the connection; ``retries`` how many times a
     request is sent again because the connection that carried it closed (the broker was
     lost). ``curve_server_key`` (the broker's NAME.key) encrypts the connection with CURVE,
-    using the key pair in ``curve_secret_key`` (NAME.key_secret) or else an ephemeral one.
+    using the key pair in ``curve_secret_key`` (NAME.key_secret) or else an ephemeral one;
+    ``curve`` (a ``ClientCurve``) does the same with the keys in memory.
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 60.0, retries: int = 2,
-                 broker_timeout: float = 10.0, dialect: p.Dialect = p.Dialect.V02,
-                 copy: bool = True, curve_server_key: KeyPath | None = None,
+                 broker_timeout: float = BROKER_TIMEOUT, dialect: p.Dialect = p.Dialect.V02,
+                 copy: bool = True, curve: ClientCurve | None = None,
+                 curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None):
         self.endpoint = endpoint
-        self.curve = client_curve(curve_server_key, curve_secret_key)
+        self.curve = client_curve(curve_server_key, curve_secret_key, curve=curve)
         self.timeout = timeout
         self.retries = retries
         self.broker_timeout = broker_timeout
@@ -144,7 +143,7 @@ class ClientBase:
     def _prepare(self, service: str | bytes, frames: Sequence[Any], timeout: float | None,
                  retries: int | None) -> tuple[bytes, list, float, int]:
         """The service name, the message, the timeout and how many times to send it."""
-        service = encode_service(service)
+        service = p.service_name(service)
         message = p.client_request(self.dialect, service, encode_body(frames))
         timeout = self.timeout if timeout is None else timeout
         return service, message, timeout, 1 + (self.retries if retries is None else retries)
@@ -317,3 +316,20 @@ class Client(ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ask(endpoint: str, service: str | bytes, *frames: Any, timeout: float = 10.0,
+        broker_timeout: float | None = None, context: zmq.Context | None = None,
+        curve: ClientCurve | None = None, curve_server_key: KeyPath | None = None,
+        curve_secret_key: KeyPath | None = None) -> list[bytes]:
+    """One request, sent once on a connection of its own that is closed afterwards; the
+    reply's frames. For a probe such as ``mmi.service``, where sending it again would only
+    put off the answer. Raises what ``Client.request`` raises.
+
+    ``broker_timeout`` None is the client's default (BROKER_TIMEOUT); either way, no
+    longer than ``timeout``.
+    """
+    with Client(endpoint, timeout=timeout, retries=0, context=context, curve=curve,
+                broker_timeout=BROKER_TIMEOUT if broker_timeout is None else broker_timeout,
+                curve_server_key=curve_server_key, curve_secret_key=curve_secret_key) as client:
+        return client.request(service, *frames)

@@ -5,8 +5,9 @@ current time and returns ``(peer, frames)`` pairs for the loop to send; ``tick``
 timed work (heartbeats, dead workers, expired requests); ``peer_disconnected`` takes the
 news that a peer's connection closed. Whatever a layer above may want to react to (a
 request waiting for a service with no worker, a worker lost, ...) is collected for
-``take_events``, unless ``emit_events`` is false: a loop with nobody listening turns them
-off, so that a request costs no Event objects.
+``take_events``, once ``enable_events`` was called (or the core made with
+``emit_events=True``): a loop with nobody listening leaves them off, so that a request
+costs no Event objects.
 
 Each request the broker forwards gets a fresh 8-byte id as its "client address", so a
 late reply from a worker that was given up for dead is recognised and dropped instead of
@@ -149,11 +150,29 @@ class Service:
         return bool(self.workers or self.queue)
 
 
+class EventKind(str, enum.Enum):
+    """What happened to a service. A str, so that ``kind == "demand"`` holds."""
+
+    DEMAND = "demand"  # a request waits and no worker is free for it
+    WORKER_READY = "worker-ready"
+    WORKER_LOST = "worker-lost"
+    SERVED = "served"  # a worker replied (detail: "ok" or "failed")
+    DROPPED = "dropped"  # a request was given up (detail: the reason)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# plain names: an Enum's attributes are slow (as IDLE, BUSY)
+DEMAND, WORKER_READY, WORKER_LOST = EventKind.DEMAND, EventKind.WORKER_READY, EventKind.WORKER_LOST
+SERVED, DROPPED = EventKind.SERVED, EventKind.DROPPED
+
+
 @dataclass(frozen=True)
 class Event:
     """Something a layer above the broker may act on, such as starting a worker."""
 
-    kind: str  # demand | worker-ready | worker-lost | served | dropped
+    kind: EventKind
     service: str
     worker: str | None = None
     queued: int = 0
@@ -251,6 +270,18 @@ class BrokerCore:
         events, self.events = self.events, []
         return events
 
+    def enable_events(self) -> None:
+        """Collect events from now on (for ``take_events``)."""
+        self.emit_events = True
+
+    def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
+        """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in place
+        of the broker's own answer if it has one."""
+        name = p.service_name(service)
+        if not name.startswith(p.MMI_PREFIX):
+            raise ValueError(f"MMI services start with 'mmi.', not {service!r}")
+        self.mmi_handlers[name] = handler
+
     # ------------------------------------------------------------ dispatch
 
     def _on_worker_message(self, peer: Peer, kind: type, dialect: p.Dialect, name: bytes,
@@ -296,7 +327,7 @@ class BrokerCore:
         self._next_expiry = min(self._next_expiry, request.expires_at)
         self._dispatch(state)
         if state.queue:
-            self._emit_service_event("demand", state)
+            self._emit_service_event(DEMAND, state)
 
     def _on_ready(self, peer: Peer, worker: Worker | None, dialect: p.Dialect, service: bytes,
                   body: list, now: float) -> None:
@@ -317,13 +348,13 @@ class BrokerCore:
         self.workers[peer] = worker
         state.workers.add(peer)
         state.idle[peer] = worker
-        self._emit_service_event("worker-ready", state, worker)
+        self._emit_service_event(WORKER_READY, state, worker)
         self._dispatch(state)
 
     def _ready_metadata(self, body: list) -> dict:
         """The JSON object a READY carries after its service; anything else is ignored
         (logged once), the worker is registered all the same."""
-        frame = p._b(body[0])
+        frame = p.frame_bytes(body[0])
         if len(frame) > p.MAX_READY_METADATA:
             why = f"it is {len(frame)} bytes long (at most {p.MAX_READY_METADATA})"
         else:
@@ -369,7 +400,7 @@ class BrokerCore:
             state.served += 1
             worker.served += 1
         state.idle[peer] = worker
-        self._emit_service_event("served", state, worker, "failed" if failed else "ok")
+        self._emit_service_event(SERVED, state, worker, "failed" if failed else "ok")
         self._dispatch(state)
 
     def _forged_broker_error(self, worker: Worker) -> list:
@@ -418,7 +449,7 @@ class BrokerCore:
         worker.process.connections -= 1
         if not worker.process.connections:
             del state.processes[worker.process.key]
-        self._emit_service_event("worker-lost", state, worker, reason)
+        self._emit_service_event(WORKER_LOST, state, worker, reason)
         if request is not None:
             self._requeue(state, request, now)
         self._retire_if_unused(state)
@@ -437,7 +468,7 @@ class BrokerCore:
                 _text(request.service))
             self._reply_error(request, error)
             if self.emit_events:
-                self.events.append(Event("dropped", _text(state.name), detail=error.reason))
+                self.events.append(Event(DROPPED, _text(state.name), detail=error.reason))
             return
         request.partials = ()
         expiry = self.config.request_expiry
@@ -446,7 +477,7 @@ class BrokerCore:
         state.queue.appendleft(request)
         self._dispatch(state)
         if state.queue:
-            self._emit_service_event("demand", state)
+            self._emit_service_event(DEMAND, state)
 
     def _abandon_requests_of(self, client: Peer) -> None:
         """Nobody waits for these any more: drop the queued ones, mark the held ones."""
@@ -554,7 +585,7 @@ class BrokerCore:
     def _mmi_service(self, body: list) -> bytes:
         if not body:
             return b"400"
-        return b"200" if self.service_workers(p._b(body[0])) else b"404"
+        return b"200" if self.service_workers(p.frame_bytes(body[0])) else b"404"
 
     def status(self, now: float) -> dict:
         """Everything `mdp status` shows, as plain data."""
@@ -580,7 +611,7 @@ class BrokerCore:
     def _reply_error(self, request: Request, error: BrokerError) -> None:
         self._send(request.client, _error_reply(request.dialect, request.service, error))
 
-    def _emit_service_event(self, kind: str, state: Service, worker: Worker | None = None,
+    def _emit_service_event(self, kind: EventKind, state: Service, worker: Worker | None = None,
                             detail: str = "") -> None:
         if not self.emit_events:
             return

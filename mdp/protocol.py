@@ -115,9 +115,15 @@ FromPeer = ClientRequest | Ready | WorkerReply | Heartbeat | Disconnect
 ToWorker = WorkerRequest | Heartbeat | Disconnect
 
 
-def _b(frame: Frame) -> bytes:
-    """Control frames are short; reading them as bytes is cheap and keeps bodies opaque."""
+def frame_bytes(frame: Frame) -> bytes:
+    """A frame (bytes, zmq.Frame or memoryview) as bytes. For control frames: they are
+    short, so reading them as bytes is cheap, and bodies stay opaque."""
     return frame if type(frame) is bytes else bytes(frame)
+
+
+def service_name(name: str | bytes) -> bytes:
+    """A service name as it goes on the wire: a str in UTF-8, bytes as they are."""
+    return name.encode("utf-8") if isinstance(name, str) else bytes(name)
 
 
 # ------------------------------------------------------- broker side: peer -> broker
@@ -138,7 +144,7 @@ def parse_peer_message(frames: Sequence[Frame]) -> FromPeer:
     if kind is WorkerReply:
         return WorkerReply(dialect, name, body, final)
     if kind is Ready:
-        return Ready(dialect, name, _b(body[0]) if body else EMPTY)
+        return Ready(dialect, name, frame_bytes(body[0]) if body else EMPTY)
     return kind(dialect)  # Heartbeat or Disconnect
 
 
@@ -147,11 +153,11 @@ def read_peer_message(frames: Sequence[Frame]) -> PeerFields:
     if not frames:
         raise ProtocolError("empty message")
     if len(frames[0]):  # MDP/0.2: the header comes first
-        header, after, headers = _b(frames[0]), 1, _HEADERS
+        header, after, headers = frame_bytes(frames[0]), 1, _HEADERS
     elif len(frames) < 2:
         raise ProtocolError("only an empty frame")
     else:  # MDP/0.1 and majortomo: an empty frame, then the header
-        header, after, headers = _b(frames[1]), 2, _HEADERS_AFTER_EMPTY
+        header, after, headers = frame_bytes(frames[1]), 2, _HEADERS_AFTER_EMPTY
     known = headers.get(header)
     if known is None:
         raise ProtocolError(f"unknown protocol header {header[:16]!r}")
@@ -168,7 +174,7 @@ def _read_client(dialect: Dialect, request: bytes | None, frames: Sequence[Frame
     else:
         if len(frames) < i + 2:
             raise ProtocolError(f"{dialect.value} client message is too short")
-        command = _b(frames[i])
+        command = frame_bytes(frames[i])
         if command != request:
             raise ProtocolError(f"{dialect.value} client command {command!r} is not REQUEST")
         i += 1
@@ -180,12 +186,13 @@ def _read_worker(dialect: Dialect, commands: dict, frames: Sequence[Frame],
     """A worker's command from frame ``i`` on; ``commands`` maps its bytes to (kind, final)."""
     if len(frames) <= i:
         raise ProtocolError(f"{dialect.value} worker message without a command")
-    command = _b(frames[i])
+    command = frame_bytes(frames[i])
     kind, final = commands.get(command, (None, True))
     if kind is WorkerReply:
         if len(frames) < i + 3 or len(frames[i + 2]):
             raise ProtocolError("worker reply needs a client address and an empty frame")
-        return WorkerReply, dialect, _b(frames[i + 1]), list(frames[i + 3:]), final
+        address = frame_bytes(frames[i + 1])
+        return WorkerReply, dialect, address, list(frames[i + 3:]), final
     if kind is Ready:
         if len(frames) < i + 2:
             raise ProtocolError("READY without a service frame")
@@ -196,7 +203,7 @@ def _read_worker(dialect: Dialect, commands: dict, frames: Sequence[Frame],
 
 
 def _service(frame: Frame) -> bytes:
-    service = _b(frame)
+    service = frame_bytes(frame)
     if not service:
         raise ProtocolError("empty service name")
     return service
@@ -282,29 +289,30 @@ def parse_client_reply(dialect: Dialect, frames: Sequence[Frame]) -> ClientReply
     if dialect is Dialect.V01:
         if len(rest) < 2:
             raise ProtocolError("MDP/0.1 reply without a service frame")
-        return ClientReply(_b(rest[1]), rest[2:], True)
+        return ClientReply(frame_bytes(rest[1]), rest[2:], True)
     if len(rest) < 2:
         raise ProtocolError("reply without a command")
     codes = ({C_PARTIAL_V02: False, C_FINAL_V02: True} if dialect is Dialect.V02
              else {C_PARTIAL_MT: False, C_FINAL_MT: True})
-    final = codes.get(_b(rest[1]))
+    final = codes.get(frame_bytes(rest[1]))
     if final is None:
-        raise ProtocolError(f"reply command {_b(rest[1])!r} is neither PARTIAL nor FINAL")
+        raise ProtocolError(f"reply command {frame_bytes(rest[1])!r} is neither PARTIAL "
+                            "nor FINAL")
     if dialect is Dialect.MAJORTOMO:
         return ClientReply(None, rest[2:], final)
     if len(rest) < 3:
         raise ProtocolError("reply without a service frame")
-    return ClientReply(_b(rest[2]), rest[3:], final)
+    return ClientReply(frame_bytes(rest[2]), rest[3:], final)
 
 
 def _after_header(dialect: Dialect, header: bytes, frames: Sequence[Frame]) -> list:
     """The frames from the header on, once the leading empty frame (not in 0.2) is checked."""
     rest = list(frames)
     if dialect is not Dialect.V02:
-        if not rest or _b(rest[0]) != EMPTY:
+        if not rest or frame_bytes(rest[0]) != EMPTY:
             raise ProtocolError(f"{dialect.value} message must start with an empty frame")
         rest = rest[1:]
-    if not rest or _b(rest[0]) != header:
+    if not rest or frame_bytes(rest[0]) != header:
         raise ProtocolError(f"message header is not {header!r}")
     return rest
 
@@ -338,11 +346,11 @@ def parse_worker_message(dialect: Dialect, frames: Sequence[Frame]) -> ToWorker:
     rest = _after_header(dialect, header, frames)
     if len(rest) < 2:
         raise ProtocolError("worker message without a command")
-    command = _b(rest[1])
+    command = frame_bytes(rest[1])
     if command == W_REQUEST:
-        if len(rest) < 4 or _b(rest[3]) != EMPTY:
+        if len(rest) < 4 or frame_bytes(rest[3]) != EMPTY:
             raise ProtocolError("REQUEST needs a client address and an empty frame")
-        return WorkerRequest(_b(rest[2]), rest[4:])
+        return WorkerRequest(frame_bytes(rest[2]), rest[4:])
     if command == _HEARTBEAT[dialect]:
         return Heartbeat(dialect)
     if command == _DISCONNECT[dialect]:

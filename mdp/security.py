@@ -1,26 +1,31 @@
-"""Optional ZeroMQ CURVE security for the bus: key files, socket set-up, client admission.
+"""Optional ZeroMQ CURVE security for the bus: keys, socket set-up, client admission.
 
 A broker given a secret key makes every socket it binds a CURVE server: all traffic on
 them is encrypted, and only peers that know the broker's public key can complete the
 handshake. A ZAP authenticator on the broker's context then decides which peers may talk:
-those whose public key is in a clients directory, or, with no directory, any key at all
-(encryption without client authentication).
+those whose public key it admits (``AdmittedKeys``: listed, read from a clients
+directory, or added while it runs), or, with no list, any key at all (encryption without
+client authentication).
 
-Key files are pyzmq/czmq certificates: ``NAME.key`` holds the public key and may be
-shared; ``NAME.key_secret`` holds both keys and must stay private.
+Keys are Z85 text (40 characters), held in memory (``ServerCurve``, ``ClientCurve``) or
+in key files, which are pyzmq/czmq certificates: ``NAME.key`` holds the public key and
+may be shared; ``NAME.key_secret`` holds both keys and must stay private.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.z85 import Z85CHARS
 
 from .errors import MDPError
 
@@ -28,6 +33,8 @@ log = logging.getLogger("mdp.security")
 
 KeyPath = str | os.PathLike
 Z85_KEY_LENGTH = 40  # a 32-byte Curve25519 key in Z85 text
+Key = bytes | str  # a key in Z85 text
+_Z85_BYTES = frozenset(Z85CHARS)
 ZAP_RELEASE_WAIT = 1.0  # seconds a closed ZAP handler may take to free its endpoint
 
 
@@ -39,6 +46,16 @@ def require_curve() -> None:
     if not zmq.has("curve"):
         raise CurveError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE; "
                          "encrypted endpoints need a libzmq with libsodium or tweetnacl")
+
+
+def z85_key(key: Key) -> bytes:
+    """``key`` as the Z85 bytes that sockets and the authenticator take; ValueError if it
+    is not a key (the message never shows it: it may be a secret one)."""
+    data = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
+    if len(data) != Z85_KEY_LENGTH or not set(data) <= _Z85_BYTES:
+        raise ValueError(f"not a CURVE key: a key is {Z85_KEY_LENGTH} characters of Z85 text "
+                         f"(this is {len(data)} characters long)")
+    return data
 
 
 def create_key_pair(directory: KeyPath, name: str) -> tuple[Path, Path]:
@@ -78,10 +95,18 @@ def load_key_file(path: KeyPath, secret: bool = False) -> tuple[bytes, bytes | N
 
 @dataclass(frozen=True)
 class ServerCurve:
-    """The broker's key pair, applied to each socket it binds."""
+    """The broker's key pair (Z85), applied to each socket it binds.
+
+    ``ServerCurve(*zmq.curve_keypair())`` makes a broker with a new pair, kept in memory.
+    """
 
     public_key: bytes
     secret_key: bytes
+
+    def __post_init__(self) -> None:
+        _set_keys(self, "public_key", "secret_key")
+        if zmq.curve_public(self.secret_key) != self.public_key:
+            raise ValueError("the broker's public key does not belong to its secret key")
 
     @classmethod
     def load(cls, secret_key_file: KeyPath) -> ServerCurve:
@@ -96,11 +121,18 @@ class ServerCurve:
 
 @dataclass(frozen=True)
 class ClientCurve:
-    """What a client or worker socket needs: the broker's public key and a key pair."""
+    """What a client or worker socket needs: the broker's public key and a key pair (Z85).
+
+    ``ClientCurve(server_key, *zmq.curve_keypair())`` uses a new pair, which a broker
+    admits only if it admits any key (or is told this one with ``Broker.admit``).
+    """
 
     server_key: bytes
     public_key: bytes
     secret_key: bytes
+
+    def __post_init__(self) -> None:
+        _set_keys(self, "server_key", "public_key", "secret_key")
 
     @classmethod
     def load(cls, server_key_file: KeyPath, secret_key_file: KeyPath | None = None
@@ -121,13 +153,32 @@ class ClientCurve:
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
 
 
-def server_curve(secret_key_file: KeyPath | None) -> ServerCurve | None:
+def _set_keys(curve: ServerCurve | ClientCurve, *fields: str) -> None:
+    """Check the keys of a new ``curve`` and store them as bytes, whether they came as
+    bytes or text (a frozen dataclass is set up this way, once)."""
+    require_curve()
+    for name in fields:
+        object.__setattr__(curve, name, z85_key(getattr(curve, name)))
+
+
+def server_curve(secret_key_file: KeyPath | None = None, *,
+                 curve: ServerCurve | None = None) -> ServerCurve | None:
+    """The broker's CURVE set-up: ``curve`` (keys in memory), or the key pair in
+    ``secret_key_file``, or None for plain sockets."""
+    if curve is not None:
+        _not_both(secret_key_file)
+        return curve
     return None if secret_key_file is None else ServerCurve.load(secret_key_file)
 
 
-def client_curve(server_key_file: KeyPath | None,
-                 secret_key_file: KeyPath | None = None) -> ClientCurve | None:
-    """The CURVE set-up of a client or worker, or None for a plain connection."""
+def client_curve(server_key_file: KeyPath | None = None,
+                 secret_key_file: KeyPath | None = None, *,
+                 curve: ClientCurve | None = None) -> ClientCurve | None:
+    """The CURVE set-up of a client or worker: ``curve`` (keys in memory), or the one the
+    key files give, or None for a plain connection."""
+    if curve is not None:
+        _not_both(server_key_file, secret_key_file)
+        return curve
     if server_key_file is None:
         if secret_key_file is not None:
             raise ValueError("a CURVE secret key needs the broker's public key as well")
@@ -135,32 +186,83 @@ def client_curve(server_key_file: KeyPath | None,
     return ClientCurve.load(server_key_file, secret_key_file)
 
 
-def check_clients_dir(directory: KeyPath) -> Path:
-    """The directory of admitted public keys (``*.key``); it must exist and be readable."""
+def _not_both(*key_files: KeyPath | None) -> None:
+    if any(path is not None for path in key_files):
+        raise ValueError("give the CURVE keys either in memory (curve=) or as key files, "
+                         "not both")
+
+
+def read_clients_dir(directory: KeyPath) -> list[bytes]:
+    """The public keys (Z85) in a directory of ``*.key`` files, which must be readable."""
     folder = Path(directory)
     try:
-        keys = zmq.auth.load_certificates(folder)
+        keys = list(zmq.auth.load_certificates(folder))
     except (OSError, ValueError) as error:
         raise CurveError(f"cannot read the CURVE clients directory {folder}: {error}") from None
     if not keys:
         log.warning("no *.key file in %s: no client or worker will be admitted", folder)
-    return folder
+    return keys
+
+
+def check_clients_dir(directory: KeyPath) -> Path:
+    """The directory of admitted public keys (``*.key``); it must exist and be readable."""
+    read_clients_dir(directory)
+    return Path(directory)
+
+
+class AdmittedKeys:
+    """The public keys of the clients and workers a CURVE broker admits.
+
+    pyzmq's authenticator asks ``callback`` about each peer's key, in its own thread
+    (``configure_curve_callback``); ``admit`` may add keys meanwhile, from any thread.
+    """
+
+    def __init__(self, keys: Iterable[Key] = ()):
+        self._keys = frozenset(z85_key(key) for key in keys)
+        self._adding = threading.Lock()
+
+    @classmethod
+    def of(cls, clients: KeyPath | Iterable[Key]) -> AdmittedKeys:
+        """The keys of ``clients``: a directory of ``*.key`` files, or the keys themselves."""
+        if isinstance(clients, (str, os.PathLike)):
+            return cls(read_clients_dir(clients))
+        if isinstance(clients, (bytes, bytearray)):
+            raise TypeError("give the admitted keys as a list, even a single one")
+        return cls(clients)
+
+    def admit(self, key: Key) -> None:
+        key = z85_key(key)
+        # A new set replaces the old one, so the authenticator's thread, which reads
+        # without the lock, always sees a whole set.
+        with self._adding:
+            self._keys = self._keys | {key}
+
+    def __contains__(self, key: Key) -> bool:
+        return z85_key(key) in self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Whether to admit the peer with ``key`` (Z85); every ZAP domain is the same."""
+        return key in self._keys
 
 
 def start_authenticator(context: zmq.Context,
-                        clients_dir: KeyPath | None = None) -> ThreadAuthenticator:
-    """A ZAP handler on ``context`` admitting the keys in ``clients_dir``, or any key.
+                        clients: AdmittedKeys | KeyPath | None = None) -> ThreadAuthenticator:
+    """A ZAP handler on ``context`` admitting the keys in ``clients`` (``AdmittedKeys`` or a
+    directory of ``*.key`` files), or any key.
 
     Start it before the CURVE sockets bind: libzmq admits every peer while no ZAP handler
     listens. One context holds one handler, so two CURVE brokers need two contexts.
     """
     require_curve()
-    location = zmq.auth.CURVE_ALLOW_ANY if clients_dir is None else \
-        str(check_clients_dir(clients_dir))
+    if clients is not None and not isinstance(clients, AdmittedKeys):
+        clients = AdmittedKeys.of(clients)
     deadline = time.monotonic() + ZAP_RELEASE_WAIT
     while True:
         auth = ThreadAuthenticator(context, log=logging.getLogger("mdp.auth"))
-        auth.configure_curve(domain="*", location=location)
+        if clients is None:
+            auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        else:
+            auth.configure_curve_callback(domain="*", credentials_provider=clients)
         try:
             auth.start()
             return auth

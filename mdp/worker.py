@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -31,7 +30,8 @@ import zmq
 from . import protocol as p
 from .errors import reserved_marker, worker_error_body
 from .frames import recv_frames, send_frames
-from .security import KeyPath, client_curve
+from .security import ClientCurve, KeyPath, client_curve
+from .signals import stop_on_signals
 from .wakeup import Wakeup
 
 log = logging.getLogger("mdp.worker")
@@ -65,7 +65,8 @@ class Worker:
     seconds without a request, whether or not it found a broker meanwhile.
     ``curve_server_key`` (the broker's NAME.key) makes the connection CURVE-encrypted,
     with the key pair in ``curve_secret_key`` (NAME.key_secret) or, without it, a fresh
-    one that only a broker admitting any key lets in. ``metadata`` (a small JSON object,
+    one that only a broker admitting any key lets in; ``curve`` (a ``ClientCurve``) does
+    the same with the keys in memory. ``metadata`` (a small JSON object,
     e.g. the host and the device) goes to the broker with READY, which shows it in
     ``mmi.status`` (protocol/mdp.md 5.4). ``on_registration(True)`` is called, in the
     worker's thread, when a broker first answers a READY (MDP has no acknowledgement: its
@@ -77,14 +78,15 @@ class Worker:
                  heartbeat_interval: float = 2.5, heartbeat_liveness: int = 3,
                  idle_timeout: float | None = None, reconnect_max: float = 5.0,
                  dialect: p.Dialect = p.Dialect.V02, copy: bool = True,
-                 context: zmq.Context | None = None, curve_server_key: KeyPath | None = None,
+                 context: zmq.Context | None = None, curve: ClientCurve | None = None,
+                 curve_server_key: KeyPath | None = None,
                  curve_secret_key: KeyPath | None = None,
                  metadata: Mapping[str, Any] | None = None,
                  on_registration: OnRegistration | None = None):
         self.endpoint = endpoint
         self.metadata = _metadata_frame(metadata)
-        self.curve = client_curve(curve_server_key, curve_secret_key)
-        self.service = service.encode() if isinstance(service, str) else service
+        self.curve = client_curve(curve_server_key, curve_secret_key, curve=curve)
+        self.service = p.service_name(service)
         if self.service.startswith(p.MMI_PREFIX):
             raise ValueError("service names starting with 'mmi.' are reserved for the broker")
         if not 0 < len(self.service) <= p.MAX_SERVICE_NAME:
@@ -121,6 +123,7 @@ class Worker:
 
     def stop(self, reason: str = "asked to stop") -> None:
         """Finish the request in hand, send DISCONNECT and return from ``run``."""
+        log.info("stopping (%s): finishing the request in hand, if any, then leaving", reason)
         self.stop_reason = self.stop_reason or reason
         self._stopping = True
         self._wakeup.wake()
@@ -138,12 +141,13 @@ class Worker:
     # ------------------------------------------------------------ loop
 
     def run(self) -> None:
-        restore = self._install_signal_handlers()
+        """Serve until ``stop()``, SIGINT or SIGTERM (in the main thread), or the idle
+        timeout."""
         self._pulse.start()
         try:
-            self._serve()
+            with stop_on_signals(self.stop):
+                self._serve()
         finally:
-            restore()
             self._close()
 
     def _serve(self) -> None:
@@ -333,20 +337,6 @@ class Worker:
         """A back-off that ``stop()`` cuts short."""
         zmq.select([self._wakeup.fileno()], [], [], seconds)
         self._wakeup.drain()
-
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def on_signal(signum, frame):
-            name = signal.Signals(signum).name
-            log.info("got %s: finishing the current request, then leaving", name)
-            self.stop(f"got {name}")
-
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        return lambda: [signal.signal(sig, h) for sig, h in previous.items()] and None
 
 
 def _metadata_frame(metadata: Mapping[str, Any] | None) -> bytes:

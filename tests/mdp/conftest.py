@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 import support
 
-from mdp.client import Client
+from mdp.client import ask
 from mdp.errors import MDPError
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -48,8 +48,7 @@ def free_tcp_endpoint() -> str:
 def broker_status(endpoint: str, timeout: float = 0.5) -> dict | None:
     """The broker's ``mmi.status``, or None if it does not answer in time."""
     try:
-        with Client(endpoint, timeout=timeout, retries=0) as client:
-            return json.loads(bytes(client.request("mmi.status")[0]))
+        return json.loads(ask(endpoint, "mmi.status", timeout=timeout)[0])
     except MDPError:
         return None
 

@@ -15,7 +15,7 @@ import pytest
 import support
 import zmq
 
-from mdp import Broker, Client, Worker
+from mdp import Broker, Client, EventKind, Worker
 from mdp import protocol as p
 from mdp.broker import Connections
 from mdp.core import BrokerConfig
@@ -47,6 +47,21 @@ def test_an_mmi_handler_added_by_the_layer_above_answers(broker):
         assert client.request("mmi.mine", "x") == [b"mine", b"x"]
     with pytest.raises(ValueError, match="start with 'mmi.'"):
         broker.add_mmi_handler("mine", lambda body: [])
+
+
+def test_a_hook_hears_events_from_the_moment_it_is_added(broker):
+    assert not broker.core.emit_events  # nobody listens: no Event objects are made
+    heard = []
+    in_loop(broker, lambda: broker.add_hook(heard.append))
+    worker = Worker(broker.endpoints[0], "echo", lambda frames: frames, heartbeat_interval=0.2)
+    worker.start()
+    try:
+        support.wait_until(lambda: heard, "the worker-ready event", 10)
+        assert heard[0].kind is EventKind.WORKER_READY and heard[0].service == "echo"
+        assert heard[0].worker == worker.identity
+    finally:
+        worker.stop()
+        worker.join(10)
 
 
 def test_service_workers_and_fail_queued(broker):

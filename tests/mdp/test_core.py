@@ -24,7 +24,15 @@ from hypothesis.stateful import (
 
 from mdp import __version__
 from mdp import protocol as p
-from mdp.core import BrokerConfig, BrokerCore, Event, StateError, WorkerState, peer_name
+from mdp.core import (
+    BrokerConfig,
+    BrokerCore,
+    Event,
+    EventKind,
+    StateError,
+    WorkerState,
+    peer_name,
+)
 from mdp.errors import (
     BROKER_ERROR_MARKER,
     WORKER_ERROR_MARKER,
@@ -919,18 +927,21 @@ def test_a_metadata_frame_that_is_no_small_json_object_is_ignored(frame, why, ca
 def test_custom_mmi_handlers_add_and_replace():
     bus = Bus()
     seen = []
-    bus.core.mmi_handlers[b"mmi.echo"] = lambda body: (seen.append(body), [b"got", *body])[1]
-    bus.core.mmi_handlers[b"mmi.service"] = lambda body: [b"mine"]
+    bus.core.add_mmi_handler(b"mmi.echo", lambda body: (seen.append(body), [b"got", *body])[1])
+    bus.core.add_mmi_handler("mmi.service", lambda body: [b"mine"])
     peer, reply = only(bus.request(b"c", b"mmi.echo", b"1", b"2"))
     assert reply == p.ClientReply(b"mmi.echo", [b"got", b"1", b"2"])
     assert seen == [[b"1", b"2"]]
     assert mmi(bus, b"mmi.service", b"echo") == b"mine"
     assert mmi(bus, b"mmi.other") == b"501"
+    with pytest.raises(ValueError, match="start with 'mmi.'"):
+        bus.core.add_mmi_handler("echo", lambda body: [])
+    assert mmi(bus, b"mmi.service", b"echo") == b"mine"  # the refused one changed nothing
 
 
 def test_a_custom_mmi_handler_that_raises_answers_500_and_the_broker_goes_on():
     bus = Bus()
-    bus.core.mmi_handlers[b"mmi.broken"] = lambda body: 1 / 0
+    bus.core.add_mmi_handler("mmi.broken", lambda body: 1 / 0)
     assert mmi(bus, b"mmi.broken") == b"500"
     bus.ready(b"w")
     [(peer, request)] = bus.request(b"c", b"echo", b"x")
@@ -976,6 +987,27 @@ def test_take_events_hands_over_and_empties():
     bus.ready(b"w")
     assert [e.kind for e in bus.core.take_events()] == ["worker-ready"]
     assert bus.core.events == [] and bus.core.take_events() == []
+
+
+def test_events_are_collected_only_once_enabled():
+    core = BrokerCore(BrokerConfig(), 0.0, emit_events=False)
+    core.handle(b"w1", p.worker_ready(V02, b"echo"), 0.0)
+    assert core.take_events() == []
+    core.enable_events()
+    core.handle(b"w2", p.worker_ready(V02, b"echo"), 0.0)
+    [event] = core.take_events()
+    assert event.kind is EventKind.WORKER_READY and event.worker == "w2"
+
+
+def test_event_kinds_are_an_enum_that_still_reads_as_text():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(b"c")
+    assert all(type(e.kind) is EventKind for e in bus.core.events)
+    assert [e.kind for e in bus.core.events] == [EventKind.WORKER_READY]  # served at once
+    assert EventKind.DEMAND == "demand" and EventKind("worker-lost") is EventKind.WORKER_LOST
+    assert f"{EventKind.DROPPED}" == str(EventKind.DROPPED) == "dropped"
+    assert {kind.value for kind in EventKind} == EVENT_KINDS
 
 
 # ------------------------------------------------------------ recorded exchanges

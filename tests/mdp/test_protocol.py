@@ -621,3 +621,16 @@ def test_error_classes_are_mdp_errors():
     from mdp.security import CurveError
 
     assert issubclass(CurveError, MDPError)
+
+
+def test_service_names_go_on_the_wire_as_utf8():
+    assert p.service_name("café") == b"caf\xc3\xa9"
+    assert p.service_name(b"\xff raw") == b"\xff raw"
+    assert type(p.service_name(bytearray(b"echo"))) is bytes
+
+
+def test_frames_are_read_as_bytes_whatever_carries_them():
+    frame = zmq.Frame(b"\x01\x02")
+    assert p.frame_bytes(frame) == p.frame_bytes(memoryview(b"\x01\x02")) == b"\x01\x02"
+    same = b"kept"
+    assert p.frame_bytes(same) is same  # bytes are not copied

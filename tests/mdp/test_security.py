@@ -27,9 +27,19 @@ import zmq
 from mdp.aio import AsyncClient
 from mdp.broker import Broker
 from mdp.client import Client, Link
+from mdp.client import ask as ask_once
 from mdp.core import BrokerConfig
 from mdp.errors import BrokerUnavailable, RequestTimeout
-from mdp.security import CurveError, client_curve, create_key_pair, server_curve
+from mdp.security import (
+    AdmittedKeys,
+    ClientCurve,
+    CurveError,
+    ServerCurve,
+    client_curve,
+    create_key_pair,
+    load_key_file,
+    server_curve,
+)
 from mdp.worker import Worker
 
 pytestmark = [pytest.mark.timeout(40),
@@ -97,9 +107,8 @@ def stop_all(*peers: Broker | Worker) -> None:
 
 def ask(endpoint: str, server_key: Path | None, secret: Path | None,
         timeout: float = SERVED, service: str = "echo", *frames: str) -> list[bytes]:
-    with Client(endpoint, timeout=timeout, retries=0, curve_server_key=server_key,
-                curve_secret_key=secret) as client:
-        return [bytes(f) for f in client.request(service, *frames)]
+    return ask_once(endpoint, service, *frames, timeout=timeout, curve_server_key=server_key,
+                    curve_secret_key=secret)
 
 
 @pytest.fixture
@@ -210,7 +219,7 @@ def test_curve_on_the_worker_socket_only(mdp_system, keys):
             ask(reachable, keys.broker_public, keys.stranger_secret, REFUSED)
     finally:
         stop_all(worker, broker)
-    with pytest.raises(ValueError, match="needs curve_secret_key and worker_bind"):
+    with pytest.raises(ValueError, match="needs the broker.s key pair .* and worker_bind"):
         Broker(clients, curve_secret_key=keys.broker_secret, curve_workers_only=True)
 
 
@@ -307,6 +316,155 @@ def test_a_stopped_broker_frees_the_context_for_the_next(mdp_system, keys):
                        "mmi.service", "echo") == [b"404"]
         finally:
             stop_all(broker)
+
+
+# ------------------------------------------------------------------ keys in memory
+
+
+@dataclass
+class Pairs:
+    """Key pairs that never touch the disk: the broker's, two admitted ones, a stranger's."""
+
+    broker: ServerCurve
+    client: tuple[bytes, bytes]
+    worker: tuple[bytes, bytes]
+    stranger: tuple[bytes, bytes]
+
+    def peer(self, pair: tuple[bytes, bytes]) -> ClientCurve:
+        return ClientCurve(self.broker.public_key, *pair)
+
+
+@pytest.fixture
+def pairs() -> Pairs:
+    return Pairs(ServerCurve(*zmq.curve_keypair()), zmq.curve_keypair(), zmq.curve_keypair(),
+                 zmq.curve_keypair())
+
+
+def memory_broker(endpoint: str, pairs: Pairs, admitted: list[bytes] | None) -> Broker:
+    broker = Broker(endpoint, config=BrokerConfig(heartbeat_interval=HEARTBEAT,
+                                                  heartbeat_liveness=5),
+                    curve=pairs.broker, curve_clients=admitted)
+    broker.start()
+    return broker
+
+
+def memory_worker(endpoint: str, curve: ClientCurve) -> Worker:
+    worker = Worker(endpoint, "echo", lambda frames: [b"echo", *frames],
+                    heartbeat_interval=HEARTBEAT, curve=curve)
+    worker.start()
+    return worker
+
+
+def registered(endpoint: str, curve: ClientCurve) -> bool:
+    return ask_once(endpoint, "mmi.service", "echo", timeout=SERVED, curve=curve) == [b"200"]
+
+
+def test_keys_in_memory_encrypt_and_admit_listed_peers(mdp_system, pairs):
+    endpoint = mdp_system.tcp()
+    broker = memory_broker(endpoint, pairs, [pairs.client[0], pairs.worker[0]])
+    worker = memory_worker(endpoint, pairs.peer(pairs.worker))
+    try:
+        client = pairs.peer(pairs.client)
+        mdp_system.wait_until(lambda: registered(endpoint, client), "the worker to register")
+        assert ask_once(endpoint, "echo", "x", timeout=SERVED, curve=client) == [b"echo", b"x"]
+
+        async def in_flight() -> list[list]:
+            async with AsyncClient(endpoint, timeout=SERVED, retries=0, curve=client) as aio:
+                return await asyncio.gather(*(aio.request("echo", str(i)) for i in range(3)))
+
+        assert asyncio.run(in_flight()) == [[b"echo", str(i).encode()] for i in range(3)]
+        with pytest.raises(RequestTimeout):  # a valid pair, but not listed
+            ask_once(endpoint, "echo", timeout=REFUSED, curve=pairs.peer(pairs.stranger))
+        with pytest.raises(RequestTimeout):  # no CURVE at all
+            ask_once(endpoint, "echo", timeout=REFUSED)
+    finally:
+        stop_all(worker, broker)
+
+
+def test_keys_admitted_while_the_broker_runs(mdp_system, pairs):
+    """A broker that admits nobody yet; a client and a worker are let in by ``admit``."""
+    endpoint = mdp_system.tcp()
+    broker = memory_broker(endpoint, pairs, [])
+    worker = memory_worker(endpoint, pairs.peer(pairs.worker))  # refused: it retries
+    client = pairs.peer(pairs.client)
+    try:
+        with pytest.raises(RequestTimeout):
+            ask_once(endpoint, "mmi.service", "echo", timeout=REFUSED, curve=client)
+        broker.admit(pairs.client[0])
+        assert ask_once(endpoint, "mmi.service", "echo", timeout=SERVED, curve=client) == \
+            [b"404"]  # the client is in, the worker not yet
+        broker.admit(pairs.worker[0].decode())  # text does as well
+        mdp_system.wait_until(lambda: registered(endpoint, client),
+                              "the worker to be admitted and register")
+        with pytest.raises(RequestTimeout):
+            ask_once(endpoint, "echo", timeout=REFUSED, curve=pairs.peer(pairs.stranger))
+    finally:
+        stop_all(worker, broker)
+
+
+def test_a_key_admitted_beside_a_clients_directory(mdp_system, keys):
+    endpoint = mdp_system.tcp()
+    broker = start_broker(endpoint, keys)
+    try:
+        with pytest.raises(RequestTimeout):
+            ask(endpoint, keys.broker_public, keys.stranger_secret, REFUSED, "mmi.service")
+        broker.admit(load_key_file(keys.stranger_secret)[0])
+        assert ask(endpoint, keys.broker_public, keys.stranger_secret, SERVED, "mmi.service",
+                   "echo") == [b"404"]
+        assert ask(endpoint, keys.broker_public, keys.client_secret, SERVED, "mmi.service",
+                   "echo") == [b"404"]  # the directory's keys are still admitted
+    finally:
+        stop_all(broker)
+
+
+def test_a_broker_admitting_any_key_takes_admit_as_a_no_op_and_a_plain_one_refuses_it(pairs):
+    broker = Broker("tcp://127.0.0.1:1", curve=pairs.broker)
+    broker.admit(pairs.client[0])
+    assert broker.admitted is None  # still any key
+    with pytest.raises(ValueError, match="not a CURVE key"):
+        broker.admit(b"short")
+    with pytest.raises(ValueError, match="no CURVE key pair"):
+        Broker("tcp://127.0.0.1:1").admit(pairs.client[0])
+
+
+def test_admitted_keys_answer_the_authenticator(tmp_path, keys):
+    from_directory = AdmittedKeys.of(keys.clients)
+    client_key = load_key_file(keys.client_secret)[0]
+    stranger_key = load_key_file(keys.stranger_secret)[0]
+    assert from_directory.callback("*", client_key) and client_key in from_directory
+    assert not from_directory.callback("*", stranger_key)
+    from_directory.admit(stranger_key.decode())
+    assert from_directory.callback("", stranger_key)
+    assert AdmittedKeys.of(str(keys.clients)).callback("*", client_key)
+    assert not AdmittedKeys.of([]).callback("*", client_key)
+    with pytest.raises(TypeError, match="as a list"):
+        AdmittedKeys.of(client_key)
+    with pytest.raises(ValueError, match="not a CURVE key"):
+        AdmittedKeys.of([client_key[:-1]])
+
+
+def test_keys_in_memory_are_checked_and_never_given_twice(pairs, keys):
+    public, secret = zmq.curve_keypair()
+    as_text = ServerCurve(public.decode(), secret.decode())
+    assert (as_text.public_key, as_text.secret_key) == (public, secret)
+    with pytest.raises(ValueError, match="does not belong"):
+        ServerCurve(pairs.client[0], secret)
+    with pytest.raises(ValueError, match="not a CURVE key") as caught:
+        ClientCurve(public, public, secret[:-1] + b"~")  # "~" is not Z85
+    assert secret[:-1].decode() not in str(caught.value)  # a secret is never shown
+    client = pairs.peer(pairs.client)
+    both = "either in memory .* or as key files"
+    with pytest.raises(ValueError, match=both):
+        Broker("tcp://127.0.0.1:1", curve=pairs.broker, curve_secret_key=keys.broker_secret)
+    with pytest.raises(ValueError, match=both):
+        Worker("tcp://127.0.0.1:1", "echo", list, curve=client,
+               curve_server_key=keys.broker_public)
+    with pytest.raises(ValueError, match=both):
+        Client("tcp://127.0.0.1:1", curve=client, curve_secret_key=keys.client_secret)
+    with pytest.raises(ValueError, match=both):
+        AsyncClient("tcp://127.0.0.1:1", curve=client, curve_server_key=keys.broker_public)
+    with pytest.raises(ValueError, match=both):
+        ask_once("tcp://127.0.0.1:1", "echo", curve=client, curve_server_key=keys.broker_public)
 
 
 # ------------------------------------------------------------------ key files
