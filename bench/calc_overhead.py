@@ -52,9 +52,9 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.socketio import SocketClient, SocketIOCalculator
 from bench_calculators import ZeroCalculator
 
-from mlipx_serve.broker.launchers import end_processes
 from mlipx_serve.client.broker_status import available_models, get_broker_status
 from mlipx_serve.client.calculator import RemoteCalculator
+from mlipx_serve.processes import end_processes
 from mlipx_serve.wire.definition import Definition
 
 BENCH = Path(__file__).resolve().parent
@@ -309,7 +309,7 @@ SERVED_SCRIPT = """
 import sys
 from ase.build import bulk
 from mlipx_serve.client.calculator import RemoteCalculator
-from mlipx_serve.broker.launchers import end_processes
+from mlipx_serve.processes import end_processes
 atoms = bulk("Si", "diamond", a=5.43, cubic=True)
 atoms.calc = RemoteCalculator("chgnet", broker=sys.argv[1], timeout=120)
 print("ENERGY", atoms.get_potential_energy(), flush=True)

@@ -18,7 +18,7 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 
 from mlipx_serve import GenericASECalculator
-from mlipx_serve.models.models_file import BUILTIN_MODELS
+from mlipx_serve.models.catalogue import BUILTIN_MODELS
 
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:  # bench_calculators, for the workers

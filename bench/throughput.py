@@ -40,8 +40,9 @@ from ase import Atoms
 from ase.build import bulk
 
 from mlipx_serve import RemoteCalculator, evaluate
-from mlipx_serve.broker.launchers import THREAD_VARIABLES, end_processes, thread_share
+from mlipx_serve.broker.local_launcher import THREAD_VARIABLES, thread_share
 from mlipx_serve.client.broker_status import get_broker_status
+from mlipx_serve.processes import end_processes
 
 BENCH = Path(__file__).resolve().parent
 MODELS_FILE = BENCH / "models.py"

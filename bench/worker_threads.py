@@ -27,7 +27,7 @@ from pathlib import Path
 from throughput import CLI, Process, cells, wait_for, wait_for_broker
 
 from mlipx_serve import evaluate
-from mlipx_serve.broker.launchers import THREAD_VARIABLES, thread_share
+from mlipx_serve.broker.local_launcher import THREAD_VARIABLES, thread_share
 
 
 def start(stack: ExitStack, label: str, threads: int | None) -> str:

@@ -94,6 +94,10 @@ class RegistryError(MlipxServeError, ValueError):
     """A models file cannot be used; the message names the file and the entry."""
 
 
+class SettingsError(MlipxServeError, ValueError):
+    """A broker cannot start as set; the message says why and what to change."""
+
+
 class ServeError(MlipxServeError, RuntimeError):
     """A worker cannot start; the message says why and what to do."""
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlipx_serve.launchers import end_processes
+from mlipx_serve.processes import end_processes
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo",

@@ -1,21 +1,23 @@
 """The broker's side of a cluster: a tcp endpoint for workers on other nodes, with CURVE.
 
 Scripts beside the broker keep its private ipc endpoint, in the clear; the workers' side
-binds tcp and turns CURVE on by itself: the broker makes two key pairs in its private
-directory (its own, and one for the workers it launches, which it alone admits) and
-hands the workers theirs through the connection file (``connection.py``).
+binds tcp and turns CURVE on by itself: the broker makes two key pairs in memory (its
+own, and one for the workers it launches, which it alone admits) and hands the workers
+theirs through the connection file (``wire/connection.py``).
 """
 
 from __future__ import annotations
 
-import shutil
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdp.security import create_key_pair, load_key_file
-from mlipx_serve.wire import endpoints as paths
-from mlipx_serve.wire.connection import Connection, new_broker_id
+import zmq
+
+from mdp.security import ServerCurve
+from mlipx_serve.wire.connection import Connection
+from mlipx_serve.wire.private import cluster_dir
 
 ANY_HOST = ("*", "0.0.0.0", "::", "[::]")
 DEFAULT_BIND = "tcp://*:0"  # every interface, a port the system picks
@@ -25,43 +27,42 @@ DEFAULT_BIND = "tcp://*:0"  # every interface, a port the system picks
 class ClusterSide:
     broker_id: str
     bind: str  # what the worker socket binds, e.g. tcp://*:0
-    keys: Path  # the private directory with both key pairs and the admitted keys
+    broker_keys: tuple[bytes, bytes]  # (public, secret), Z85
+    worker_keys: tuple[bytes, bytes]
     connection_file: Path
 
     @classmethod
     def create(cls, bind: str | None = None, directory: Path | None = None) -> ClusterSide:
-        """Key pairs in a fresh private directory; nothing is bound or written yet."""
+        """Key pairs in memory; nothing is bound or written yet."""
         bind = bind or DEFAULT_BIND
         if not bind.startswith("tcp://") or ":" not in bind[len("tcp://"):]:
             raise ValueError(f"the workers' endpoint must be tcp://HOST:PORT (PORT 0: any "
                              f"free one), not {bind!r}")
         broker_id = new_broker_id()
-        keys = paths.private_dir() / f"cluster-{broker_id}"
-        create_key_pair(keys, "broker")
-        public, _ = create_key_pair(keys, "workers")
-        (keys / "clients").mkdir(mode=0o700)
-        shutil.copy(public, keys / "clients")
-        connection_file = (directory or paths.cluster_dir()) / f"{broker_id}.json"
-        return cls(broker_id, bind, keys, connection_file)
+        connection_file = (directory or cluster_dir()) / f"{broker_id}.json"
+        return cls(broker_id, bind, zmq.curve_keypair(), zmq.curve_keypair(), connection_file)
 
     def broker_options(self) -> dict:
         """The ``mdp.broker.Broker`` keyword arguments of the CURVE worker side."""
-        return {"worker_bind": [self.bind], "curve_secret_key": self.keys / "broker.key_secret",
-                "curve_clients": self.keys / "clients", "curve_workers_only": True}
+        return {"worker_bind": [self.bind], "curve": ServerCurve(*self.broker_keys),
+                "curve_clients": [self.worker_keys[0]], "curve_workers_only": True}
 
     def write_connection(self, bound: str) -> Connection:
         """Once bound: the connection file, with ``bound`` as the nodes reach it."""
-        server_key, _ = load_key_file(self.keys / "broker.key")
-        public_key, secret_key = load_key_file(self.keys / "workers.key_secret", secret=True)
-        connection = Connection(self.broker_id, reachable(bound), server_key.decode(),
-                                public_key.decode(), secret_key.decode())
+        connection = Connection(self.broker_id, reachable(bound), self.broker_keys[0].decode(),
+                                *(key.decode() for key in self.worker_keys))
         connection.write(self.connection_file)
         return connection
 
     def close(self) -> None:
-        """Remove the connection file (its workers leave) and the keys."""
+        """Remove the connection file: its workers leave."""
         self.connection_file.unlink(missing_ok=True)
-        shutil.rmtree(self.keys, ignore_errors=True)
+
+
+def new_broker_id() -> str:
+    """Unique per broker run; readable in job names (``mlipx-serve.ID.MODEL``)."""
+    host = socket.gethostname().split(".")[0] or "broker"
+    return f"{host}-{secrets.token_hex(3)}"
 
 
 def reachable(bound: str) -> str:

@@ -60,6 +60,12 @@ class SlurmOptions:
         return {"partition": self.partition, "gpus": self.gpus, "time": self.time,
                 "account": self.account, "extra": list(self.extra)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> SlurmOptions:
+        data = data or {}
+        return cls(data.get("partition"), int(data.get("gpus") or 0), data.get("time"),
+                   data.get("account"), tuple(data.get("extra") or ()))
+
 
 @dataclass(frozen=True)
 class JobRow:

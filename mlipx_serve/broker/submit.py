@@ -1,74 +1,74 @@
 """``mlipx serve-submit``: workers submitted by hand to a running SLURM broker.
 
 The broker says in ``mmi.mlipx`` how it launches (its connection file, its sbatch
-options, its workers' settings); the jobs submitted here are named like its own, so the
-broker finds them with squeue (asked at once through ``mmi.mlipx.poll``), shows them in
-``serve-status``, and cancels them when it stops.
+options, the options of its workers); the jobs submitted here are named like its own, so
+the broker finds them with squeue (asked at once through ``mmi.mlipx.poll``), shows them
+in ``serve-status``, and cancels them when it stops.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 from pathlib import Path
 
 from mdp.client import Client
 from mdp.errors import MDPError
 from mlipx_serve.broker import slurm
-from mlipx_serve.broker.launchers import options_from, serve_command, worker_env
+from mlipx_serve.broker.launch import worker_env
 from mlipx_serve.broker.slurm import SlurmOptions
 from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.wire.status import POLL_SERVICE, ServingStatus
+from mlipx_serve.wire.worker_options import WorkerOptions
 
-POLL_SERVICE = "mmi.mlipx.poll"
 
-
-def slurm_settings(status: dict) -> dict:
+def slurm_settings(status: dict) -> ServingStatus:
     """The broker's launch settings, or a clear error when it has none."""
     if not status["running"]:
         raise MlipxServeError(f"no model broker answers at {status['broker']}; start one "
                               f"with `mlipx serve-broker --autostart --launcher slurm`")
-    settings = status["autostart"]
-    if settings.get("launcher") != "slurm":
+    settings = ServingStatus.from_json(status["autostart"])
+    if settings.launcher != "slurm":
         raise MlipxServeError(f"the broker at {status['broker']} does not start SLURM jobs; "
                               f"restart it with `mlipx serve-broker --autostart --launcher "
                               f"slurm` (or start a worker here with `mlipx serve NAME`)")
     return settings
 
 
-def merged_options(settings: dict, partition: str | None, gpus: int | None,
+def merged_options(settings: ServingStatus, partition: str | None, gpus: int | None,
                    time: str | None, account: str | None, extra: list[str]) -> SlurmOptions:
     """The broker's sbatch options, with those given here in their place."""
-    options = options_from(settings)
+    options = SlurmOptions.from_dict(settings.slurm)
     given = {"partition": partition, "gpus": gpus, "time": time, "account": account}
-    options = replace(options, **{key: value for key, value in given.items() if value is not None})
-    return replace(options, extra=options.extra + tuple(extra)) if extra else options
+    options = dataclasses.replace(options, **{key: value for key, value in given.items()
+                                              if value is not None})
+    return dataclasses.replace(options, extra=options.extra + tuple(extra)) if extra \
+        else options
 
 
-def worker_command(settings: dict, model: str, models_files: list[str],
-                   worker_timeout: float | None) -> list[str]:
-    timeout = settings["worker_timeout"] if worker_timeout is None else worker_timeout
-    command = [*serve_command(model), "--connect", settings["connection_file"],
-               "--orphan-timeout", str(settings["orphan_timeout"]),
-               "--timeout", str(timeout), "--heartbeat", str(settings["heartbeat"])]
-    if settings.get("batch_size", 1) > 1:
-        command += ["--batch-size", str(settings["batch_size"]),
-                    "--batch-wait", str(settings["batch_wait"])]
-    if settings.get("prefetch"):
-        command += ["--prefetch", str(settings["prefetch"])]
-    for path in [*settings.get("models_files", []), *models_files]:
-        command += ["--models", str(path)]
-    return command
+def worker_options(settings: ServingStatus, model: str, models_files: list[str],
+                   worker_timeout: float | None) -> WorkerOptions:
+    """What the broker's own jobs are told, for ``model``, with more models files and
+    another idle timeout if given."""
+    options = dataclasses.replace(settings.worker, model=model,
+                                  models_files=(*settings.worker.models_files, *models_files))
+    offer = settings.models.get(model)
+    if offer is not None and offer.start_with:  # a model a client defined
+        options = dataclasses.replace(options, definition=offer.start_with)
+    if worker_timeout is not None:
+        options = dataclasses.replace(options, timeout=worker_timeout)
+    return options
 
 
-def submit_workers(settings: dict, model: str, count: int, options: SlurmOptions,
-                   command: list[str], timeout: float = slurm.COMMAND_TIMEOUT) -> list[str]:
+def submit_workers(settings: ServingStatus, count: int, sbatch: SlurmOptions,
+                   options: WorkerOptions, timeout: float = slurm.COMMAND_TIMEOUT) -> list[str]:
     """Submit ``count`` worker jobs; their ids (those submitted before a failure are
     named in its message, so that they can be cancelled)."""
-    name = slurm.job_name(settings["broker_id"], model)
+    name = slurm.job_name(settings.broker_id, options.model)
     ids: list[str] = []
     for _ in range(count):
         try:
-            ids.append(slurm.submit(options, name, Path(settings["log_dir"]), model, command,
-                                    worker_env(), timeout))
+            ids.append(slurm.submit(sbatch, name, Path(settings.log_dir), options.model,
+                                    options.command(), worker_env(), timeout))
         except slurm.SlurmError as error:
             done = f" (submitted before: {', '.join(ids)})" if ids else ""
             raise slurm.SlurmError(f"{error}{done}") from None

@@ -9,8 +9,9 @@ from typing import Any
 
 from mdp.client import Client
 from mdp.errors import MDPError
+from mlipx_serve.client.keys import curve_options
 from mlipx_serve.errors import MlipxServeError
-from mlipx_serve.wire.endpoints import chosen_broker, curve_options, default_broker
+from mlipx_serve.wire.endpoints import chosen_broker, default_broker
 
 PROBE_TIMEOUT = 2.0
 OFFER_SHOWN = 12  # model names listed when a name is not among them

@@ -9,27 +9,15 @@ from typing import Any
 from ase.calculators.calculator import Calculator, all_changes
 
 from mdp.client import Client
-from mdp.errors import (
-    BrokerUnavailable,
-    MDPError,
-    RequestTimeout,
-    ServiceStartFailed,
-    WorkerError,
-)
+from mdp.errors import MDPError, WorkerError
 from mlipx_serve import environment
 from mlipx_serve.client.broker_status import describe_wait, get_broker_status
-from mlipx_serve.errors import (
-    DefinitionMismatch,
-    PayloadError,
-    RemoteCalculationError,
-    RemoteError,
-    RemotePropertyNotImplementedError,
-    ServiceStartFailedError,
-    ServingError,
-)
+from mlipx_serve.client.failures import FALLS_BACK, served_error
+from mlipx_serve.client.keys import curve_options
+from mlipx_serve.errors import RemoteError
 from mlipx_serve.models.changes import changes
 from mlipx_serve.wire.definition import Definition
-from mlipx_serve.wire.endpoints import chosen_broker, curve_options
+from mlipx_serve.wire.endpoints import chosen_broker
 from mlipx_serve.wire.payload import decode_reply, encode_request
 
 log = logging.getLogger(__name__)
@@ -156,51 +144,3 @@ class RemoteCalculator(Calculator):
             self.close()
         except Exception:
             pass
-
-
-# Failures after which a calculator built with a fallback computes locally instead: its
-# model's worker could not start, or serves another model than the one defined.
-FALLS_BACK = (DefinitionMismatch, ServiceStartFailedError)
-
-
-def served_error(error: Exception, model: str, broker: str) -> Exception:
-    """The ASE-typed exception for a failed served calculation (its ``__cause__`` the bus's
-    own error, where the bus failed)."""
-    if isinstance(error, WorkerError):
-        return remote_error(error, model)
-    if isinstance(error, MDPError):
-        failure = serving_error(error, model, broker)
-        failure.__cause__ = error
-        return failure
-    error.model = model  # a RemoteError: an error reply of payload version 1
-    return error
-
-
-def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
-    """The ASE-typed exception for what the bus said; raise it ``from`` that error."""
-    if isinstance(error, BrokerUnavailable) and error.refused:
-        return ServingError(f"model '{model}': {error.cause}; give the broker's key (and an "
-                            f"admitted key pair) with ${environment.CURVE_SERVER_KEY} (and "
-                            f"${environment.CURVE_SECRET_KEY})")
-    if isinstance(error, RequestTimeout):  # (a BrokerUnavailable is one too)
-        fix = "start one with `mlipx serve-broker --autostart`" if \
-            isinstance(error, BrokerUnavailable) else \
-            f"`mlipx serve-status --broker {broker}` shows what its workers do"
-        return ServingError(f"model '{model}': {error.cause}; {fix}")
-    kind = ServiceStartFailedError if isinstance(error, ServiceStartFailed) else ServingError
-    return kind(f"model '{model}' via {broker}: {error}")
-
-
-def remote_error(error: WorkerError, model: str) -> Exception:
-    """The ASE-typed exception for what the model's worker raised."""
-    worker = getattr(error, "worker", None) or None
-    if error.error_type == "PayloadError":
-        return PayloadError(f"worker {worker or '?'} of model '{model}' refused the request: "
-                            f"{error.message}")
-    if error.error_type == "DefinitionMismatch":
-        return DefinitionMismatch(f"worker {worker or '?'} of '{model}' refused the request: "
-                                  f"{error.message}")
-    kind = RemotePropertyNotImplementedError if \
-        error.error_type == "PropertyNotImplementedError" else RemoteCalculationError
-    return kind(error.error_type, error.message, getattr(error, "traceback", "") or "",
-                model=model, worker=worker)

@@ -26,11 +26,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mdp.aio import AsyncClient
 from mdp.errors import MDPError
-from mlipx_serve.client.calculator import RESENDS, default_timeout, served_error
+from mlipx_serve.client.calculator import RESENDS, default_timeout
+from mlipx_serve.client.failures import served_error
+from mlipx_serve.client.keys import curve_options
 from mlipx_serve.client.routing import route
 from mlipx_serve.errors import MlipxServeError
 from mlipx_serve.wire.definition import Definition
-from mlipx_serve.wire.endpoints import chosen_broker, curve_options
+from mlipx_serve.wire.endpoints import chosen_broker
 from mlipx_serve.wire.payload import decode_reply, encode_request
 
 DEFAULT_PROPERTIES = ("energy", "forces")

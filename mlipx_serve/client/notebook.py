@@ -10,38 +10,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import cloudpickle
-from ase.calculators.calculator import Calculator
-
-from mlipx_serve.broker.launchers import end_processes, serve_command
 from mlipx_serve.client.broker_status import get_broker_status
 from mlipx_serve.client.calculator import RemoteCalculator
 from mlipx_serve.errors import ModelStartError
-from mlipx_serve.wire.endpoints import chosen_broker, private_dir, worker_endpoint
+from mlipx_serve.processes import end_processes, start_logged, tail
+from mlipx_serve.wire.endpoints import chosen_broker, worker_endpoint
+from mlipx_serve.wire.factory_file import Factory, write_factory
+from mlipx_serve.wire.private import private_dir
+from mlipx_serve.wire.worker_options import WorkerOptions
 
-Factory = Callable[[], Calculator]
 POLL = 0.1
-
-
-@dataclass
-class FactoryModel:
-    """A model whose calculator a Python function builds (what ``serve`` serves)."""
-
-    factory: Factory
-    name: str | None = None
-
-    def build_local_calculator(self) -> Calculator:
-        return self.factory()
-
 
 @dataclass
 class ModelProcess:
@@ -90,17 +73,13 @@ def serve_model(name: str, factory: Factory, *, broker: str | None = None,
         raise ModelStartError(f"no model broker answers at {endpoint}; start one with "
                               f"`mlipx serve-broker`")
     pickled = write_factory(factory)
-    logs = private_dir() / "logs"
-    logs.mkdir(exist_ok=True)
-    log_path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    command = [*serve_command(name), "--factory", str(pickled),
-               "--broker", worker_endpoint(endpoint),
-               "--timeout", str(idle_timeout or 0), "--heartbeat", str(heartbeat),
-               "--exit-with", str(os.getpid()), "--no-uv"]
-    with open(log_path, "ab") as output:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    started = ModelProcess(name, endpoint, process, log_path)
+    log_path = private_dir() / "logs" / \
+        f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    options = WorkerOptions(name, broker=worker_endpoint(endpoint), factory=str(pickled),
+                            timeout=idle_timeout or 0, heartbeat=heartbeat,
+                            exit_with=os.getpid(), no_uv=True)
+    started = ModelProcess(name, endpoint, start_logged(options.command(), log_path),
+                           log_path)
     try:
         _wait_registered(started, start_timeout)
     except BaseException:
@@ -112,12 +91,12 @@ def serve_model(name: str, factory: Factory, *, broker: str | None = None,
 
 
 def _wait_registered(started: ModelProcess, timeout: float) -> None:
-    tag = f":{started.pid}:"
     deadline = time.monotonic() + timeout
     while True:
         status = get_broker_status(started.broker, timeout=1.0)
         workers = status["status"]["workers"] if status["running"] else []
-        if any(w["service"] == started.name and tag in w["id"] for w in workers):
+        if any(w["service"] == started.name and (w.get("metadata") or {}).get("pid") ==
+               started.pid for w in workers):
             return
         why = None
         if not started.alive():
@@ -125,58 +104,7 @@ def _wait_registered(started: ModelProcess, timeout: float) -> None:
         elif time.monotonic() > deadline:
             why = f"the worker did not register within {timeout:g} s"
         if why is not None:
-            from mlipx_serve.broker.autostart import tail
-
             raise ModelStartError(f"could not serve model '{started.name}': {why}. Last "
                                   f"lines of its output ({started.log_path}):\n"
                                   f"{tail(started.log_path)}")
         time.sleep(POLL)
-
-
-# ------------------------------------------------------------ the factory file
-
-
-def write_factory(factory: Factory) -> Path:
-    """The pickled factory in a new file that only this user can read."""
-    folder = private_dir() / "factories"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.pkl"
-    data = _pickled(factory)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-        file.write(data)
-    return path
-
-
-def load_factory(path: str | os.PathLike) -> Factory:
-    """Read a factory file once (then delete it), if it is this user's and private."""
-    path = Path(path)
-    info = path.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise PermissionError(f"refusing to unpickle {path}: a factory file must belong to "
-                              f"you and be readable by you alone (mode 0600)")
-    data = path.read_bytes()
-    path.unlink(missing_ok=True)
-    return cloudpickle.loads(data)
-
-
-def _pickled(factory: Factory) -> bytes:
-    """cloudpickle by value for the user's own code (a module outside this environment,
-    such as a script or a test beside the data), by reference for installed packages."""
-    module = sys.modules.get(getattr(factory, "__module__", None) or "")
-    by_value = module is not None and module.__name__ != "__main__" and _users_own(module)
-    if by_value:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        return cloudpickle.dumps(factory)
-    finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(module)
-
-
-def _users_own(module: ModuleType) -> bool:
-    file = getattr(module, "__file__", None)
-    if not file:
-        return False
-    path = Path(file).resolve()
-    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    return not any(path.is_relative_to(root) for root in installed)

@@ -17,9 +17,9 @@ from typing import Any
 from mdp.client import Client
 from mdp.errors import MDPError
 from mlipx_serve.client.broker_status import available_models, describe_offer, recent_status
+from mlipx_serve.client.keys import curve_options
 from mlipx_serve.errors import DefinitionError, NotServed
 from mlipx_serve.wire.definition import Definition
-from mlipx_serve.wire.endpoints import curve_options
 
 DEFINE_SERVICE = "mmi.mlipx.define"
 DEFINE_TIMEOUT = 10.0

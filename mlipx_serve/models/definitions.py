@@ -9,6 +9,7 @@ model's service name and the extras that provide it, which lets
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -286,6 +287,68 @@ def model_from(definition: Definition) -> GenericASECalculator:
         **common, calculator=identity["calculator"],
         calculator_kwargs=dict(identity["calculator_kwargs"]),
         calculator_takes_device=identity["calculator_takes_device"])
+
+
+def with_name(entry: Any, key: str) -> Any:
+    """Return the entry with ``name`` set to its key when unset.
+
+    A copy is named, never the original: one object may sit under two keys.
+    Frozen dataclasses go through ``dataclasses.replace``; objects that refuse a
+    ``name`` (slots, read-only properties) are returned as they are.
+    """
+    try:
+        if getattr(entry, "name", None) is not None:
+            return entry
+    except Exception:  # a property that raises: not ours to touch
+        return entry
+    if _has_init_field(entry, "name"):
+        try:
+            return dataclasses.replace(entry, name=key)
+        except (TypeError, ValueError):
+            pass
+    return _copy_with_name(entry, key)
+
+
+def _has_init_field(entry: Any, field: str) -> bool:
+    if not dataclasses.is_dataclass(entry) or isinstance(entry, type):
+        return False
+    return any(f.name == field and f.init for f in dataclasses.fields(entry))
+
+
+def _copy_with_name(entry: Any, key: str) -> Any:
+    try:
+        named = copy.copy(entry)
+        object.__setattr__(named, "name", key)
+    except (AttributeError, TypeError, copy.Error):
+        logger.debug("cannot set name %r on %s; leaving it unnamed", key, type(entry).__name__)
+        return entry
+    return named
+
+
+def definition_of(model: object) -> Definition | None:
+    """What a model is, for the check of every request a worker gets; None for one
+    without a definition (a Python function, a models file entry of a class of its own)."""
+    define = getattr(model, "definition", None)
+    if define is None:
+        return None
+    try:
+        return define()
+    except DefinitionError as error:
+        logger.warning("model has no definition to check requests against (%s); it takes "
+                       "only requests by name alone", error)
+        return None
+
+
+@dataclasses.dataclass
+class FactoryModel:
+    """A model whose calculator a Python function builds (``serve_model``): served by
+    name alone, as it has no definition another process could rebuild."""
+
+    factory: Callable[[], Calculator]
+    name: str | None = None
+
+    def build_local_calculator(self) -> Calculator:
+        return self.factory()
 
 
 def unavailable_message(model: str | None, module: str, extras: list[str], exc: ImportError) -> str:

@@ -3,33 +3,21 @@
 A broker that starts workers through SLURM writes it into the cluster directory (on the
 filesystem the nodes share, mode 0600 in a 0700 directory): its tcp endpoint, its public
 key, and the CURVE key pair its workers use, which it admits. ``mlipx serve NAME
---connect FILE`` reads it and needs nothing else. The broker removes the file when it
-stops, and a worker whose file is gone, or names another broker, leaves.
-
-The mdp Worker and Client take key files, so a worker writes the two keys into a fresh
-private directory of its own node (``key_files``) for as long as it runs.
+--connect FILE`` reads it and needs nothing else; the keys go from the file to the
+sockets in memory. The broker removes the file when it stops, and a worker whose file is
+gone, or names another broker, leaves.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import socket
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mdp.client import Client
-from mdp.errors import MDPError
 from mlipx_serve.errors import ServeError
+from mlipx_serve.wire.private import private_file
 
 FORMAT = 1
-PROBE_EVERY = 5.0  # seconds between a worker's questions to a broker on another machine
 
 
 @dataclass(frozen=True)
@@ -43,11 +31,8 @@ class Connection:
     def write(self, path: Path) -> None:
         """Write atomically, private from the first byte (the file holds a secret key)."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump({"format": FORMAT, **asdict(self)}, file, indent=1)
-        os.replace(temporary, path)
+        text = json.dumps({"format": FORMAT, **asdict(self)}, indent=1)
+        private_file(path.parent, text.encode(), name=path.name)
 
     @classmethod
     def read(cls, path: Path) -> Connection:
@@ -68,62 +53,9 @@ class Connection:
         except KeyError as missing:
             raise ServeError(f"the connection file {path} lacks {missing}") from None
 
-    @contextmanager
-    def key_files(self) -> Iterator[dict[str, str]]:
-        """The ``curve_server_key``/``curve_secret_key`` files of an mdp Worker or Client,
-        in a fresh directory only this user can open, removed afterwards."""
-        folder = Path(tempfile.mkdtemp(prefix="mlipx-connect-"))
-        try:
-            server, pair = folder / "broker.key", folder / "worker.key_secret"
-            _write_private(server, _certificate(public=self.server_key))
-            _write_private(pair, _certificate(public=self.public_key, secret=self.secret_key))
-            yield {"curve_server_key": str(server), "curve_secret_key": str(pair)}
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-class BrokerWatch:
-    """Why a worker started for a broker on another machine should leave, or None.
-
-    Its connection file is gone or names another broker (the broker stopped), or the
-    broker has not answered for ``orphan_timeout`` seconds (killed, or its machine gone):
-    no process id to watch across machines, so it asks the broker itself, every few
-    seconds, what any client may ask (``mmi.service``).
-    """
-
-    def __init__(self, path: Path, connection: Connection, keys: dict[str, str],
-                 orphan_timeout: float):
-        self.path = path
-        self.connection = connection
-        self.keys = keys
-        self.orphan_timeout = orphan_timeout
-        self.probe_every = min(PROBE_EVERY, orphan_timeout / 3)
-        self._heard = self._next_probe = time.monotonic()
-
-    def __call__(self) -> str | None:
-        if not names_broker(self.path, self.connection.broker_id):
-            return (f"the connection file {self.path} is gone or names another broker: "
-                    f"broker {self.connection.broker_id} has stopped")
-        now = time.monotonic()
-        if now >= self._next_probe:
-            if self._answers():
-                self._heard = time.monotonic()
-            self._next_probe = time.monotonic() + self.probe_every
-        if now - self._heard > self.orphan_timeout:
-            return (f"broker {self.connection.broker_id} at {self.connection.endpoint} has not "
-                    f"answered for {now - self._heard:.0f} s (--orphan-timeout "
-                    f"{self.orphan_timeout:g})")
-        return None
-
-    def _answers(self) -> bool:
-        wait = max(0.5, self.probe_every)
-        try:
-            with Client(self.connection.endpoint, timeout=wait, broker_timeout=wait,
-                        retries=0, **self.keys) as client:
-                client.request("mmi.service", "mmi.status")
-            return True
-        except MDPError:
-            return False
+    def keys(self) -> tuple[bytes, bytes, bytes]:
+        """(the broker's public key, the workers' public key, their secret key), Z85."""
+        return self.server_key.encode(), self.public_key.encode(), self.secret_key.encode()
 
 
 def names_broker(path: Path, broker_id: str) -> bool:
@@ -132,23 +64,3 @@ def names_broker(path: Path, broker_id: str) -> bool:
         return json.loads(Path(path).read_text()).get("broker_id") == broker_id
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def new_broker_id() -> str:
-    """Unique per broker run; readable in job names (``mlipx-serve.ID.MODEL``)."""
-    host = socket.gethostname().split(".")[0] or "broker"
-    return f"{host}-{secrets.token_hex(3)}"
-
-
-def _certificate(public: str, secret: str | None = None) -> str:
-    """A key file as pyzmq and czmq write them (``zmq.auth.load_certificate`` reads it)."""
-    lines = ["curve", f'    public-key = "{public}"']
-    if secret is not None:
-        lines.append(f'    secret-key = "{secret}"')
-    return "\n".join(lines) + "\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)

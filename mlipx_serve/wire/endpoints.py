@@ -3,73 +3,25 @@
 The default is an IPC socket in a directory only this user can open: other users on a
 shared machine cannot reach (or impersonate) the broker. Workers get an endpoint of their
 own beside the clients' one; the broker binds both to one socket, so a worker or client
-given either path finds it. A broker that uses CURVE (tcp across machines) is reached with
-the key files named here too, so scripts need no arguments for it.
+given either path finds it. A script in another SLURM job reaches its broker through the
+connection file ``$MLIPX_SERVE_CONNECT`` names.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
-import os
 import re
 import socket
-import stat
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from mlipx_serve import environment
 from mlipx_serve.errors import EndpointError
+from mlipx_serve.wire.connection import Connection
+from mlipx_serve.wire.private import private_dir
 
 SOCKET_NAME = "broker.ipc"
 ACCEPTED = "use ipc://PATH (or a plain path) or tcp://HOST:PORT"
 MAX_IPC_PATH = 107  # bytes of a Unix socket address (sun_path less its final NUL)
-
-
-def private_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/mlipx`` or ``<tmp>/mlipx-<uid>``, created with mode 0700.
-
-    In a shared ``/tmp`` anyone can create that name first: a directory of someone
-    else's, or a symbolic link (even to a directory of ours), is refused, not used.
-    """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "mlipx" if runtime else \
-        Path(tempfile.gettempdir()) / f"mlipx-{os.getuid()}"
-    return _own_directory(base, f"set {environment.BROKER} or XDG_RUNTIME_DIR to a "
-                                f"directory of your own")
-
-
-def cluster_dir() -> Path:
-    """``$MLIPX_SERVE_CLUSTER_DIR`` or ``~/.mlipx-serve``, created with mode 0700.
-
-    Where a broker that starts workers on other machines keeps what they must read: the
-    connection file and the workers' output. It must be on a filesystem those machines
-    share with this one (the home directory is, on SLURM clusters; ``/tmp`` and
-    ``$XDG_RUNTIME_DIR`` are not).
-    """
-    base = Path(environment.text(environment.CLUSTER_DIR) or Path.home() / ".mlipx-serve")
-    return _own_directory(base.absolute(), f"set {environment.CLUSTER_DIR} to a directory "
-                                           f"of your own on the shared filesystem")
-
-
-def _own_directory(base: Path, fix: str) -> Path:
-    """``base``, created with mode 0700 if need be, and refused unless it is a directory
-    of this user's (not a symbolic link: in a shared ``/tmp`` anyone may make one)."""
-    base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        base.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    info = base.lstat()
-    problem = ("is a symbolic link" if stat.S_ISLNK(info.st_mode) else
-               "is not a directory" if not stat.S_ISDIR(info.st_mode) else
-               "belongs to another user" if info.st_uid != os.getuid() else None)
-    if problem is not None:
-        raise PermissionError(f"{base} {problem}, so it cannot be trusted as a private "
-                              f"directory; remove it, or {fix}")
-    base.chmod(0o700)
-    return base
 
 
 def chosen_broker(broker: str | None) -> str:
@@ -83,7 +35,7 @@ def default_broker() -> str:
     private default."""
     if environment.text(environment.BROKER) is None and \
             environment.text(environment.CONNECT) is not None:
-        return _connection().endpoint
+        return connection_from_env().endpoint
     return local_broker()
 
 
@@ -96,39 +48,10 @@ def local_broker() -> str:
     return f"ipc://{private_dir() / SOCKET_NAME}"
 
 
-def curve_options(server_key: str | os.PathLike | None = None,
-                  secret_key: str | os.PathLike | None = None) -> dict[str, Any]:
-    """CURVE keyword arguments for an ``mdp`` Client or Worker: the key files given, else
-    those named by ``$MLIPX_SERVE_CURVE_SERVER_KEY`` and ``$MLIPX_SERVE_CURVE_SECRET_KEY``.
-
-    No server key means a plain connection; a server key without a secret key means an
-    ephemeral key pair, which only a broker that admits any key accepts. Without either,
-    a connection file (``$MLIPX_SERVE_CONNECT``, when ``default_broker`` is its broker)
-    gives its keys.
-    """
-    server_key = server_key or environment.text(environment.CURVE_SERVER_KEY)
-    secret_key = secret_key or environment.text(environment.CURVE_SECRET_KEY)
-    if server_key is None and secret_key is None and \
-            environment.text(environment.BROKER) is None and \
-            environment.text(environment.CONNECT) is not None:
-        return _connection_key_files()
-    return {"curve_server_key": server_key, "curve_secret_key": secret_key}
-
-
 @functools.cache
-def _connection():
-    from mlipx_serve.wire.connection import Connection
-
+def connection_from_env() -> Connection:
+    """The connection file ``$MLIPX_SERVE_CONNECT`` names (a script in a SLURM job)."""
     return Connection.read(Path(environment.text(environment.CONNECT)))
-
-
-@functools.cache
-def _connection_key_files() -> dict[str, str]:
-    """The connection file's keys as key files, for as long as this process runs (the
-    mdp clients read their key files when a connection is made)."""
-    keys = _connection().key_files()
-    atexit.register(keys.__exit__, None, None, None)
-    return keys.__enter__()
 
 
 def worker_endpoint(client_endpoint: str) -> str:

@@ -5,11 +5,9 @@ connections, so the broker hands it up to ``size`` requests at once; their handl
 (one thread each) queue them here, and one thread takes what has arrived, waiting at
 most ``wait`` seconds for a fuller batch, and evaluates it in one call.
 
-A model takes part through ``calculate_batch(atoms_list, properties) -> list[dict]`` on
-its calculator (a failed structure may be an exception in its slot); ``batch_function``
-also gives it to CHGNet's and TorchSim's calculators, and to any other calculator one
-structure after another. When a batch call raises, each of its structures is tried
-alone, so that one bad structure fails alone.
+A model takes part through ``calculate_batch`` (``models.batch``); any other is
+evaluated one structure after another (``one_after_another``). When a batch call raises,
+each of its structures is tried alone, so that one bad structure fails alone.
 """
 
 from __future__ import annotations
@@ -18,16 +16,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-log = logging.getLogger(__name__)
+from mlipx_serve.models.batch import BatchFunction
+from mlipx_serve.worker.compute import compute, owned
 
-BatchFunction = Callable[[list[Atoms], list[str]], list[Any]]
+log = logging.getLogger(__name__)
 
 
 class Batcher:
@@ -92,22 +91,8 @@ def _checked(results: Sequence[Any], count: int) -> list[Any]:
     return list(results)
 
 
-# ------------------------------------------------------------ adapters
-
-
-def batch_function(calc: Calculator) -> tuple[BatchFunction, bool]:
-    """How to evaluate a list of structures with ``calc``, and whether that is one call."""
-    own = getattr(calc, "calculate_batch", None)
-    if callable(own):
-        return own, True
-    kind = f"{type(calc).__module__}.{type(calc).__name__}"
-    if kind == "chgnet.model.dynamics.CHGNetCalculator":
-        return _chgnet_batch(calc), True
-    return _one_after_another(calc), False
-
-
-def _one_after_another(calc: Calculator) -> BatchFunction:
-    from mlipx_serve.worker.run import compute, owned
+def one_after_another(calc: Calculator) -> BatchFunction:
+    """A batch of a model that cannot evaluate one: its structures one by one."""
 
     def evaluate(structures: list[Atoms], properties: list[str]) -> list[Any]:
         results: list[Any] = []
@@ -119,39 +104,3 @@ def _one_after_another(calc: Calculator) -> BatchFunction:
         return results
 
     return evaluate
-
-
-def _chgnet_batch(calc: Calculator) -> BatchFunction:
-    """CHGNet's own batched prediction, converted the way its ASE calculator converts."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    model = calc.model
-
-    def evaluate(structures: list[Atoms], properties: list[str]) -> list[Any]:
-        graphs: list[Any] = []
-        for atoms in structures:
-            try:
-                graphs.append(model.graph_converter(AseAtomsAdaptor.get_structure(atoms)))
-            except Exception as error:  # e.g. isolated atoms, with on_isolated_atoms="error"
-                graphs.append(error)
-        good = [graph for graph in graphs if not isinstance(graph, Exception)]
-        predicted = model.predict_graph(good, task="efsm", return_crystal_feas=True,
-                                        return_site_energies=calc.return_site_energies,
-                                        batch_size=max(1, len(good))) if good else []
-        predicted = iter([predicted] if isinstance(predicted, dict) else predicted)
-        return [graph if isinstance(graph, Exception) else
-                _chgnet_results(calc, len(atoms), next(predicted))
-                for atoms, graph in zip(structures, graphs, strict=True)]
-
-    return evaluate
-
-
-def _chgnet_results(calc: Calculator, count: int, prediction: dict) -> dict[str, Any]:
-    factor = count if calc.model.is_intensive else 1
-    results = {"energy": prediction["e"] * factor, "forces": prediction["f"],
-               "stress": prediction["s"] * calc.stress_weight, "magmoms": prediction["m"],
-               "crystal_fea": prediction["crystal_fea"]}
-    results["free_energy"] = results["energy"]
-    if calc.return_site_energies:
-        results["energies"] = prediction["site_energies"]
-    return results

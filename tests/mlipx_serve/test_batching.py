@@ -20,7 +20,8 @@ from mlipx_serve import evaluate
 from mlipx_serve.models.models_file import load_models_file
 from mlipx_serve.wire.payload import decode_reply, encode_request
 from mlipx_serve.worker.batching import Batcher
-from mlipx_serve.worker.run import build_calculator, request_handler
+from mlipx_serve.worker.compute import build_calculator
+from mlipx_serve.worker.handler import request_handler
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -3,21 +3,22 @@ states in words, the connection file, and the options serve-submit merges."""
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
 import zmq
 
-from mdp.security import load_key_file
+from mdp.security import ClientCurve
 from mlipx_serve.broker import slurm
 from mlipx_serve.broker.cluster import reachable
-from mlipx_serve.broker.launchers import SlurmJob
 from mlipx_serve.broker.slurm import SlurmOptions
-from mlipx_serve.broker.submit import merged_options
+from mlipx_serve.broker.slurm_launcher import SlurmJob
+from mlipx_serve.broker.submit import merged_options, worker_options
 from mlipx_serve.errors import ServeError
-from mlipx_serve.wire import endpoints as paths
 from mlipx_serve.wire.connection import Connection, names_broker
+from mlipx_serve.wire.private import cluster_dir
+from mlipx_serve.wire.status import ModelOffer, ServingStatus
+from mlipx_serve.wire.worker_options import WorkerOptions
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -70,12 +71,23 @@ def test_a_jobs_state_in_words():
 
 
 def test_serve_submit_takes_the_brokers_options_unless_given():
-    settings = {"slurm": {"partition": "gpu", "gpus": 1, "time": "1:00:00", "account": None,
-                          "extra": ["--mem=8G"]}}
+    settings = ServingStatus.from_json({
+        "slurm": {"partition": "gpu", "gpus": 1, "time": "1:00:00", "account": None,
+                  "extra": ["--mem=8G"]},
+        "worker": WorkerOptions("", connect="/c.json", timeout=120.0, batch_size=4,
+                                models_files=("/m.py",)).to_json(),
+        "models": {"mine@12345678": {"defined_by": "client", "start_with": '{"x": 1}'}}})
     assert merged_options(settings, None, None, None, None, []) == \
         SlurmOptions("gpu", 1, "1:00:00", None, ("--mem=8G",))
     assert merged_options(settings, "debug", 0, None, "chem", ["--hold"]) == \
         SlurmOptions("debug", 0, "1:00:00", "chem", ("--mem=8G", "--hold"))
+    assert worker_options(settings, "emt", ["/n.py"], None).arguments() == [
+        "emt", "--connect", "/c.json", "--models", "/m.py", "--models", "/n.py",
+        "--timeout", "120.0", "--batch-size", "4"]
+    assert worker_options(settings, "mine@12345678", [], 30.0) == WorkerOptions(
+        "mine@12345678", connect="/c.json", models_files=("/m.py",), definition='{"x": 1}',
+        timeout=30.0, batch_size=4)
+    assert isinstance(settings.models["mine@12345678"], ModelOffer)
 
 
 def test_the_workers_endpoint_is_announced_by_a_name_the_nodes_reach(monkeypatch):
@@ -86,7 +98,7 @@ def test_the_workers_endpoint_is_announced_by_a_name_the_nodes_reach(monkeypatch
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
-def test_the_connection_file_is_private_and_gives_usable_key_files(tmp_path):
+def test_the_connection_file_is_private_and_gives_its_keys(tmp_path):
     server_public, _ = zmq.curve_keypair()
     public, secret = zmq.curve_keypair()
     connection = Connection("login1-abc", "tcp://login1:5555", server_public.decode(),
@@ -97,11 +109,10 @@ def test_the_connection_file_is_private_and_gives_usable_key_files(tmp_path):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert Connection.read(path) == connection
     assert names_broker(path, "login1-abc") and not names_broker(path, "login1-def")
-    with connection.key_files() as keys:
-        assert load_key_file(keys["curve_server_key"]) == (server_public, None)
-        assert load_key_file(keys["curve_secret_key"], secret=True) == (public, secret)
-        assert stat.S_IMODE(os.stat(keys["curve_secret_key"]).st_mode) == 0o600
-    assert not os.path.exists(keys["curve_secret_key"])
+    curve = ClientCurve(*Connection.read(path).keys())  # straight to a socket: no key file
+    assert (curve.server_key, curve.public_key, curve.secret_key) == \
+        (server_public, public, secret)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
     path.unlink()
     assert not names_broker(path, "login1-abc")
     with pytest.raises(ServeError, match="does not exist: its broker has stopped"):
@@ -116,12 +127,12 @@ def test_the_connection_file_is_private_and_gives_usable_key_files(tmp_path):
 
 def test_the_cluster_directory_is_private_and_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("MLIPX_SERVE_CLUSTER_DIR", str(tmp_path / "shared"))
-    made = paths.cluster_dir()
+    made = cluster_dir()
     assert made == tmp_path / "shared" and stat.S_IMODE(made.stat().st_mode) == 0o700
     monkeypatch.delenv("MLIPX_SERVE_CLUSTER_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert paths.cluster_dir() == tmp_path / "home" / ".mlipx-serve"
+    assert cluster_dir() == tmp_path / "home" / ".mlipx-serve"
     (tmp_path / "planted").symlink_to(tmp_path / "shared")
     monkeypatch.setenv("MLIPX_SERVE_CLUSTER_DIR", str(tmp_path / "planted"))
     with pytest.raises(PermissionError, match="MLIPX_SERVE_CLUSTER_DIR"):
-        paths.cluster_dir()
+        cluster_dir()

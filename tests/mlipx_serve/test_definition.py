@@ -16,11 +16,13 @@ from ase.calculators.emt import EMT
 
 from mlipx_serve.client.routing import serving
 from mlipx_serve.errors import DefinitionError, DefinitionMismatch, PayloadError
+from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.definitions import GenericASECalculator, PretrainedASECalculator, model_from
-from mlipx_serve.models.models_file import BUILTIN_MODELS, load_models_file
+from mlipx_serve.models.models_file import load_models_file
 from mlipx_serve.wire.definition import Definition, differences, resolve_paths
 from mlipx_serve.wire.payload import decode_reply, encode_request, read_request
-from mlipx_serve.worker.run import compute, make_handler
+from mlipx_serve.worker.compute import compute
+from mlipx_serve.worker.handler import make_handler
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,7 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones
 
 from mlipx_serve import ModelStartError, serve_model
-from mlipx_serve.client.notebook import load_factory, write_factory
+from mlipx_serve.wire.factory_file import load_factory, write_factory
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

@@ -16,8 +16,10 @@ from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
 from mlipx_serve import environment
+from mlipx_serve.errors import RegistryError
 from mlipx_serve.models import definitions as generic
-from mlipx_serve.models import models_file as registry
+from mlipx_serve.models import mlipx_shim
+from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.definitions import (
     GenericASECalculator,
     ModelUnavailableError,
@@ -26,12 +28,7 @@ from mlipx_serve.models.definitions import (
     use_serve_from_env,
 )
 from mlipx_serve.models.extras import EXTRAS, model_extras
-from mlipx_serve.models.models_file import (
-    BUILTIN_MODELS,
-    RegistryError,
-    load_models_file,
-    load_registry,
-)
+from mlipx_serve.models.models_file import load_models_file, load_registry
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,7 +103,7 @@ def energy(calc: object) -> float:
 def no_mlipx(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shim path must be taken even on a machine where mlipx is installed."""
     monkeypatch.delitem(sys.modules, "mlipx", raising=False)
-    monkeypatch.setattr(registry, "_mlipx_installed", lambda: False)
+    monkeypatch.setattr(mlipx_shim, "mlipx_installed", lambda: False)
 
 
 @pytest.fixture

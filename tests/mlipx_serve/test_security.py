@@ -25,8 +25,7 @@ from ase.calculators.emt import EMT
 
 from mdp.errors import RequestTimeout
 from mlipx_serve import RemoteCalculator, get_broker_status
-from mlipx_serve.broker.autostart import admit_broker_key
-from mlipx_serve.broker.launchers import worker_env
+from mlipx_serve.broker.launch import worker_env
 from mlipx_serve.environment import CURVE as CURVE_ENV
 from mlipx_serve.environment import CURVE_SECRET_KEY as CURVE_SECRET_KEY_ENV
 from mlipx_serve.environment import CURVE_SERVER_KEY as CURVE_SERVER_KEY_ENV
@@ -179,21 +178,12 @@ def test_autostarted_worker_uses_the_brokers_own_keys(system, keys, monkeypatch)
     assert_emt_results(calc)
     calc.close()
     assert system.service(endpoint, "emt")["workers"] == 1
+    # its own key admitted in memory: the clients directory untouched, no copy of it
     assert sorted(p.name for p in keys.clients.iterdir()) == ["gpu.key", "head.key"]
-    scratch = system.run_dir / "mlipx"
-    assert len(list(scratch.glob("curve-clients-*"))) == 1  # the admitted copy
+    assert list((system.run_dir / "mlipx").glob("curve-clients-*")) == []
     code, pids = system.stop_broker(endpoint)
     assert code == 0 and len(pids) == 1
     assert system.wait_gone(pids) == []
-    assert list(scratch.glob("curve-clients-*")) == []
-
-
-def test_admitting_the_brokers_key(keys, tmp_path):
-    admitted = admit_broker_key(keys.clients, keys.broker, tmp_path)
-    assert admitted.parent == tmp_path
-    assert len(zmq.auth.load_certificates(admitted)) == 3
-    shutil.copy(keys.broker_public, keys.clients)  # admitted already: the directory as is
-    assert admit_broker_key(keys.clients, keys.broker, tmp_path) == keys.clients
 
 
 def test_started_workers_do_not_inherit_the_client_keys(keys, monkeypatch):

@@ -10,16 +10,11 @@ import pytest
 
 from mdp.core import Event
 from mlipx_serve.broker.autostart import wants_worker
-from mlipx_serve.broker.launchers import thread_share
-from mlipx_serve.worker import run as serve
-from mlipx_serve.worker.run import (
-    ServeError,
-    missing_modules,
-    project_defines,
-    reexec_under_uv,
-    settle_heap,
-    uv_command,
-)
+from mlipx_serve.broker.local_launcher import thread_share
+from mlipx_serve.errors import ServeError
+from mlipx_serve.worker import uv as serve
+from mlipx_serve.worker.compute import settle_heap
+from mlipx_serve.worker.uv import missing_modules, project_defines, reexec_under_uv, uv_command
 
 
 @dataclass

@@ -53,8 +53,8 @@ from mlipx_serve import (
     served_calculator_or_none,
 )
 from mlipx_serve.client import broker_status
-from mlipx_serve.client.calculator import remote_error
-from mlipx_serve.models.models_file import BUILTIN_MODELS
+from mlipx_serve.client.failures import remote_error
+from mlipx_serve.models.catalogue import BUILTIN_MODELS
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

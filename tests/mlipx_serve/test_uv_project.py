@@ -21,7 +21,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from mlipx_serve.models.extras import EXTRAS
-from mlipx_serve.worker.run import find_uv
+from mlipx_serve.worker.uv import find_uv
 
 if TYPE_CHECKING:
     from conftest import ServeSystem

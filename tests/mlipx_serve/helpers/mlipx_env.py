@@ -40,7 +40,7 @@ def python_of(env: Path) -> Path:
 
 
 def uv(*args: str) -> None:
-    from mlipx_serve.worker.run import find_uv
+    from mlipx_serve.worker.uv import find_uv
 
     binary = find_uv()
     if binary is None:

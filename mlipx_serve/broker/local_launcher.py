@@ -1,0 +1,112 @@
+"""Workers as processes on the broker's own machine: ``mlipx serve`` with the broker's
+worker endpoint, spread over the GPUs given, the CPU cores shared out among them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlipx_serve.broker.launch import Launch, worker_env
+from mlipx_serve.processes import end_processes, start_logged
+from mlipx_serve.wire.worker_options import WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalLaunch:
+    model: str
+    process: subprocess.Popen
+    started_at: float
+    log_path: Path
+    gpu: str | None = None  # its CUDA_VISIBLE_DEVICES
+
+    def ended(self) -> str | None:
+        code = self.process.poll()
+        return None if code is None else f"the worker exited with code {code}"
+
+    def progress(self) -> str:
+        return "installing and loading the model"
+
+    def timed_out(self, seconds: float) -> str:
+        return f"the worker did not register within {seconds:g} s"
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_share(workers: int, cores: int | None = None) -> int | None:
+    """CPU threads each of ``workers`` worker processes on one machine may use: its cores
+    shared out, or None for a single worker, which may have them all. Without a share each
+    process's thread pools (torch's, BLAS's) take every core: two CHGNet workers on two
+    cores evaluated 1-2 structures/s that way, and 5.8-7.9 with one thread each."""
+    if workers <= 1:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+@dataclass
+class LocalLauncher:
+    """``mlipx serve`` processes on this machine, spread over ``gpus`` if given, each with
+    ``threads`` CPU threads (``thread_share``) unless the broker's environment says."""
+
+    endpoint: str
+    log_dir: Path
+    curve_key: Path | None = None  # the broker's NAME.key_secret, when it uses CURVE
+    gpus: list[str] = field(default_factory=list)
+    threads: int | None = None
+    started: list[LocalLaunch] = field(default_factory=list)  # not yet seen to end
+
+    def launch(self, options: WorkerOptions) -> LocalLaunch:
+        model = options.model
+        log_path = self.log_dir / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        gpu = self._least_used_gpu(model)
+        env = worker_env()
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        for variable in THREAD_VARIABLES if self.threads else ():
+            env.setdefault(variable, str(self.threads))
+        process = start_logged(self.options(options).command(), log_path, env)
+        on = "" if gpu is None else f" on GPU {gpu}"
+        log.info("starting a worker for '%s'%s (pid %d, output in %s)", model, on, process.pid,
+                 log_path)
+        launch = LocalLaunch(model, process, time.monotonic(), log_path, gpu)
+        self.started.append(launch)
+        return launch
+
+    def options(self, options: WorkerOptions) -> WorkerOptions:
+        """Where the worker finds this broker, and that it leaves when the broker ends."""
+        key = None if self.curve_key is None else str(Path(self.curve_key).absolute())
+        # (the broker's secret key file holds its public key too)
+        return dataclasses.replace(options, broker=self.endpoint, exit_with=os.getpid(),
+                                   curve_server_key=key, curve_secret_key=key)
+
+    def _least_used_gpu(self, model: str) -> str | None:
+        """The GPU with the fewest workers of this model, then the fewest of any."""
+        if not self.gpus:
+            return None
+        alive = [s for s in self.started if s.process.poll() is None]
+        return min(self.gpus, key=lambda gpu: (
+            sum(s.gpu == gpu and s.model == model for s in alive),
+            sum(s.gpu == gpu for s in alive)))
+
+    def stop(self, launch: Launch) -> None:
+        launch.process.kill()
+
+    def busy(self) -> bool:
+        self.started = [s for s in self.started if s.process.poll() is None]
+        return bool(self.started)
+
+    def status(self) -> dict[str, Any]:
+        return {"launcher": "local",
+                "started_pids": [s.process.pid for s in self.started
+                                 if s.process.poll() is None]}
+
+    def stop_all(self, grace: float) -> None:
+        end_processes([s.process for s in self.started], grace)

@@ -1,0 +1,92 @@
+"""What a worker's connections call with a request's frames: decode, check that the
+request is for the model served, compute (one at a time, in batches, or with requests
+waiting in the worker), encode."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from mlipx_serve.errors import DefinitionMismatch
+from mlipx_serve.models.batch import batch_function
+from mlipx_serve.wire.definition import SHORT_FINGERPRINT, Definition, differences
+from mlipx_serve.wire.payload import RequestedModel, encode_results, read_request
+from mlipx_serve.worker.batching import Batcher, one_after_another
+from mlipx_serve.worker.compute import compute, owned
+
+log = logging.getLogger(__name__)
+
+Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+Handler = Callable[[list], list]
+
+
+def request_handler(calc: Calculator, name: str, served: Definition | None = None,
+                    batch_size: int = 1, batch_wait: float = 0.01,
+                    prefetch: int = 0) -> Handler:
+    """What each of a worker's connections calls with a request's frames (see ``serve``)."""
+    if batch_size > 1:
+        return make_handler(_batched(calc, name, batch_size, batch_wait), served)
+    if not prefetch:
+        return make_handler(lambda atoms, properties: compute(calc, atoms, properties),
+                            served)
+    # Several connections, one calculator: one request at a time, decoding included (a
+    # waiting request then takes no CPU from the one computed), and replies that carry
+    # copies, as the calculator may fill its arrays again before a reply has gone out.
+    handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)),
+                           served)
+    lock = threading.Lock()
+
+    def handle(frames: list) -> list:
+        with lock:
+            return handler(frames)
+
+    return handle
+
+
+def make_handler(compute_results: Compute, served: Definition | None) -> Handler:
+    """Requests in, results out, for requests that ask for the ``served`` definition or
+    name none. What a request raises (a ``PayloadError``, a ``DefinitionMismatch``, the
+    model's own exception) the worker sends back as an MDP worker error, with the
+    traceback: the broker counts it as failed, the client raises it typed, and the worker
+    goes on."""
+
+    def handle(frames: list) -> list:
+        atoms, properties, asked = read_request(frames)
+        if asked is not None and (served is None or asked.fingerprint != served.fingerprint):
+            raise DefinitionMismatch(mismatch_message(served, asked))
+        # The reply's frames are views of the calculator's own arrays, which it may fill
+        # again for the next structure: safe, as MDP gives a connection its next request
+        # only after its reply has reached the broker.
+        return encode_results(compute_results(atoms, properties))
+
+    return handle
+
+
+def mismatch_message(served: Definition | None, asked: RequestedModel) -> str:
+    """Why a request for another model is refused, naming what differs."""
+    wanted = asked.fingerprint[:SHORT_FINGERPRINT]
+    if served is None:
+        return (f"the request is for a model defined as {wanted}, but this worker serves a "
+                f"model without a definition to compare (a Python function, or a models "
+                f"file entry of a class of its own), so it takes only requests that name "
+                f"no definition: ask for it by name alone")
+    said = f"this worker serves {served.short()} ({served.fingerprint[:SHORT_FINGERPRINT]})" \
+           f", not the model the request is for ({wanted})"
+    if asked.identity is None:
+        return said
+    return f"{said}: {'; '.join(differences(served.identity, asked.identity)) or 'same fields'}"
+
+
+def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:
+    evaluate = batch_function(calc)
+    if evaluate is None:
+        log.warning("model '%s' (%s) has no calculate_batch: --batch-size %d takes %d "
+                    "requests at a time but computes them one after another", name,
+                    type(calc).__name__, size, size)
+        evaluate = one_after_another(calc)
+    return Batcher(evaluate, size, wait).compute
