@@ -13,6 +13,9 @@ from typing import IO, TypeVar
 
 T = TypeVar("T")
 
+PROJECT = Path(__file__).resolve().parents[1]  # the checkout
+HELPERS = PROJECT / "tests" / "mlipx_serve" / "helpers"  # models files, client scripts
+
 
 def wait_until(condition: Callable[[], T], what: str, timeout: float,
                interval: float = 0.05) -> T:

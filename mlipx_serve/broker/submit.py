@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mdp.client import Client
+from mdp.client import ask
 from mdp.errors import MDPError
 from mlipx_serve.broker import slurm
 from mlipx_serve.broker.launch import worker_env
 from mlipx_serve.broker.slurm import SlurmOptions
+from mlipx_serve.client.broker_status import serving
 from mlipx_serve.errors import MlipxServeError
 from mlipx_serve.wire.status import POLL_SERVICE, ServingStatus
 from mlipx_serve.wire.worker_options import WorkerOptions
@@ -26,7 +27,7 @@ def slurm_settings(status: dict) -> ServingStatus:
     if not status["running"]:
         raise MlipxServeError(f"no model broker answers at {status['broker']}; start one "
                               f"with `mlipx serve-broker --autostart --launcher slurm`")
-    settings = ServingStatus.from_json(status["autostart"])
+    settings = serving(status)
     if settings.launcher != "slurm":
         raise MlipxServeError(f"the broker at {status['broker']} does not start SLURM jobs; "
                               f"restart it with `mlipx serve-broker --autostart --launcher "
@@ -78,8 +79,7 @@ def submit_workers(settings: ServingStatus, count: int, sbatch: SlurmOptions,
 def tell_broker(broker: str, curve: dict, timeout: float = 5.0) -> bool:
     """Ask the broker to look at squeue now; False if it did not answer."""
     try:
-        with Client(broker, timeout=timeout, retries=0, **curve) as client:
-            client.request(POLL_SERVICE)
+        ask(broker, POLL_SERVICE, timeout=timeout, **curve)
         return True
     except MDPError:
         return False

@@ -6,9 +6,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from mlipx_serve.client.broker_status import available_models, how_to_serve, worker_processes
+from mlipx_serve.client.broker_status import (
+    available_models,
+    how_to_serve,
+    serving,
+    worker_processes,
+)
 from mlipx_serve.client.routing import fingerprints
 from mlipx_serve.wire.definition import short_text
+from mlipx_serve.wire.status import ServingStatus
 
 TEXT_COLUMNS = ("model", "by", "definition")
 
@@ -25,7 +31,7 @@ def render(status: dict) -> Group:
     parts = [broker_table(status), models_table(status)]
     if status["status"]["workers"]:
         parts.append(workers_table(status))
-    if status["autostart"].get("jobs"):
+    if serving(status).jobs:
         parts.append(jobs_table(status))
     stuck = stuck_models(status)
     parts.extend(Text(stuck_advice(status, name, queued)) for name, queued in stuck.items())
@@ -50,15 +56,15 @@ def stuck_advice(status: dict, name: str, queued: int) -> str:
 
 
 def broker_table(status: dict) -> Table:
-    data, autostart = status["status"], status["autostart"]
+    data, autostart = status["status"], serving(status)
     table = Table(title="Broker", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("running", "yes")
     table.add_row("path", _text(status["broker"]))
     table.add_row("autostart", _autostart(autostart))
-    if autostart.get("connection_file"):
-        table.add_row("connection file", _text(autostart["connection_file"]))
+    if autostart.connection_file:
+        table.add_row("connection file", _text(autostart.connection_file))
     table.add_row("uptime", _duration(data["uptime"]))
     table.add_row("version", data["version"])
     processes, connections = len(worker_processes(data["workers"])), len(data["workers"])
@@ -76,7 +82,7 @@ def models_table(status: dict) -> Table:
                "definition")
     for column in columns:
         table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
-    starting = status["autostart"].get("starting", {})
+    starting = serving(status).starting
     models = available_models(status)
     running_first = sorted(models, key=lambda name: (models[name]["workers"] == 0, name))
     for name in running_first:
@@ -98,8 +104,8 @@ def models_table(status: dict) -> Table:
 def _defined(status: dict, name: str) -> tuple[str, Text]:
     """(who defined model ``name``, its definition in short); a model whose workers do not
     all serve one definition is marked, as requests naming a definition fail on some."""
-    entry = status["autostart"].get("models", {}).get(name) or {}
-    identity, by = entry.get("definition"), entry.get("defined_by", "broker")
+    offer = serving(status).models.get(name)
+    identity, by = (offer.definition, offer.defined_by) if offer else (None, "broker")
     for worker in status["status"]["workers"]:
         if identity is None and worker["service"] == name:
             identity, by = (worker.get("metadata") or {}).get("definition"), "worker"
@@ -152,20 +158,20 @@ def jobs_table(status: dict) -> Table:
     table = Table(title="SLURM jobs")
     for column in ("job", "model", "state", "reason or node", "since", "by"):
         table.add_column(column, justify="right" if column == "since" else "left")
-    for job in status["autostart"]["jobs"]:
-        where = job["node"] if job["state"] == "RUNNING" else job["reason"]
-        table.add_row(_text(job["job"]), _text(job["model"]), _text(job["state"]),
-                      _text("" if where == "None" else where), _duration(job["age"]),
-                      _text(job["by"]))
+    for job in serving(status).jobs:
+        where = job.node if job.state == "RUNNING" else job.reason
+        table.add_row(_text(job.job), _text(job.model), _text(job.state),
+                      _text("" if where == "None" else where), _duration(job.age),
+                      _text(job.by))
     return table
 
 
-def _autostart(autostart: dict) -> str:
-    if not autostart.get("autostart"):
+def _autostart(autostart: ServingStatus) -> str:
+    if not autostart.autostart:
         return "off"
-    if autostart.get("launcher") != "slurm":
+    if autostart.launcher != "slurm":
         return "on"
-    options = autostart.get("slurm") or {}
+    options = autostart.slurm or {}
     partition = f", partition {options['partition']}" if options.get("partition") else ""
     gpus = f", {options['gpus']} GPU(s) per worker" if options.get("gpus") else ""
     return f"on, as SLURM jobs{partition}{gpus}"

@@ -54,16 +54,10 @@ def serve(
     verbose: bool = options.VERBOSE,
 ) -> None:
     """Load one model and serve it until idle for --timeout seconds."""
-    from mlipx_serve.worker import run  # first: its clock is the worker's start
+    worker = worker_options(locals())  # (the parameters, nothing else yet)
+    from mlipx_serve.worker import run  # its clock is the worker's start
 
     setup_logging(verbose)
-    worker = WorkerOptions(
-        name, broker=broker, connect=_text(connect),
-        models_files=tuple(str(path) for path in models), definition=definition,
-        factory=_text(factory), timeout=timeout, heartbeat=heartbeat, batch_size=batch_size,
-        batch_wait=batch_wait, prefetch=prefetch, exit_with=exit_with,
-        orphan_timeout=orphan_timeout, curve_server_key=_text(curve_server_key),
-        curve_secret_key=_text(curve_secret_key), no_uv=no_uv, verbose=verbose)
     endpoint, curve, watch = _where(worker)
     model = _model(worker)
     say(f"loading model '{name}' ...")
@@ -76,8 +70,14 @@ def serve(
         fail(f"model '{name}' failed to load: {type(error).__name__}: {error}")
 
 
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+def worker_options(params: dict) -> WorkerOptions:
+    """The command's parameters as ``WorkerOptions``: what the command line built from
+    them (``WorkerOptions.command``) spells back."""
+    paths = {"connect", "factory", "curve_server_key", "curve_secret_key"}
+    values = {key: (None if value is None else str(value)) if key in paths else value
+              for key, value in params.items() if key not in ("name", "models")}
+    return WorkerOptions(params["name"], models_files=tuple(str(p) for p in params["models"]),
+                         **values)
 
 
 def _where(worker: WorkerOptions) -> tuple[str, dict, object]:

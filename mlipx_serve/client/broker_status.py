@@ -7,20 +7,20 @@ import json
 import time
 from typing import Any
 
-from mdp.client import Client
+from mdp.client import ask
 from mdp.errors import MDPError
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.errors import MlipxServeError
 from mlipx_serve.wire.endpoints import chosen_broker, default_broker
+from mlipx_serve.wire.status import STATUS_SERVICE, ServingStatus
 
 PROBE_TIMEOUT = 2.0
 OFFER_SHOWN = 12  # model names listed when a name is not among them
 
 
 def _mmi_json(broker: str, service: str, timeout: float, curve: dict) -> Any:
-    with Client(broker, timeout=timeout, retries=0, **curve) as client:
-        reply = client.request(service)
-    text = bytes(reply[0]) if reply else b""
+    reply = ask(broker, service, timeout=timeout, **curve)
+    text = reply[0] if reply else b""
     return json.loads(text) if text and text[:1] in b"{[" else None
 
 
@@ -39,7 +39,7 @@ def get_broker_status(broker: str | None = None, timeout: float = PROBE_TIMEOUT,
     except MDPError as error:
         return {"running": False, "broker": broker, "error": str(error)}
     try:
-        serving = _mmi_json(broker, "mmi.mlipx", timeout, curve)
+        serving = _mmi_json(broker, STATUS_SERVICE, timeout, curve)
     except MDPError:
         serving = None
     return {"running": True, "broker": broker, "at": time.time(), "status": status,
@@ -72,11 +72,10 @@ def describe_wait(status: dict, model: str) -> str:
     """Why a request for ``model`` may be waiting, as the broker sees it."""
     if not status["running"]:
         return f"no broker answers at {status['broker']} (it may be restarting)"
-    starting = status["autostart"].get("starting", {})
-    if model in starting:
-        doing = status["autostart"].get("progress", {}).get(
-            model, "installing and loading the model")
-        return f"its worker has been starting for {starting[model]:.0f} s ({doing})"
+    started = serving(status)
+    if model in started.starting:
+        doing = started.progress.get(model, "installing and loading the model")
+        return f"its worker has been starting for {started.starting[model]:.0f} s ({doing})"
     info = available_models(status).get(model)
     if not info or not info["workers"]:
         return f"no worker serves it; {how_to_serve(status, model)}"
@@ -131,14 +130,19 @@ def available_models(status: dict) -> dict[str, dict]:
     if not status.get("running"):
         return {}
     services = status["status"]["services"]
-    startable = status["autostart"].get("models", {})
+    startable = serving(status).models
     names = {name for name, s in services.items() if s["workers"]} | set(startable)
     processes = worker_processes(status["status"]["workers"])
     return {name: {**services.get(name, {"queued": 0}),
                    **_process_counts([c for m, _, c in processes if m == name]),
                    "autostart": name in startable,
-                   "extras": startable.get(name, {}).get("extras", [])}
+                   "extras": startable[name].extras if name in startable else []}
             for name in sorted(names)}
+
+
+def serving(status: dict) -> ServingStatus:
+    """What the broker of ``status`` says of its serving (``mmi.mlipx``), typed."""
+    return ServingStatus.from_json(status.get("autostart"))
 
 
 def worker_processes(workers: list[dict]) -> list[tuple[str, str, list[dict]]]:

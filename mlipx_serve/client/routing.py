@@ -14,14 +14,19 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mdp.client import Client
+from mdp.client import ask
 from mdp.errors import MDPError
-from mlipx_serve.client.broker_status import available_models, describe_offer, recent_status
+from mlipx_serve.client.broker_status import (
+    available_models,
+    describe_offer,
+    recent_status,
+    serving,
+)
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.errors import DefinitionError, NotServed
 from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.status import DEFINE_SERVICE
 
-DEFINE_SERVICE = "mmi.mlipx.define"
 DEFINE_TIMEOUT = 10.0
 
 
@@ -51,17 +56,17 @@ def route(model: Any, broker: str, call_kwargs: Mapping[str, Any] | None = None
 
 def service_for(definition: Definition, status: dict, curve: dict) -> str:
     """The service to send requests for ``definition`` to, given the broker's status."""
-    found = serving(definition, status)
+    found = served_as(definition, status)
     if found is not None:
         return found
-    if not status["autostart"].get("autostart"):
+    if not serving(status).autostart:
         raise NotServed(f"the broker at {status['broker']} has no worker for this definition "
                         f"and starts none (it runs without --autostart); restart it with "
                         f"`mlipx serve-broker --autostart`")
     return define(definition, status["broker"], curve)
 
 
-def serving(definition: Definition, status: dict) -> str | None:
+def served_as(definition: Definition, status: dict) -> str | None:
     """The service that computes exactly ``definition``, if the broker has one."""
     offered = fingerprints(status)
     preferred = [definition.name, definition.own_service(), *sorted(offered)]
@@ -75,8 +80,8 @@ def fingerprints(status: dict) -> dict[str, set[str | None]]:
     """Service -> the fingerprints of its workers and of the model the broker would start
     for it (None for one without a definition)."""
     found: dict[str, set[str | None]] = {}
-    for name, model in status["autostart"].get("models", {}).items():
-        found.setdefault(name, set()).add(model.get("fingerprint"))
+    for name, offer in serving(status).models.items():
+        found.setdefault(name, set()).add(offer.fingerprint)
     for worker in status["status"]["workers"]:
         metadata = worker.get("metadata") or {}
         found.setdefault(worker["service"], set()).add(metadata.get("fingerprint"))
@@ -86,8 +91,8 @@ def fingerprints(status: dict) -> dict[str, set[str | None]]:
 def define(definition: Definition, broker: str, curve: dict) -> str:
     """Ask an autostarting broker to serve ``definition``; the service it gives it."""
     try:
-        with Client(broker, timeout=DEFINE_TIMEOUT, retries=0, **curve) as client:
-            reply = client.request(DEFINE_SERVICE, json.dumps(definition.to_json()))
+        reply = ask(broker, DEFINE_SERVICE, json.dumps(definition.to_json()),
+                    timeout=DEFINE_TIMEOUT, **curve)
     except MDPError as error:
         raise NotServed(f"the broker at {broker} did not take the definition: {error}") from None
     code, text = _texts(reply)
@@ -99,6 +104,6 @@ def define(definition: Definition, broker: str, curve: dict) -> str:
     raise NotServed(text or f"the broker at {broker} answered {code}")
 
 
-def _texts(reply: list[Any]) -> tuple[str, str]:
-    texts = [bytes(frame).decode("utf-8", "replace") for frame in reply[:2]]
+def _texts(reply: list[bytes]) -> tuple[str, str]:
+    texts = [frame.decode("utf-8", "replace") for frame in reply[:2]]
     return (texts + ["", ""])[0], (texts + ["", ""])[1]

@@ -76,7 +76,9 @@ def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def _served_calculator(model: Servable, call_kwargs: dict[str, Any]) -> Calculator | None:
-    """Hook to the bus client, imported lazily so this module stays socket-free."""
+    """The bus client's calculator for ``model``, or None. Imported here, lazily and only
+    when serving is asked for: the one import of a higher layer from a lower one, declared
+    in pyproject.toml's import contracts (mlipx's nodes call ``get_calculator``)."""
     try:
         from mlipx_serve.client.served import served_calculator_or_none
     except ImportError as exc:

@@ -1,34 +1,42 @@
 """Which optional dependencies ("extras") provide which model.
 
 pyproject.toml is the one list of extras; it is read back here from the installed
-package's metadata. Both the model definitions (``generic``, for install hints) and the
-worker (``serve``, to install what is missing) need it, so it belongs to neither.
+package's metadata. Both the model definitions (for install hints) and the worker (to
+install what is missing) need it.
 """
 
 from __future__ import annotations
 
-import re
+import copy
 from importlib import metadata
 from typing import Any
 
+from packaging.requirements import Requirement
+
+NOT_MODELS = ("test",)  # extras that provide no model
+
 
 def _declared_extras() -> dict[str, list[str]]:
-    """The extras pyproject.toml declares, read back from the installed metadata.
+    """The extras pyproject.toml declares, read back from the installed metadata:
+    extra -> its requirements, as ``pip install`` takes them.
 
     One list to keep up to date: a model's packages are installed by these names when
     running outside a project that declares the extras.
     """
     try:
-        requirements = metadata.requires("mlipx-serve") or []
+        package = metadata.metadata("mlipx-serve")
     except metadata.PackageNotFoundError:
         return {}
-    extras: dict[str, list[str]] = {}
-    for line in requirements:
-        requirement, _, marker = line.partition(";")
-        match = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
-        if match and match.group(1) != "test":
-            extras.setdefault(match.group(1), []).append(requirement.strip())
-    return extras
+    requirements = [Requirement(line) for line in package.get_all("Requires-Dist") or []]
+    return {extra: [_without_marker(r) for r in requirements
+                    if r.marker is not None and r.marker.evaluate({"extra": extra})]
+            for extra in package.get_all("Provides-Extra") or [] if extra not in NOT_MODELS}
+
+
+def _without_marker(requirement: Requirement) -> str:
+    bare = copy.copy(requirement)
+    bare.marker = None
+    return str(bare)
 
 
 EXTRAS: dict[str, list[str]] = _declared_extras()

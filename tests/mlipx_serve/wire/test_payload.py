@@ -7,7 +7,6 @@ import json
 import pickle
 import re
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PROJECT
 
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.payload import (
@@ -31,7 +31,7 @@ from mlipx_serve.wire.payload import (
     read_request,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "ase_payload.json"
+VECTORS = PROJECT / "protocol" / "vectors" / "ase_payload.json"
 
 
 def as_bytes(frames: list[Any]) -> list[bytes]:

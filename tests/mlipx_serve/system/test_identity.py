@@ -18,6 +18,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
+from support import HELPERS
 
 from mlipx_serve import GenericASECalculator, RemoteCalculator, ServingError, evaluate
 from mlipx_serve.errors import DefinitionMismatch, ServiceStartFailedError
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-HELPERS = Path(__file__).parent / "helpers"
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 EXACT = 1e-12
 

@@ -1,4 +1,4 @@
-"""The worker's start-up decisions (uv, extras) and autostart's start policy."""
+"""A worker whose model's packages are missing runs itself under uv, with the model's extras."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mdp.core import Event
-from mlipx_serve.broker.autostart import wants_worker
-from mlipx_serve.broker.local_launcher import thread_share
 from mlipx_serve.errors import ServeError
 from mlipx_serve.worker import uv as serve
-from mlipx_serve.worker.compute import settle_heap
 from mlipx_serve.worker.uv import missing_modules, project_defines, reexec_under_uv, uv_command
 
 
@@ -21,28 +17,6 @@ from mlipx_serve.worker.uv import missing_modules, project_defines, reexec_under
 class Model:
     module: str
     extra: list[str] = field(default_factory=list)
-
-
-def demand(workers: int, busy: int, queued: int, processes: int | None = None) -> Event:
-    """Each worker connection a process of its own, unless ``processes`` says otherwise."""
-    return Event("demand", "m", queued=queued, workers=workers, busy=busy,
-                 processes=workers if processes is None else processes)
-
-
-@pytest.mark.parametrize("event, starting, limit, expected", [
-    (demand(0, 0, 1), False, 1, True),  # nobody serves it: start one
-    (demand(0, 0, 1), True, 1, False),  # one start at a time
-    (demand(1, 1, 1), False, 1, False),  # at the limit
-    (demand(1, 1, 1), False, 2, True),  # all busy and a request waits: one more
-    (demand(2, 1, 1), False, 3, False),  # an idle worker will take it
-    (demand(2, 2, 3), False, 3, True),
-    (demand(16, 16, 5, processes=1), False, 2, True),  # one batching process, 16 connections
-    (demand(32, 32, 5, processes=2), False, 2, False),  # two batching processes: the limit
-    (Event("served", "m", queued=5, workers=1, busy=1), False, 4, False),
-])
-def test_autostart_starts_one_worker_at_a_time_up_to_the_limit(event, starting, limit,
-                                                               expected):
-    assert wants_worker(event, starting, limit) is expected
 
 
 def test_missing_modules_names_the_top_level_package():
@@ -143,19 +117,3 @@ def test_a_worker_runs_itself_under_uv_to_get_its_extra(tmp_path, serve_system):
     atoms.calc = RemoteCalculator("needs-tomli-w", broker, timeout=240)
     assert atoms.get_potential_energy() == pytest.approx(EMT().get_potential_energy(atoms))
 
-
-def test_a_worker_exempts_its_loaded_model_from_garbage_collection():
-    import gc
-
-    kept = [[n] for n in range(1000)]  # stands for a loaded model
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() >= len(kept)
-    finally:
-        gc.unfreeze()
-
-
-def test_workers_started_together_share_the_cores_out():
-    assert thread_share(1, cores=16) is None  # one worker may have them all
-    assert thread_share(4, cores=16) == 4
-    assert thread_share(3, cores=2) == 1

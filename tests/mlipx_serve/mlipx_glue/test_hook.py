@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import PROJECT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +197,7 @@ def test_without_mlipx_the_hook_loads_nothing_else():
                                        "mlipx_serve.mlipx_hook"]
 
 
-PTH = Path(__file__).parents[2] / "mlipx_serve_hook.pth"
+PTH = PROJECT / "mlipx_serve_hook.pth"
 
 
 def process_pth(directory: Path) -> subprocess.CompletedProcess:
@@ -214,7 +215,7 @@ def test_the_hook_line_is_silent_where_mlipx_serve_is_gone(tmp_path):
 
 
 def test_the_hook_line_installs_the_finder_and_reports_a_broken_hook(tmp_path):
-    hook = Path(__file__).parents[2] / "mlipx_serve"
+    hook = PROJECT / "mlipx_serve"
     (tmp_path / "mlipx_serve").symlink_to(hook)
     assert process_pth(tmp_path).stdout.strip() == "True"
     broken = tmp_path / "broken"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from support import PROJECT
 
 from mlipx_serve.models.extras import EXTRAS
 from mlipx_serve.worker.uv import find_uv
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
-PROJECT = Path(__file__).resolve().parents[2]
 UNREACHABLE = ("failed to fetch", "dns error", "connection", "network", "timed out")
 
 

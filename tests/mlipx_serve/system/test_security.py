@@ -22,6 +22,7 @@ import pytest
 import zmq
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from support import HELPERS
 
 from mdp.errors import RequestTimeout
 from mlipx_serve import RemoteCalculator, get_broker_status
@@ -39,7 +40,7 @@ pytestmark = [pytest.mark.timeout(90),
 
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 MDP = [sys.executable, "-m", "mdp.cli"]
-USE_SERVE = Path(__file__).parent / "helpers" / "use_serve.py"
+USE_SERVE = HELPERS / "use_serve.py"
 REFUSED = 0.5  # seconds a refused client waits for the reply that never comes
 
 

@@ -1,13 +1,10 @@
-"""Batching and prefetching workers (`mlipx serve --batch-size`, `--prefetch`) and GPU
-placement (`--gpus`)."""
+"""Batching and prefetching workers behind a real broker: batches formed, failures alone,
+the broker's choice of connection, autostart's counts."""
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,20 +12,19 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from support import HELPERS
 
 from mlipx_serve import evaluate
-from mlipx_serve.models.models_file import load_models_file
-from mlipx_serve.wire.payload import decode_reply, encode_request
-from mlipx_serve.worker.batching import Batcher
-from mlipx_serve.worker.compute import build_calculator
-from mlipx_serve.worker.handler import request_handler
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
 
 pytestmark = pytest.mark.timeout(120)
 
-MODELS = Path(__file__).parent / "helpers" / "batch_models.py"
+
+MODELS = HELPERS / "batch_models.py"
+
+
 EXACT = 1e-12
 
 
@@ -105,18 +101,6 @@ def test_a_prefetching_worker_computes_one_at_a_time_and_keeps_results_apart(ser
         != {0}
 
 
-def test_a_prefetching_worker_replies_with_copies_of_arrays_the_model_fills_again():
-    model = load_models_file(MODELS)["one-at-a-time-emt"]
-    handle = request_handler(build_calculator(model), "one-at-a-time-emt", prefetch=1)
-    first, second = cells(3)[::2]  # the same size: the model reuses its forces array
-    reply = handle(encode_request(first, ["energy", "forces"]))
-    handle(encode_request(second, ["energy", "forces"]))
-    local = first.copy()
-    local.calc = EMT()
-    np.testing.assert_allclose(decode_reply(reply)["forces"], local.get_forces(), rtol=0,
-                               atol=EXACT)
-
-
 def test_the_broker_gives_a_prefetching_workers_spare_only_when_no_process_is_free(
         serve_system):
     bus = serve_system.broker()
@@ -141,33 +125,6 @@ def test_autostart_passes_prefetch_on_and_counts_worker_processes_not_connection
     assert len({worker["metadata"]["process"] for worker in workers}) == 2
 
 
-def test_the_batcher_waits_for_a_fuller_batch_but_not_for_ever():
-    sizes = []
-
-    def evaluate_batch(structures, properties):
-        sizes.append(len(structures))
-        return [{"n": len(atoms)} if len(atoms) != 13 else ValueError("13") for atoms in
-                structures]
-
-    batcher = Batcher(evaluate_batch, size=4, wait=0.3)
-    results, errors = {}, {}
-
-    def compute(n: int) -> None:
-        try:
-            results[n] = batcher.compute(Atoms(f"H{n}"), ["energy"])
-        except ValueError as error:
-            errors[n] = str(error)
-
-    threads = [threading.Thread(target=compute, args=(n,)) for n in (1, 2, 13, 4, 5)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.01)
-    for thread in threads:
-        thread.join(5)
-    assert results == {n: {"n": n} for n in (1, 2, 4, 5)} and errors == {13: "13"}
-    assert sizes == [4, 1]  # a full batch at once; the fifth after waiting 0.3 s alone
-
-
 def test_gpus_share_out_the_autostarted_workers(serve_system: ServeSystem):
     bus = serve_system.broker("--autostart", "--models", str(MODELS), "--gpus", "0,1",
                               "--max-workers-per-model", "1")
@@ -179,3 +136,4 @@ def test_gpus_share_out_the_autostarted_workers(serve_system: ServeSystem):
                            "serve-status", "--broker", bus, "--json")
     workers = json.loads(run.stdout)["status"]["workers"]
     assert sorted(worker["metadata"]["device"] for worker in workers) == ["GPU 0", "GPU 1"]
+

@@ -6,7 +6,6 @@ import asyncio
 import sys
 import textwrap
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +14,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from support import HELPERS
 
 from mlipx_serve import Models, StructureFailed, evaluate
 
@@ -129,7 +129,7 @@ def test_the_progress_bar_is_off_when_not_on_a_terminal(bus: str, shared_system:
 
 
 def test_a_long_map_makes_autostart_add_workers(serve_system: ServeSystem):
-    models = Path(__file__).parent / "helpers" / "models.py"
+    models = HELPERS / "models.py"
     bus = serve_system.broker("--autostart", "--models", str(models),
                               "--max-workers-per-model", "2")
     inputs = structures(60)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from support import load_module
+from support import HELPERS, load_module
 
 from mdp.client import Client
 from mdp.errors import RequestTimeout, ServiceStartFailed
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
-HELPERS = Path(__file__).parent / "helpers"
 MODELS_FILE = HELPERS / "models.py"
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 rattled_cu = load_module(HELPERS / "client.py", "mlipx_serve_slurm_client").rattled_cu

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from support import load_module
+from support import HELPERS, load_module
 
 from mlipx_serve import GenericASECalculator
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
-mlipx_env = load_module(Path(__file__).parent / "helpers" / "mlipx_env.py", "mlipx_env")
+mlipx_env = load_module(HELPERS / "mlipx_env.py", "mlipx_env")
 EXACT = 1e-12
 QUIET = {"PYTHONWARNINGS": "ignore"}  # mlipx's imports warn (eventlet, ...) on stderr
 

@@ -35,7 +35,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.mep import NEB
 from ase.optimize import BFGS
 from ase.units import fs
-from support import load_module
+from support import HELPERS, load_module
 
 import mdp.client
 from mdp.errors import (
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(120)
 
-HELPERS = Path(__file__).parent / "helpers"
 MODELS_FILE = HELPERS / "models.py"
 MLIPX = [sys.executable, "-m", "mlipx_serve.cli"]
 EXACT = 1e-12  # same code on the same numbers: the bus must not change a bit of them
