@@ -1,7 +1,7 @@
 """SLURM's own commands, as the model server uses them: sbatch, squeue, scancel.
 
 The pure part builds their command lines and reads their output; the three calls at the
-end run them and block, so the broker runs them in a thread (``launchers.py``), the
+end run them and block, so the broker runs them in a thread (``slurm_launcher.py``), the
 command line directly. Plain commands rather than submitit: a worker is a shell command,
 not a Python function with a result to collect, and its state must come from squeue,
 which every cluster has (submitit asks sacct, which needs accounting).

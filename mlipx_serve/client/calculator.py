@@ -40,7 +40,7 @@ class RemoteCalculator(Calculator):
     and stress for periodic cells), and ASE's caching then answers the other getters, so
     ``get_potential_energy()`` followed by ``get_forces()`` is one request. A broker that
     uses CURVE is reached with the key files given, or else those the environment names
-    (``paths.curve_options``).
+    (``client.keys.curve_options``).
 
     ``model`` is the service's name. With ``definition`` (a model's ``definition()``) every
     request names that model, and a worker that serves another refuses it

@@ -5,7 +5,7 @@ in every process of the environment, so this module imports nothing but ``os``,
 ``sys`` and ``environment`` and adds one import finder that answers None to every module but these:
 
 - ``mlipx.nodes.generic_ase``: once it has loaded, its ``GenericASECalculator`` gains
-  ``name``, ``extra`` and ``get_calculator(use_serve=...)`` (``mlipx_plugin``).
+  ``name``, ``extra`` and ``get_calculator(use_serve=...)`` (``mlipx_glue.plugin``).
 - ``mlipx.cli.main``: once it has loaded, mlipx's command line gains the serve commands.
 - ``mlipx.serve``: where mlipx has no such module, it is ``mlipx_serve.mlipx_serve_api``.
 
@@ -18,7 +18,7 @@ import sys
 
 from mlipx_serve.environment import HOOK, flag, text
 
-# mlipx module -> name of the function in mlipx_serve.mlipx_plugin that extends it
+# mlipx module -> name of the function in mlipx_serve.mlipx_glue.plugin that extends it
 EXTEND_AFTER_IMPORT = {
     "mlipx.nodes.generic_ase": "extend_generic_ase",
     "mlipx.cli.main": "add_serve_commands",
@@ -62,7 +62,7 @@ class MlipxFinder:
 
 
 class ExtendAfterLoad:
-    """A module's own loader, followed by one function of ``mlipx_plugin``."""
+    """A module's own loader, followed by one function of ``mlipx_glue.plugin``."""
 
     def __init__(self, loader, extension):
         self._loader = loader
@@ -74,9 +74,9 @@ class ExtendAfterLoad:
     def exec_module(self, module):
         self._loader.exec_module(module)
         try:
-            from mlipx_serve.mlipx_glue import plugin as mlipx_plugin
+            from mlipx_serve.mlipx_glue import plugin
 
-            getattr(mlipx_plugin, self._extension)(module)
+            getattr(plugin, self._extension)(module)
         except Exception as error:  # mlipx must import whatever happens here
             import warnings
 

@@ -103,7 +103,7 @@ class Servable:
 
     For classes with a ``name``, ``definition()`` (what the model is, for the fingerprint
     that a worker checks: ``mlipx_serve.definition``) and ``build_local_calculator``: ours
-    below, and mlipx's own ``GenericASECalculator`` once ``mlipx_plugin`` extends it.
+    below, and mlipx's own ``GenericASECalculator`` once ``mlipx_glue.plugin`` extends it.
     """
 
     name: str | None

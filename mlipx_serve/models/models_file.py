@@ -121,7 +121,7 @@ def _execute(file: Path) -> dict[str, Any]:
 def _adopt_mlipx_entry(entry: Any) -> Any:
     """Turn a real ``mlipx.GenericASECalculator`` into ours, field for field.
 
-    With mlipx installed, a models file builds mlipx's class: without ``mlipx_plugin``
+    With mlipx installed, a models file builds mlipx's class: without ``mlipx_glue.plugin``
     (``MLIPX_SERVE_HOOK=0``) it has neither ``name`` nor ``extra`` and cannot serve, and
     either way ours builds the calculator without torch for ``device="auto"``.
     """

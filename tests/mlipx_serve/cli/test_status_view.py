@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+from support import HELPERS, load_module
 
 from mlipx_serve.cli.status_view import render
 from mlipx_serve.client.broker_status import describe_wait
 
-SERVICE = {"workers": 2, "idle": 0, "busy": 2, "queued": 3, "served": 7, "failed": 1,
-           "expired": 0, "rejected": 0}
-
-
-def running(services: dict, autostart: dict | None = None, workers: list | None = None) -> dict:
-    return {"running": True, "broker": "ipc:///x/broker.ipc",
-            "status": {"version": "0.1.0", "uptime": 3725.0, "counters": {},
-                       "services": services, "workers": workers or []},
-            "autostart": autostart or {"autostart": False, "models": {}}}
-
-
-def connection(id: str, state: str, process: str | None = None, served: int = 0,
-               since: float = 5.0, service: str = "emt", **metadata) -> dict:
-    """A worker as mmi.status lists it; ``process`` as a worker of ours says it in READY."""
-    if process is not None:
-        metadata["process"] = process
-    return {"id": id, "service": service, "dialect": "MDP/0.2", "state": state,
-            "served": served, "since": since, "metadata": metadata}
+samples = load_module(HELPERS / "status_samples.py", "status_samples")
+SERVICE = samples.SERVICE
+running, connection = samples.running, samples.connection
 
 
 def rendered(status: dict) -> str:

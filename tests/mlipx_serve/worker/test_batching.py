@@ -22,24 +22,15 @@ pytestmark = pytest.mark.timeout(120)
 
 
 MODELS = HELPERS / "batch_models.py"
-
-
 EXACT = 1e-12
-
-
-def cells(count: int) -> list[Atoms]:
-    found = []
-    for i in range(count):
-        atoms = bulk("Cu", cubic=True) * (1 + i % 2, 1, 1)
-        atoms.rattle(0.03, seed=i)
-        found.append(atoms)
-    return found
 
 
 def test_a_prefetching_worker_replies_with_copies_of_arrays_the_model_fills_again():
     model = load_models_file(MODELS)["one-at-a-time-emt"]
     handle = request_handler(build_calculator(model), "one-at-a-time-emt", prefetch=1)
-    first, second = cells(3)[::2]  # the same size: the model reuses its forces array
+    first, second = bulk("Cu", cubic=True), bulk("Cu", cubic=True)  # the model reuses its
+    first.rattle(0.03, seed=0)                                         # forces array for
+    second.rattle(0.03, seed=2)                                        # the same size
     reply = handle(encode_request(first, ["energy", "forces"]))
     handle(encode_request(second, ["energy", "forces"]))
     local = first.copy()
