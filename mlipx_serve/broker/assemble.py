@@ -6,7 +6,6 @@ together, a key file that cannot be read, a broker already there: each is a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,15 @@ from mdp.errors import MDPError
 from mdp.security import CurveError, load_key_file
 from mlipx_serve.broker.autostart import AutostartConfig, Autostarter
 from mlipx_serve.broker.cluster import ClusterSide
-from mlipx_serve.broker.local_launcher import LocalLauncher, thread_share
+from mlipx_serve.broker.local_launcher import LocalLauncher
 from mlipx_serve.broker.slurm import SlurmOptions
 from mlipx_serve.broker.slurm_launcher import SlurmLauncher
 from mlipx_serve.errors import MlipxServeError, SettingsError
 from mlipx_serve.models.models_file import load_registry
 from mlipx_serve.wire.endpoints import local_broker, worker_endpoint
 from mlipx_serve.wire.private import private_dir
+from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
+from mlipx_serve.wire.serving import ServingSettings
 from mlipx_serve.wire.worker_options import WorkerOptions
 
 Say = Callable[[str], None]
@@ -37,10 +38,9 @@ class BrokerSettings:
     path: str | None = None  # the clients' endpoint (default: the private one)
     autostart: bool = False
     models_files: list[Path] = field(default_factory=list)  # the models it may start
-    worker: WorkerOptions = WorkerOptions("")  # what each worker it starts is told
+    serving: ServingSettings = ServingSettings()  # for the models that do not say
     start_timeout: float = 60.0  # seconds a started worker may take to register
-    max_workers: int = 1  # per model, per GPU
-    gpus: list[str] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)  # the GPUs its workers may use
     expiry: float = 900.0  # seconds a request may wait for a worker (0: for ever)
     heartbeat: float = 2.5
     curve_secret_key: Path | None = None
@@ -163,23 +163,22 @@ class ModelBroker:
 
     def _autostarter(self) -> Autostarter:
         settings = self.settings
-        worker = dataclasses.replace(
-            settings.worker, heartbeat=settings.heartbeat,
+        worker = WorkerOptions(
+            "", heartbeat=settings.heartbeat,
             models_files=tuple(str(Path(path).absolute()) for path in settings.models_files))
-        config = AutostartConfig(worker, settings.start_timeout, settings.max_workers,
-                                 len(settings.gpus))
+        config = AutostartConfig(worker, settings.serving.over(SERVING_DEFAULTS),
+                                 settings.start_timeout, tuple(settings.gpus))
         try:
             registry = load_registry([str(path) for path in settings.models_files] or None)
         except MlipxServeError as error:
             raise SettingsError(str(error)) from None
-        return Autostarter(self.broker, registry, config, self._launcher(config),
+        return Autostarter(self.broker, registry, config, self._launcher(),
                            settings.definitions_refused(self.endpoint))
 
-    def _launcher(self, config: AutostartConfig) -> LocalLauncher | SlurmLauncher:
+    def _launcher(self) -> LocalLauncher | SlurmLauncher:
         settings = self.settings
         if self.cluster is None:
-            return LocalLauncher(self.workers, private_dir() / "logs", settings.curve_secret_key,
-                                 settings.gpus, thread_share(config.workers_per_model))
+            return LocalLauncher(self.workers, private_dir() / "logs", settings.curve_secret_key)
         return SlurmLauncher(self.broker, self.cluster.broker_id, self.cluster.connection_file,
                              self.cluster.connection_file.parent / "logs", settings.slurm,
                              settings.orphan_timeout, settings.slurm_poll,

@@ -23,11 +23,14 @@ from mdp.broker import Broker
 from mdp.core import Event, EventKind
 from mdp.errors import ServiceStartFailed, ServiceUnknown
 from mlipx_serve.broker.launch import Launch, Launcher
+from mlipx_serve.broker.local_launcher import thread_share
 from mlipx_serve.errors import DefinitionError
-from mlipx_serve.models.definitions import definition_of, model_from
+from mlipx_serve.models.definitions import definition_of, model_from, serving_settings
 from mlipx_serve.models.extras import model_extras
 from mlipx_serve.processes import tail
 from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.serving import ALL_GPUS, ServingSettings
+from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
 from mlipx_serve.wire.status import DEFINE_SERVICE, STATUS_SERVICE, ModelOffer, ServingStatus
 from mlipx_serve.wire.worker_options import WorkerOptions
 
@@ -52,13 +55,9 @@ def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
 @dataclass
 class AutostartConfig:
     worker: WorkerOptions  # what every started worker is told (its model filled in)
+    serving: ServingSettings = SERVING_DEFAULTS  # for models that do not say (all set)
     start_timeout: float = 60.0
-    max_workers: int = 1  # per model (per GPU with gpus)
-    gpus: int = 0  # how many GPUs the local launcher spreads workers over
-
-    @property
-    def workers_per_model(self) -> int:
-        return self.max_workers * max(1, self.gpus)
+    gpus: tuple[str, ...] = ()  # the GPUs of this machine that workers may use ("all")
 
 
 class Autostarter:
@@ -95,14 +94,33 @@ class Autostarter:
         elif event.kind == EventKind.DEMAND and event.service not in self.registry:
             if event.workers == 0:  # nothing serves it, nothing will: say so at once
                 self.broker.fail_queued(event.service, self._unknown(event.service))
-        elif wants_worker(event, event.service in self.starting, self.config.workers_per_model):
+        elif wants_worker(event, event.service in self.starting,
+                          self.workers_limit(self.serving(event.service))):
             self.start(event.service)
 
     def start(self, name: str) -> None:
+        settings = self.serving(name)
         options = dataclasses.replace(self.config.worker, model=name,
-                                      definition=self._start_with(name))
-        self.starting[name] = self.launcher.launch(options)
+                                      definition=self._start_with(name)).serving_as(settings)
+        self.starting[name] = self.launcher.launch(
+            options, self.devices(settings), thread_share(self.workers_limit(settings)))
         self._schedule_check()
+
+    # ------------------------------------------------------------ serving settings
+
+    def serving(self, name: str) -> ServingSettings:
+        """How model ``name`` is served: its own settings, else the broker's."""
+        return serving_settings(self.registry[name]).over(self.config.serving)
+
+    def devices(self, settings: ServingSettings) -> list[str]:
+        """The GPUs a model's workers may use: the broker's (``all``) or those it names."""
+        if settings.gpus == ALL_GPUS:
+            return list(self.config.gpus)
+        return [str(gpu) for gpu in settings.gpus]
+
+    def workers_limit(self, settings: ServingSettings) -> int:
+        """Worker processes a model may have: its ``max_workers`` on each of its GPUs."""
+        return settings.max_workers * max(1, len(self.devices(settings)))
 
     def _start_with(self, name: str) -> str | None:
         """The definition a client gave model ``name``, for its workers (else None)."""
@@ -197,17 +215,21 @@ class Autostarter:
             starting={name: now - s.started_at for name, s in self.starting.items()},
             progress={name: s.progress() for name, s in self.starting.items()},
             start_timeout=self.config.start_timeout,
-            max_workers=self.config.workers_per_model,
             worker=self.launcher.options(self.config.worker),
             **self.launcher.status())
 
     def _offer(self, name: str, model: object) -> ModelOffer:
+        settings = self.serving(name)
+        offer = ModelOffer(model_extras(model), serving=settings.to_json(),
+                           devices=self.devices(settings),
+                           max_workers=self.workers_limit(settings))
         definition = self.definitions.get(name)
         if definition is None:
-            return ModelOffer(model_extras(model))
-        return ModelOffer(model_extras(model), "client" if name in self.by_clients else "broker",
-                          definition.fingerprint, dict(definition.identity), definition.short(),
-                          self._start_with(name))
+            return offer
+        return dataclasses.replace(
+            offer, defined_by="client" if name in self.by_clients else "broker",
+            fingerprint=definition.fingerprint, definition=dict(definition.identity),
+            short=definition.short(), start_with=self._start_with(name))
 
     def stop_all(self, grace: float = 10.0) -> None:
         """End every worker this broker started; called after the broker's loop ends."""

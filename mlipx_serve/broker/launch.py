@@ -9,6 +9,7 @@ blocking: ``ended()`` says why a worker ended (None while it is on its way or ru
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,8 +33,10 @@ class Launch(Protocol):
 
 
 class Launcher(Protocol):
-    def launch(self, options: WorkerOptions) -> Launch:
-        """Start a worker with ``options`` (and ``options(options)``'s); at once."""
+    def launch(self, options: WorkerOptions, gpus: Sequence[str] = (),
+               threads: int | None = None) -> Launch:
+        """Start a worker with ``options`` (and ``options(options)``'s), on one of ``gpus``
+        if given, with ``threads`` CPU threads if given; at once."""
 
     def options(self, options: WorkerOptions) -> WorkerOptions:
         """``options`` with how a worker it starts finds the broker."""

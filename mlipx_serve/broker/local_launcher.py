@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,25 +54,25 @@ def thread_share(workers: int, cores: int | None = None) -> int | None:
 
 @dataclass
 class LocalLauncher:
-    """``mlipx serve`` processes on this machine, spread over ``gpus`` if given, each with
-    ``threads`` CPU threads (``thread_share``) unless the broker's environment says."""
+    """``mlipx serve`` processes on this machine, each on one of the GPUs its model may use
+    (if any), with its share of the CPU threads (``thread_share``) unless the broker's
+    environment sets them."""
 
     endpoint: str
     log_dir: Path
     curve_key: Path | None = None  # the broker's NAME.key_secret, when it uses CURVE
-    gpus: list[str] = field(default_factory=list)
-    threads: int | None = None
     started: list[LocalLaunch] = field(default_factory=list)  # not yet seen to end
 
-    def launch(self, options: WorkerOptions) -> LocalLaunch:
+    def launch(self, options: WorkerOptions, gpus: Sequence[str] = (),
+               threads: int | None = None) -> LocalLaunch:
         model = options.model
         log_path = self.log_dir / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        gpu = self._least_used_gpu(model)
+        gpu = self._least_used_gpu(model, gpus)
         env = worker_env()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        for variable in THREAD_VARIABLES if self.threads else ():
-            env.setdefault(variable, str(self.threads))
+        for variable in THREAD_VARIABLES if threads else ():
+            env.setdefault(variable, str(threads))
         process = start_logged(self.options(options).command(), log_path, env)
         on = "" if gpu is None else f" on GPU {gpu}"
         log.info("starting a worker for '%s'%s (pid %d, output in %s)", model, on, process.pid,
@@ -87,12 +88,12 @@ class LocalLauncher:
         return dataclasses.replace(options, broker=self.endpoint, exit_with=os.getpid(),
                                    curve_server_key=key, curve_secret_key=key)
 
-    def _least_used_gpu(self, model: str) -> str | None:
-        """The GPU with the fewest workers of this model, then the fewest of any."""
-        if not self.gpus:
+    def _least_used_gpu(self, model: str, gpus: Sequence[str]) -> str | None:
+        """Of ``gpus``, the one with the fewest workers of this model, then of any."""
+        if not gpus:
             return None
         alive = [s for s in self.started if s.process.poll() is None]
-        return min(self.gpus, key=lambda gpu: (
+        return min(gpus, key=lambda gpu: (
             sum(s.gpu == gpu and s.model == model for s in alive),
             sum(s.gpu == gpu for s in alive)))
 

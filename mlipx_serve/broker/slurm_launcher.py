@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +100,10 @@ class SlurmLauncher:
 
     # ------------------------------------------------------------ Launcher
 
-    def launch(self, options: WorkerOptions) -> SlurmJob:
+    def launch(self, options: WorkerOptions, gpus: Sequence[str] = (),
+               threads: int | None = None) -> SlurmJob:
+        """A job for a worker with ``options``; SLURM gives it its GPUs and cores
+        (``--slurm-gpus-per-worker``, the partition's), not ``gpus`` or ``threads``."""
         model = options.model
         job = SlurmJob(model, time.monotonic())
         self.submitting.append(job)

@@ -18,6 +18,7 @@ from mlipx_serve.broker.launch import worker_env
 from mlipx_serve.broker.slurm import SlurmOptions
 from mlipx_serve.client.broker_status import serving
 from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.wire.serving import ServingSettings
 from mlipx_serve.wire.status import POLL_SERVICE, ServingStatus
 from mlipx_serve.wire.worker_options import WorkerOptions
 
@@ -47,17 +48,17 @@ def merged_options(settings: ServingStatus, partition: str | None, gpus: int | N
 
 
 def worker_options(settings: ServingStatus, model: str, models_files: list[str],
-                   worker_timeout: float | None) -> WorkerOptions:
-    """What the broker's own jobs are told, for ``model``, with more models files and
-    another idle timeout if given."""
+                   given: ServingSettings) -> WorkerOptions:
+    """What the broker's own jobs are told, for ``model``, with more models files: the
+    serving settings ``given`` here, else the model's as the broker has them."""
     options = dataclasses.replace(settings.worker, model=model,
                                   models_files=(*settings.worker.models_files, *models_files))
     offer = settings.models.get(model)
-    if offer is not None and offer.start_with:  # a model a client defined
+    if offer is None:  # a model of the files given here: its settings are the worker's
+        return options.serving_as(given)
+    if offer.start_with:  # a model a client defined
         options = dataclasses.replace(options, definition=offer.start_with)
-    if worker_timeout is not None:
-        options = dataclasses.replace(options, timeout=worker_timeout)
-    return options
+    return options.serving_as(given.over(ServingSettings.of(offer.serving)))
 
 
 def submit_workers(settings: ServingStatus, count: int, sbatch: SlurmOptions,

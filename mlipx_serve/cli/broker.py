@@ -12,7 +12,7 @@ from mlipx_serve import environment
 from mlipx_serve.cli import options
 from mlipx_serve.cli.console import fail, say, setup_logging
 from mlipx_serve.errors import SettingsError
-from mlipx_serve.wire.worker_options import DEFAULTS, WorkerOptions
+from mlipx_serve.wire.serving import DEFAULTS as SERVING
 
 
 class Launcher(str, enum.Enum):
@@ -29,21 +29,23 @@ def serve_broker(
     autostart: bool = typer.Option(False, "--autostart", help="Start a worker when a model "
                                    "with none is requested."),
     models: list[Path] = typer.Option([], "--models", help=options.MODELS_HELP),
-    worker_timeout: float = typer.Option(DEFAULTS.timeout, help="Idle seconds after which a "
-                                         "started worker leaves."),
+    worker_timeout: float | None = typer.Option(
+        None, show_default=False, help=f"Idle seconds after which a started worker leaves. "
+        f"Default: {options.UNSET} {SERVING.worker_timeout:g}."),
     worker_start_timeout: float = typer.Option(60.0, help="Seconds a started worker may "
                                                "take to register before waiting clients get "
                                                "an error."),
-    max_workers_per_model: int = typer.Option(1, help="Workers autostart may run per model "
-                                              "(per GPU with --gpus) while requests queue. "
-                                              "They share the CPU cores out (OMP_NUM_THREADS "
-                                              "and the like, unless this environment sets "
-                                              "them)."),
+    max_workers_per_model: int | None = typer.Option(
+        None, min=1, show_default=False, help=f"Workers autostart may run per model (per GPU "
+        f"with --gpus) while requests queue. They share the CPU cores out (OMP_NUM_THREADS "
+        f"and the like, unless this environment sets them). Default: {options.UNSET} "
+        f"{SERVING.max_workers}."),
     gpus: str = typer.Option("", "--gpus", metavar="0,1,...", help="Spread the workers "
-                             "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES)."),
-    batch_size: int = options.BATCH_SIZE,
-    batch_wait: float = options.BATCH_WAIT,
-    prefetch: int = options.PREFETCH,
+                             "autostart starts over these GPUs (CUDA_VISIBLE_DEVICES); a "
+                             "model's serving settings may name some of them."),
+    batch_size: int | None = options.BATCH_SIZE,
+    batch_wait: float | None = options.BATCH_WAIT,
+    prefetch: int | None = options.PREFETCH,
     expiry: float = typer.Option(900.0, help="Seconds a request may wait for a worker."),
     heartbeat: float = options.HEARTBEAT,
     curve_secret_key: Path | None = typer.Option(
@@ -86,13 +88,15 @@ def serve_broker(
     """Run the model broker until Ctrl-C or SIGTERM."""
     from mlipx_serve.broker.assemble import BrokerSettings, ModelBroker
     from mlipx_serve.broker.slurm import SlurmOptions
+    from mlipx_serve.wire.serving import ServingSettings
 
     setup_logging(verbose)
     settings = BrokerSettings(
         path=path, autostart=autostart, models_files=models,
-        worker=WorkerOptions("", timeout=worker_timeout, batch_size=batch_size,
-                             batch_wait=batch_wait, prefetch=prefetch),
-        start_timeout=worker_start_timeout, max_workers=max_workers_per_model,
+        serving=ServingSettings(batch_size=batch_size, batch_wait=batch_wait,
+                                max_workers=max_workers_per_model, prefetch=prefetch,
+                                worker_timeout=worker_timeout),
+        start_timeout=worker_start_timeout,
         gpus=[gpu.strip() for gpu in gpus.split(",") if gpu.strip()], expiry=expiry,
         heartbeat=heartbeat, curve_secret_key=curve_secret_key, curve_clients=curve_clients,
         accept_definitions=accept_definitions, launcher=launcher.value,

@@ -12,6 +12,7 @@ from mlipx_serve import environment
 from mlipx_serve.cli.console import fail
 from mlipx_serve.errors import EndpointError
 from mlipx_serve.wire import endpoints
+from mlipx_serve.wire.serving import DEFAULTS as SERVING
 from mlipx_serve.wire.worker_options import DEFAULTS
 
 
@@ -47,16 +48,19 @@ BROKER = typer.Option(None, "--broker", envvar=environment.BROKER, show_default=
                       callback=checked_endpoint(bind=False),
                       help="Broker endpoint, its client or its worker path (default: the "
                            "private per-user broker).")
-BATCH_SIZE = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1, help="Requests a "
-                          "worker takes at once and evaluates in one model call (models with "
-                          "calculate_batch: CHGNet, TorchSim; others one after another).")
-BATCH_WAIT = typer.Option(DEFAULTS.batch_wait, "--batch-wait", min=0.0, help="Seconds a "
-                          "batching worker waits for a fuller batch once a request is in.")
-PREFETCH = typer.Option(DEFAULTS.prefetch, "--prefetch", min=0, help="Requests a worker "
-                        "takes ahead, while it computes, so that the next structure is there "
-                        "when one is done: more throughput for fast models with many "
-                        "requests in flight (`map`). The broker gives them to a worker only "
-                        "when none is free.")
+UNSET = "the model's serving settings, else"  # in the help of an option that may be unset
+BATCH_SIZE = typer.Option(None, "--batch-size", min=1, show_default=False, help=f"Requests a "
+                          f"worker takes at once and evaluates in one model call (models with "
+                          f"calculate_batch: CHGNet, TorchSim; others one after another). "
+                          f"Default: {UNSET} {SERVING.batch_size}.")
+BATCH_WAIT = typer.Option(None, "--batch-wait", min=0.0, show_default=False, help=f"Seconds a "
+                          f"batching worker waits for a fuller batch once a request is in. "
+                          f"Default: {UNSET} {SERVING.batch_wait}.")
+PREFETCH = typer.Option(None, "--prefetch", min=0, show_default=False, help=f"Requests a "
+                        f"worker takes ahead, while it computes, so that the next structure "
+                        f"is there when one is done: more throughput for fast models with "
+                        f"many requests in flight (`map`). The broker gives them to a worker "
+                        f"only when none is free. Default: {UNSET} {SERVING.prefetch}.")
 HEARTBEAT = typer.Option(DEFAULTS.heartbeat, "--heartbeat", help="Seconds between "
                          "heartbeats.")
 ORPHAN_TIMEOUT = typer.Option(

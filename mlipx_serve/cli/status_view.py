@@ -14,9 +14,10 @@ from mlipx_serve.client.broker_status import (
 )
 from mlipx_serve.client.routing import fingerprints
 from mlipx_serve.wire.definition import short_text
-from mlipx_serve.wire.status import ServingStatus
+from mlipx_serve.wire.serving import ServingSettings
+from mlipx_serve.wire.status import ModelOffer, ServingStatus
 
-TEXT_COLUMNS = ("model", "by", "definition")
+TEXT_COLUMNS = ("model", "serving", "by", "definition")
 
 
 def render(status: dict) -> Group:
@@ -78,8 +79,8 @@ def models_table(status: dict) -> Table:
     (built in, or its models files), a client (served as it defined it), or a worker
     started by hand (protocol/model-definition.md)."""
     table = Table(title="Models")
-    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart", "by",
-               "definition")
+    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart", "serving",
+               "by", "definition")
     for column in columns:
         table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
     starting = serving(status).starting
@@ -92,13 +93,29 @@ def models_table(status: dict) -> Table:
             ("yes" if info["autostart"] else "no")
         table.add_row(Text(name), str(info["idle"]), str(info["busy"]), str(info["queued"]),
                       str(services.get("served", 0)), str(services.get("failed", 0)), note,
-                      *_defined(status, name))
+                      _settings(serving(status).models.get(name)), *_defined(status, name))
     for name, queued in stuck_models(status).items():
         services = status["status"]["services"][name]
         table.add_row(Text(name), "0", "0", str(queued), str(services["served"]),
                       str(services["failed"]), Text("no: start a worker", style="bold red"),
-                      "", "")
+                      "", "", "")
     return table
+
+
+def _settings(offer: ModelOffer | None) -> str:
+    """How autostart serves a model, in short: ``batch 16 (0.01 s), 2 workers, GPU 0,1``."""
+    if offer is None:
+        return ""
+    settings = ServingSettings.of(offer.serving)
+    parts = []
+    if (settings.batch_size or 1) > 1:
+        parts.append(f"batch {settings.batch_size} ({settings.batch_wait:g} s)")
+    if settings.prefetch:
+        parts.append(f"prefetch {settings.prefetch}")
+    parts.append(f"{offer.max_workers} worker{'s' if offer.max_workers > 1 else ''}")
+    if offer.devices:
+        parts.append(f"GPU {','.join(offer.devices)}")
+    return ", ".join(parts)
 
 
 def _defined(status: dict, name: str) -> tuple[str, Text]:

@@ -21,7 +21,10 @@ def serve_submit(
                                       "(besides the broker's own)."),
     worker_timeout: float | None = typer.Option(None, "--worker-timeout", help="Idle "
                                                 "seconds after which a worker leaves "
-                                                "(default: the broker's)."),
+                                                "(default: the model's as the broker has it)."),
+    batch_size: int | None = options.BATCH_SIZE,
+    batch_wait: float | None = options.BATCH_WAIT,
+    prefetch: int | None = options.PREFETCH,
     slurm_partition: str | None = options.SLURM_PARTITION,
     slurm_gpus_per_worker: int | None = options.SLURM_GPUS,
     slurm_time: str | None = options.SLURM_TIME,
@@ -34,6 +37,7 @@ def serve_submit(
     from mlipx_serve.broker import submit
     from mlipx_serve.client.broker_status import get_broker_status
     from mlipx_serve.client.keys import curve_options
+    from mlipx_serve.wire.serving import ServingSettings
 
     status = get_broker_status(broker)
     try:
@@ -43,8 +47,10 @@ def serve_submit(
                  f"{', '.join(sorted(settings.models))}); add one with --models FILE")
         sbatch = submit.merged_options(settings, slurm_partition, slurm_gpus_per_worker,
                                        slurm_time, slurm_account, slurm_option)
+        given = ServingSettings(batch_size=batch_size, batch_wait=batch_wait,
+                                prefetch=prefetch, worker_timeout=worker_timeout)
         worker = submit.worker_options(settings, name, [str(p.absolute()) for p in models],
-                                       worker_timeout)
+                                       given)
         ids = submit.submit_workers(settings, count, sbatch, worker, slurm_command_timeout)
     except MlipxServeError as error:
         fail(str(error))

@@ -15,21 +15,23 @@ from mlipx_serve import environment
 from mlipx_serve.cli import options
 from mlipx_serve.cli.console import fail, say, setup_logging
 from mlipx_serve.errors import MlipxServeError
-from mlipx_serve.wire.worker_options import DEFAULTS, WorkerOptions
+from mlipx_serve.wire.serving import DEFAULTS as SERVING
+from mlipx_serve.wire.worker_options import WorkerOptions
 
 
 def serve(
     name: str = typer.Argument(..., help="Model name, e.g. emt, lj, chgnet, mace-mpa-0."),
     broker: str = options.BROKER,
     models: list[Path] = typer.Option([], "--models", help=options.MODELS_HELP),
-    timeout: float = typer.Option(DEFAULTS.timeout, "--timeout", help="Leave after this "
-                                  "many idle seconds (0: never)."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", show_default=False, help=f"Leave after this many idle seconds (0: "
+        f"never). Default: {options.UNSET} {SERVING.worker_timeout:g}."),
     no_uv: bool = typer.Option(False, "--no-uv", help="Never re-run under `uv run` to get "
                                "the model's extras."),
     heartbeat: float = options.HEARTBEAT,
-    batch_size: int = options.BATCH_SIZE,
-    batch_wait: float = options.BATCH_WAIT,
-    prefetch: int = options.PREFETCH,
+    batch_size: int | None = options.BATCH_SIZE,
+    batch_wait: float | None = options.BATCH_WAIT,
+    prefetch: int | None = options.PREFETCH,
     factory: Path | None = typer.Option(
         None, "--factory", exists=True, dir_okay=False,
         help="Serve the calculator a pickled Python function builds (a private file that "

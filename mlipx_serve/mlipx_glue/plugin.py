@@ -13,7 +13,7 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
-from mlipx_serve.models.definitions import Servable
+from mlipx_serve.models.definitions import Servable, serving_settings
 from mlipx_serve.models.extras import model_extras
 from mlipx_serve.wire.definition import Definition
 
@@ -23,8 +23,9 @@ EXTENDED = "_mlipx_serve_extended"
 
 
 def extend_generic_ase(module: ModuleType) -> None:
-    """Give ``mlipx.nodes.generic_ase.GenericASECalculator`` a ``name`` and an ``extra``,
-    and a ``get_calculator(use_serve=None)`` that follows ``MLIPX_USE_SERVE``.
+    """Give ``mlipx.nodes.generic_ase.GenericASECalculator`` a ``name``, an ``extra`` and
+    ``serving`` settings, and a ``get_calculator(use_serve=None)`` that follows
+    ``MLIPX_USE_SERVE``.
 
     The class is replaced by a dataclass subclass under the same module and name, so
     that models files, zntrack's params (which name the class by module and name) and
@@ -40,6 +41,11 @@ def extend_generic_ase(module: ModuleType) -> None:
     class GenericASECalculator(Servable, original):
         name: str | None = None
         extra: list[str] | None = None
+        serving: dict[str, Any] | None = None
+
+        def __post_init__(self) -> None:
+            getattr(super(), "__post_init__", lambda: None)()
+            serving_settings(self)  # unknown or malformed settings: an error at once
 
         def build_local_calculator(self, **kwargs: Any) -> Calculator:
             """mlipx's own ``get_calculator``: what this model is without serving."""
@@ -51,7 +57,8 @@ def extend_generic_ase(module: ModuleType) -> None:
             self._builds_like(GenericASECalculator)
             arguments = {**kwargs, **(self.kwargs or {})}
             return Definition.generic(self.module, self.class_name, arguments, name=self.name,
-                                      device=self.device, extra=tuple(model_extras(self)))
+                                      device=self.device, extra=tuple(model_extras(self)),
+                                      serving=serving_settings(self).to_json())
 
     GenericASECalculator.__module__ = module.__name__
     GenericASECalculator.__qualname__ = original.__qualname__
@@ -71,6 +78,9 @@ _ADDED_DOC = """
         (``NAME@fingerprint``), which an autostarting broker starts from this definition.
     extra : list[str], default=None
         The optional-dependency groups that provide ``module`` (e.g. ["mace"]).
+    serving : dict, default=None
+        How the model is served: batch_size, batch_wait, max_workers, prefetch, gpus
+        ("all" or GPU numbers), worker_timeout (README, "Serving settings per model").
 
     ``get_calculator(use_serve=None, **kwargs)`` returns the served model when
     ``use_serve`` (default: ``$MLIPX_USE_SERVE``) is true and a broker serves it or can

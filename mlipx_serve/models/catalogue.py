@@ -63,8 +63,10 @@ def _builtin_models() -> dict[str, Any]:
         "7net-mf-ompa-mpa": _sevenn(model="7net-mf-ompa", modal="mpa"),
         "orb-v2": _orb("orb_v2"),
         "orb-v3": _orb("orb_v3_conservative_inf_omat"),
+        # CHGNet evaluates a batch in one call (models/batch.py): its workers take 16
         "chgnet": GenericASECalculator(
-            module="chgnet.model", class_name="CHGNetCalculator", spec="chgnet", extra=["chgnet"]
+            module="chgnet.model", class_name="CHGNetCalculator", spec="chgnet", extra=["chgnet"],
+            serving={"batch_size": 16, "batch_wait": 0.01},
         ),
         "mattersim": GenericASECalculator(
             module="mattersim.forcefield",

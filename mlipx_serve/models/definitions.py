@@ -25,6 +25,7 @@ from mlipx_serve import environment
 from mlipx_serve.errors import DefinitionError, ModelUnavailableError
 from mlipx_serve.models.extras import EXTRAS, model_extras
 from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.serving import ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ class GenericASECalculator(Servable):
 
     Field names and meanings follow ``mlipx.GenericASECalculator``. Added: ``name``
     (the MDP service name; a registry fills it in from the ``ALL_MODELS`` key) and
-    ``extra`` (the optional-dependency groups that install ``module``).
+    ``extra`` (the optional-dependency groups that install ``module``), and ``serving``
+    (how the model is served: batching, workers, GPUs, idle timeout; a dict of
+    ``ServingSettings``' fields, not part of what the model is).
     """
 
     module: str
@@ -164,6 +167,10 @@ class GenericASECalculator(Servable):
     spec: str | None = None
     name: str | None = None
     extra: list[str] = dataclasses.field(default_factory=list)
+    serving: dict[str, Any] | None = None  # how it is served (wire/serving.py), plain data
+
+    def __post_init__(self) -> None:
+        serving_settings(self)  # unknown or malformed settings: an error here, at once
 
     def build_local_calculator(self, **kwargs: Any) -> Calculator:
         """Build the calculator in this process; a served worker calls this too.
@@ -198,7 +205,8 @@ class GenericASECalculator(Servable):
         if "device" not in kwargs and self.device is not None:
             device = self.device
         return arguments, {"name": self.name, "device": device,
-                           "extra": tuple(model_extras(self))}
+                           "extra": tuple(model_extras(self)),
+                           "serving": serving_settings(self).to_json()}
 
     def _construct(self, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Calculator:
         """One step for plain calculators; subclasses wrap a loaded model here."""
@@ -282,7 +290,8 @@ def model_from(definition: Definition) -> GenericASECalculator:
     identity = definition.identity
     common = {"module": identity["module"], "class_name": identity["class_name"],
               "kwargs": dict(identity["kwargs"]), "device": definition.device,
-              "name": definition.name, "extra": list(definition.extra)}
+              "name": definition.name, "extra": list(definition.extra),
+              "serving": dict(definition.serving or {})}
     if not definition.is_wrapped:
         return GenericASECalculator(**common)
     return PretrainedASECalculator(
@@ -325,6 +334,12 @@ def _copy_with_name(entry: Any, key: str) -> Any:
         logger.debug("cannot set name %r on %s; leaving it unnamed", key, type(entry).__name__)
         return entry
     return named
+
+
+def serving_settings(model: object) -> ServingSettings:
+    """How ``model`` asks to be served (its ``serving``, checked); none of it set for a
+    model that says nothing."""
+    return ServingSettings.of(getattr(model, "serving", None))
 
 
 def definition_of(model: object) -> Definition | None:

@@ -136,6 +136,7 @@ def _adopt_mlipx_entry(entry: Any) -> Any:
         spec=getattr(entry, "spec", None),
         name=getattr(entry, "name", None),
         extra=list(getattr(entry, "extra", None) or []),
+        serving=getattr(entry, "serving", None),
     )
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from mlipx_serve.errors import DefinitionError
+from mlipx_serve.errors import DefinitionError, SettingsError
+from mlipx_serve.wire.serving import ServingSettings
 
 GENERIC_FIELDS = ("module", "class_name", "kwargs")
 WRAPPER_FIELDS = ("calculator", "calculator_kwargs", "calculator_takes_device")
@@ -37,12 +38,14 @@ _PATH_PREFIXES = ("./", "../", "~/")
 @dataclass(frozen=True, eq=False)
 class Definition:
     """A model's identity (``identity``: the canonical fields) and what else a worker needs
-    to run it (``name``, ``device``, ``extra``), which is not part of the identity."""
+    to run it (``name``, ``device``, ``extra``, ``serving``), which is not part of the
+    identity."""
 
     identity: Mapping[str, Any]
     name: str | None = None
     device: str | None = None
     extra: tuple[str, ...] = ()
+    serving: Mapping[str, Any] | None = None  # how it is served (wire/serving.py), as JSON
     canonical: str = field(init=False, repr=False)
     fingerprint: str = field(init=False, repr=False)
 
@@ -96,7 +99,7 @@ class Definition:
     def to_json(self) -> dict[str, Any]:
         """What travels to a broker that starts a worker for it (``from_json`` reads it)."""
         return {"identity": dict(self.identity), "name": self.name, "device": self.device,
-                "extra": list(self.extra)}
+                "extra": list(self.extra), "serving": dict(self.serving or {})}
 
     @classmethod
     def from_json(cls, data: Any) -> Definition:
@@ -104,7 +107,7 @@ class Definition:
         Paths stay as they were sent: the sender resolved them (protocol)."""
         if not isinstance(data, Mapping):
             raise DefinitionError("a model definition must be a JSON object")
-        unknown = set(data) - {"identity", "name", "device", "extra"}
+        unknown = set(data) - {"identity", "name", "device", "extra", "serving"}
         if unknown:
             raise DefinitionError(f"unknown keys in a model definition: {sorted(unknown)}")
         name, device, extra = data.get("name"), data.get("device"), data.get("extra") or []
@@ -114,7 +117,13 @@ class Definition:
             raise DefinitionError("a model definition's 'device' must be a string")
         if not (isinstance(extra, list) and all(isinstance(e, str) for e in extra)):
             raise DefinitionError("a model definition's 'extra' must be a list of strings")
-        return cls(data.get("identity"), name=name, device=device, extra=tuple(extra))
+        serving = data.get("serving") or {}
+        try:
+            ServingSettings.of(serving)
+        except SettingsError as error:
+            raise DefinitionError(f"a model definition's serving settings: {error}") from None
+        return cls(data.get("identity"), name=name, device=device, extra=tuple(extra),
+                   serving=serving)
 
 
 def canonical_json(value: Any) -> str:

@@ -30,6 +30,9 @@ class ModelOffer:
     definition: dict[str, Any] | None = None  # its identity (protocol/model-definition.md)
     short: str | None = None  # the definition in one line, for people
     start_with: str | None = None  # a client's: its workers' --definition (worker_options)
+    serving: dict[str, Any] = field(default_factory=dict)  # its settings (wire/serving.py)
+    devices: list[str] = field(default_factory=list)  # the GPUs its workers may use
+    max_workers: int = 1  # the worker processes it may have, on all its GPUs
 
 
 @dataclass
@@ -52,7 +55,6 @@ class ServingStatus:
     starting: dict[str, float] = field(default_factory=dict)  # model -> seconds so far
     progress: dict[str, str] = field(default_factory=dict)  # model -> what its start does
     start_timeout: float | None = None
-    max_workers: int | None = None  # per model
     worker: WorkerOptions | None = None  # what every started worker is told (model "")
     launcher: str | None = None  # "local" or "slurm"
     started_pids: list[int] = field(default_factory=list)  # local: workers running now

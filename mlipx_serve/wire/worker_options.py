@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mlipx_serve.wire.serving import ServingSettings
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -20,11 +22,13 @@ class WorkerOptions:
     models_files: tuple[str, ...] = ()
     definition: str | None = None  # the model as a client defined it (JSON)
     factory: str | None = None  # a pickled function that builds it (serve_model's file)
-    timeout: float = 300.0  # idle seconds before it leaves (0: never)
+    # How it serves, each None where the command line does not say: then the model's
+    # serving settings say, else serving.DEFAULTS (``serving()``).
+    timeout: float | None = None  # idle seconds before it leaves (0: never)
+    batch_size: int | None = None
+    batch_wait: float | None = None
+    prefetch: int | None = None
     heartbeat: float = 2.5
-    batch_size: int = 1
-    batch_wait: float = 0.01
-    prefetch: int = 0
     exit_with: int | None = None  # a pid whose end ends the worker
     orphan_timeout: float = 60.0  # with connect: seconds without an answer from the broker
     curve_server_key: str | None = None  # key files
@@ -38,7 +42,8 @@ class WorkerOptions:
         arguments = [self.model]
         for field in fields(self)[1:]:
             value = getattr(self, field.name)
-            if value == field.default or (field.name == "models_files" and not value):
+            if value is None or value == field.default or \
+                    (field.name == "models_files" and not value):
                 continue
             flag = f"--{field.name.replace('_', '-')}"
             if field.name == "models_files":
@@ -48,6 +53,17 @@ class WorkerOptions:
             else:
                 arguments += [flag, str(value)]
         return arguments
+
+    def serving(self) -> ServingSettings:
+        """The serving settings this command line gives (None where it gives none)."""
+        return ServingSettings(batch_size=self.batch_size, batch_wait=self.batch_wait,
+                               prefetch=self.prefetch, worker_timeout=self.timeout)
+
+    def serving_as(self, settings: ServingSettings) -> WorkerOptions:
+        """These options with ``settings``' batching, prefetching and idle timeout."""
+        return dataclasses.replace(self, batch_size=settings.batch_size,
+                                   batch_wait=settings.batch_wait, prefetch=settings.prefetch,
+                                   timeout=settings.worker_timeout)
 
     def command(self, python: str = sys.executable) -> list[str]:
         return [python, "-m", "mlipx_serve.cli", "serve", *self.arguments()]

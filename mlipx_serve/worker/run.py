@@ -15,9 +15,11 @@ from typing import Any
 
 from mdp.signals import stop_on_signals
 from mdp.worker import Worker
-from mlipx_serve.models.definitions import definition_of, resolve_device
+from mlipx_serve.models.definitions import definition_of, resolve_device, serving_settings
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.endpoints import broker_command
+from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
+from mlipx_serve.wire.serving import ServingSettings
 from mlipx_serve.wire.worker_options import WorkerOptions
 from mlipx_serve.worker.compute import build_calculator, settle_heap
 from mlipx_serve.worker.handler import request_handler
@@ -38,28 +40,29 @@ def serve(model: object, options: WorkerOptions, endpoint: str,
           say: Say = log.info) -> None:
     """Load ``model`` and serve it at ``endpoint`` as ``options`` say, until it leaves.
 
-    ``curve``: the Worker's CURVE keyword arguments; ``options.batch_size`` > 1: that many
-    connections, their requests evaluated in batches; ``options.prefetch``: that many
-    more connections, whose requests wait in this process while the model computes, so
-    that the next one is here when it is done (the broker sends to them only when no
-    other process is free: protocol/mdp.md 6); ``options.exit_with``: a pid whose end ends
-    this worker too; ``leave_when()``: asked every second, a reason to leave or None (the
-    broker of a SLURM job is gone: ``watch.BrokerWatch``); ``say(line)``: what a person
-    watching the worker reads (``BrokerNews``), and why it leaves."""
+    How it serves (``serving_of``): a batch size > 1 means that many connections, their
+    requests evaluated in batches; ``prefetch`` that many more connections, whose requests
+    wait in this process while the model computes, so that the next one is here when it
+    is done (the broker sends to them only when no other process is free: protocol/mdp.md
+    6). ``curve``: the Worker's CURVE keyword arguments; ``options.exit_with``: a pid whose
+    end ends this worker too; ``leave_when()``: asked every second, a reason to leave or
+    None (the broker of a SLURM job is gone: ``watch.BrokerWatch``); ``say(line)``: what
+    a person watching the worker reads (``BrokerNews``), and why it leaves."""
     name = options.model
+    settings = serving_of(model, options)
     log.info("loading model '%s'", name)
     served = definition_of(model)
     calc = build_calculator(model)
     settle_heap()
-    log.info("model '%s' loaded; serving it at %s", name, endpoint)
-    handler = request_handler(calc, name, served, options.batch_size, options.batch_wait,
-                              options.prefetch)
+    log.info("model '%s' loaded; serving it at %s (%s)", name, endpoint, settings)
+    handler = request_handler(calc, name, served, settings.batch_size, settings.batch_wait,
+                              settings.prefetch)
     metadata = worker_metadata(model, served)
     news = BrokerNews(name, endpoint, say, patience=max(NO_BROKER_NOTICE, 2 * options.heartbeat))
-    workers = [Worker(endpoint, name, handler, idle_timeout=options.timeout or None,
+    workers = [Worker(endpoint, name, handler, idle_timeout=settings.worker_timeout or None,
                       heartbeat_interval=options.heartbeat, copy=False, metadata=metadata,
                       on_registration=news if n == 0 else None, **(curve or {}))
-               for n in range(options.batch_size + options.prefetch)]
+               for n in range(settings.batch_size + settings.prefetch)]
     reasons = [] if leave_when is None else [leave_when]
     if options.exit_with is not None:
         reasons.append(ended(options.exit_with))
@@ -74,6 +77,13 @@ def serve(model: object, options: WorkerOptions, endpoint: str,
     finally:
         news.close()
     say(f"leaving: {next((w.stop_reason for w in workers if w.stop_reason), 'stopped')}")
+
+
+def serving_of(model: object, options: WorkerOptions) -> ServingSettings:
+    """How this worker serves: its command line's options, else the model's own settings,
+    else the defaults (an autostarting broker gives its workers the model's settings over
+    its own options on their command lines)."""
+    return options.serving().over(serving_settings(model)).over(SERVING_DEFAULTS)
 
 
 def ended(pid: int) -> LeaveWhen:

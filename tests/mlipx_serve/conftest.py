@@ -98,7 +98,7 @@ def wait_gone(pids: Sequence[int], timeout: float = WAIT) -> list[int]:
 def child_env(run_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of every child: hermetic MLIPX_* settings, private dir inside ours."""
     env = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
-    env.update(XDG_RUNTIME_DIR=str(run_dir), PYTHONUNBUFFERED="1", COLUMNS="160")
+    env.update(XDG_RUNTIME_DIR=str(run_dir), PYTHONUNBUFFERED="1", COLUMNS="240")
     env.update(extra)
     return env
 

@@ -14,7 +14,7 @@ running, connection = samples.running, samples.connection
 
 
 def rendered(status: dict) -> str:
-    console = Console(width=160, record=True)
+    console = Console(width=220, record=True)
     console.print(render(status))
     return console.export_text()
 
@@ -33,7 +33,7 @@ def test_status_tables_show_broker_models_and_workers():
                             workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = table_rows(text)
-    assert ["emt", "1", "1", "3", "7", "1", "no", "worker", "-"] in rows
+    assert ["emt", "1", "1", "3", "7", "1", "no", "", "worker", "-"] in rows
     assert ["gpu7:42:1", "emt", "busy", "7", "0", "1m 05s", "gpu7", "GPU 1", "981"] in rows
     assert ["node:43:1", "emt", "idle", "7", "0", "1m 05s", "", "", ""] in rows  # an old worker
 
@@ -49,7 +49,7 @@ def test_a_worker_with_several_connections_is_one_row():
         in rows
     assert ["node:43:1", "emt", "idle", "1", "0", "0m 05s", "", "", ""] in rows
     assert ["workers", "2 (18 connections)"] in rows
-    assert ["chgnet", "0", "1", "3", "7", "1", "no", "worker", "-"] in rows  # processes
+    assert ["chgnet", "0", "1", "3", "7", "1", "no", "", "worker", "-"] in rows  # processes
     idle = [dict(c, state="idle") for c in batching]
     assert "idle (17)" in [row[2] for row in table_rows(rendered(running({}, workers=idle)))
                            if len(row) > 2]
@@ -97,8 +97,8 @@ def test_a_request_that_waits_for_a_model_nobody_serves_is_shown_with_what_to_do
     stuck = dict(SERVICE, workers=0, idle=0, busy=0, queued=1, served=0, failed=0)
     text = rendered(running({"emt": stuck, "nope": dict(stuck, queued=2)}))
     rows = table_rows(text)
-    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker", "", ""] in rows
-    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker", "", ""] in rows
+    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker", "", "", ""] in rows
+    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker", "", "", ""] in rows
     said = " ".join(text.split())
     assert "1 request(s) for 'emt' wait, and no worker serves it: start a worker with `mlipx " \
         "serve emt --broker ipc:///x/broker.ipc`; or restart the broker with --autostart" in said
@@ -117,7 +117,9 @@ def test_each_model_shows_its_definition_and_who_defined_it():
     lj = {"class_name": "LennardJones", "kwargs": {"sigma": 2.3}, "module": "ase.calculators.lj"}
     emt = {"class_name": "EMT", "kwargs": {}, "module": "ase.calculators.emt"}
     models = {"emt": {"extras": [], "autostart": True, "defined_by": "broker",
-                      "fingerprint": "e" * 64, "definition": emt},
+                      "fingerprint": "e" * 64, "definition": emt,
+                      "serving": {"batch_size": 16, "batch_wait": 0.05, "max_workers": 2},
+                      "devices": ["0", "1"], "max_workers": 4},
               "LennardJones@dc0de043": {"extras": [], "autostart": True,
                                         "defined_by": "client", "fingerprint": "d" * 64,
                                         "definition": lj}}
@@ -128,11 +130,11 @@ def test_each_model_shows_its_definition_and_who_defined_it():
     text = rendered(running({"emt": SERVICE, "mine": SERVICE},
                             {"autostart": True, "models": models}, workers))
     rows = table_rows(text)
-    assert ["LennardJones@dc0de043", "0", "0", "0", "0", "0", "yes", "client",
+    assert ["LennardJones@dc0de043", "0", "0", "0", "0", "0", "yes", "1 worker", "client",
             "ase.calculators.lj:LennardJones sigma=2.3"] in rows
-    assert ["mine", "1", "0", "3", "7", "1", "no", "worker",
+    assert ["mine", "1", "0", "3", "7", "1", "no", "", "worker",
             "ase.calculators.lj:LennardJones sigma=2.3"] in rows
     [emt_row] = [row for row in rows if row[0] == "emt"]
-    assert emt_row[6:8] == ["yes", "broker"]
-    assert emt_row[8].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")
+    assert emt_row[6:9] == ["yes", "batch 16 (0.05 s), 4 workers, GPU 0,1", "broker"]
+    assert emt_row[9].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")
 

@@ -98,7 +98,8 @@ EXTENDED = """
 def test_mlipx_generic_calculator_gains_name_extra_and_use_serve(tmp_path):
     found = run(stand_in_mlipx(tmp_path), EXTENDED)["out"]
     assert found == {
-        "fields": ["module", "class_name", "kwargs", "device", "spec", "name", "extra"],
+        "fields": ["module", "class_name", "kwargs", "device", "spec", "name", "extra",
+                   "serving"],
         "module": "mlipx.nodes.generic_ase", "qualname": "GenericASECalculator",
         "is_original": True, "calc": ["LennardJones", 2.0], "documented": True}
 

@@ -496,13 +496,15 @@ def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     assert "Broker" in run.stdout and "Models" in run.stdout
     assert table_row(run.stdout, "path")[1] == bus
     assert table_row(run.stdout, "autostart")[1] == "on"
-    columns = ["model", "idle", "busy", "queued", "served", "failed", "autostart", "by",
-               "definition"]
+    columns = ["model", "idle", "busy", "queued", "served", "failed", "autostart", "serving",
+               "by", "definition"]
     assert table_row(run.stdout, "model") == columns
     assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", served, failed, "yes",
-                                            "broker", "ase.calculators.emt:EMT"]
+                                            "1 worker", "broker", "ase.calculators.emt:EMT"]
     assert table_row(run.stdout, "mace-mpa-0") == [
-        "mace-mpa-0", *"00000", "yes", "broker", "mace.calculators:mace_mp model=medium-mpa-0"]
+        "mace-mpa-0", *"00000", "yes", "1 worker", "broker",
+        "mace.calculators:mace_mp model=medium-mpa-0"]
+    assert table_row(run.stdout, "chgnet")[7] == "batch 16 (0.01 s), 1 worker"
 
 
 def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
@@ -515,7 +517,7 @@ def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
                           "the request to queue")
         run = system.run(*MLIPX, "serve-status", "--broker", bus)
         assert table_row(run.stdout, "emt") == ["emt", "0", "0", "1", "0", "0",
-                                                "no: start a worker", "", ""]
+                                                "no: start a worker", "", "", ""]
         assert f"start a worker with `mlipx serve emt --broker {bus}`" in \
             " ".join(run.stdout.split())
         system.worker("emt", bus)
@@ -523,8 +525,8 @@ def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
     with pytest.raises(RemoteCalculationError):
         results_with(Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]]), remote(bus))
     run = system.run(*MLIPX, "serve-status", "--broker", bus)
-    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", "1", "1", "no", "worker",
-                                            "ase.calculators.emt:EMT"]
+    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", "1", "1", "no", "",
+                                            "worker", "ase.calculators.emt:EMT"]
     [worker] = system.workers_of(bus, "emt")
     row = table_row(run.stdout, worker["metadata"]["process"])
     assert row[3:5] == ["1", "1"] and row[7] == "cpu"  # served, failed; the device

@@ -16,8 +16,11 @@ def test_a_status_goes_to_json_and_back():
     status = ServingStatus(
         autostart=True, models={"emt": ModelOffer([], "broker", "a" * 64, {"module": "m"},
                                                   "m:C"),
-                                "mine@12345678": ModelOffer(["mace"], "client", start_with="{}")},
-        starting={"emt": 1.5}, progress={"emt": "loading"}, start_timeout=60.0, max_workers=2,
+                                "mine@12345678": ModelOffer(
+                                    ["mace"], "client", start_with="{}",
+                                    serving={"batch_size": 16, "gpus": [0]}, devices=["0"],
+                                    max_workers=2)},
+        starting={"emt": 1.5}, progress={"emt": "loading"}, start_timeout=60.0,
         worker=WorkerOptions("", timeout=120.0, batch_size=4), launcher="slurm",
         broker_id="login-abc", connection_file="/c.json", log_dir="/logs",
         slurm={"partition": "gpu"}, jobs=[JobRecord("12", "emt", "PENDING", "Priority", "",

@@ -40,7 +40,8 @@ def test_every_option_goes_through_the_command_line_and_back(tmp_path):
 def test_defaults_are_the_commands_and_are_left_out():
     assert WorkerOptions("emt").arguments() == ["emt"]
     assert parsed(["emt"]) == WorkerOptions("emt")
-    assert parsed(["emt"]).timeout == DEFAULTS.timeout == 300.0
+    assert parsed(["emt"]).timeout is None  # not said: the model's settings, else 300 s
+    assert parsed(["emt"]).heartbeat == DEFAULTS.heartbeat
     assert WorkerOptions("emt", batch_size=4).arguments() == ["emt", "--batch-size", "4"]
 
 
