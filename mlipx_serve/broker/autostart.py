@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL = 0.25
 MAX_CLIENT_DEFINITIONS = 1000  # models clients may define, for the broker's lifetime
 OFFER_SHOWN = 12  # closest model names listed for a name the broker does not know
+SCALING_EVENTS = (EventKind.DEMAND, EventKind.WORKER_READY, EventKind.SERVED)
 
 
 def wants_worker(event: Event, starting: bool, max_workers: int) -> bool:
-    """Start one more worker? One start at a time per model, up to ``max_workers``
-    processes (a batching or prefetching worker holds several connections)."""
-    if event.kind != EventKind.DEMAND or starting:
+    """Start one more worker, as things stand after ``event``? While requests queue beyond
+    the idle workers: one start at a time per model, up to ``max_workers`` processes (a
+    batching or prefetching worker holds several connections)."""
+    if starting:
         return False
     if event.workers == 0:
         return True
@@ -78,6 +80,7 @@ class Autostarter:
         self.definitions = {name: definition_of(model) for name, model in registry.items()}
         self.by_clients: dict[str, Definition] = {}  # the services clients defined
         self.starting: dict[str, Launch] = {}
+        self._processes: dict[str, int] = {}  # a starting model's worker processes before
         self._checking = False
         broker.add_hook(self.on_event)
         broker.add_mmi_handler(STATUS_SERVICE, self.mmi_status)
@@ -86,22 +89,34 @@ class Autostarter:
     # ------------------------------------------------------------ events
 
     def on_event(self, event: Event) -> None:
+        name = event.service
         if event.kind == EventKind.WORKER_READY:
-            start = self.starting.pop(event.service, None)
-            if start is not None:
-                log.info("worker for '%s' came up in %.1f s", event.service,
-                         time.monotonic() - start.started_at)
-        elif event.kind == EventKind.DEMAND and event.service not in self.registry:
-            if event.workers == 0:  # nothing serves it, nothing will: say so at once
-                self.broker.fail_queued(event.service, self._unknown(event.service))
-        elif wants_worker(event, event.service in self.starting,
-                          self.workers_limit(self.serving(event.service))):
-            self.start(event.service)
+            self._came_up(name, event.processes)
+        if name not in self.registry:
+            if event.kind == EventKind.DEMAND and event.workers == 0:
+                # nothing serves it, nothing will: say so at once
+                self.broker.fail_queued(name, self._unknown(name))
+            return
+        # Requests that still queue after a worker came up or answered (all sent at once,
+        # say) want more workers as much as one that has just come.
+        if event.queued and event.kind in SCALING_EVENTS and wants_worker(
+                event, name in self.starting, self.workers_limit(self.serving(name))):
+            self.start(name, event.processes)
 
-    def start(self, name: str) -> None:
+    def _came_up(self, name: str, processes: int) -> None:
+        """A worker of ``name`` registered: the one being started, if it is a process
+        more (not one more connection of a batching or prefetching worker)."""
+        if name in self.starting and processes > self._processes[name]:
+            start = self.starting.pop(name)
+            log.info("worker for '%s' came up in %.1f s", name,
+                     time.monotonic() - start.started_at)
+
+    def start(self, name: str, processes: int) -> None:
+        """Start a worker for ``name``, which has ``processes`` worker processes now."""
         settings = self.serving(name)
         options = dataclasses.replace(self.config.worker, model=name,
                                       definition=self._start_with(name)).serving_as(settings)
+        self._processes[name] = processes
         self.starting[name] = self.launcher.launch(
             options, self.devices(settings), thread_share(self.workers_limit(settings)))
         self._schedule_check()

@@ -21,6 +21,7 @@ from mlipx_serve.errors import (
     ServiceStartFailedError,
     ServingError,
 )
+from mlipx_serve.wire.payload import RemoteFailure
 
 # Failures after which a calculator built with a fallback computes locally instead: its
 # model's worker could not start, or serves another model than the one defined.
@@ -53,6 +54,12 @@ def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
         return ServingError(f"model '{model}': {error.cause}; {fix}")
     kind = ServiceStartFailedError if isinstance(error, ServiceStartFailed) else ServingError
     return kind(f"model '{model}' via {broker}: {error}")
+
+
+def structure_error(failure: RemoteFailure, model: str) -> Exception:
+    """The ASE-typed exception for one structure of a chunk that failed on the worker."""
+    return remote_error(WorkerError(failure.error_type, failure.message,
+                                    traceback=failure.traceback), model)
 
 
 def remote_error(error: WorkerError, model: str) -> Exception:

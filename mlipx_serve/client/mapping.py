@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ase import Atoms
@@ -27,15 +27,25 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mdp.aio import AsyncClient
 from mdp.errors import MDPError
 from mlipx_serve.client.calculator import RESENDS, default_timeout
-from mlipx_serve.client.failures import served_error
+from mlipx_serve.client.failures import served_error, structure_error
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.client.routing import route
-from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.errors import MlipxServeError, PayloadError
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.endpoints import chosen_broker
-from mlipx_serve.wire.payload import decode_reply, encode_request
+from mlipx_serve.wire.payload import (
+    RemoteFailure,
+    chunk_key,
+    decode_chunk_reply,
+    decode_reply,
+    encode_chunk,
+    encode_request,
+)
 
 DEFAULT_PROPERTIES = ("energy", "forces")
+CHUNK_ATOMS = 4096  # atoms of small structures that go together in one request
+MAX_CHUNK = 64  # structures in one request, at most, unless chunk_size says
+MIN_CHUNKS = 8  # requests a known number of structures is split into, at least
 ON_ERROR = ("raise", "keep")
 _DONE = object()
 
@@ -60,7 +70,8 @@ def map_structures(model: Any, structures: Iterable[Atoms],
                    properties: Sequence[str] = DEFAULT_PROPERTIES, *,
                    broker: str | None = None, max_in_flight: int = 32, ordered: bool = True,
                    on_error: str = "raise", progress: bool | None = None,
-                   timeout: float | None = None) -> Iterator[Atoms]:
+                   timeout: float | None = None,
+                   chunk_size: int | None = None) -> Iterator[Atoms]:
     """For each structure, a copy whose ``calc`` is a SinglePointCalculator with the results.
 
     ``model`` is a name (whatever the broker serves under it), or a definition
@@ -70,18 +81,52 @@ def map_structures(model: Any, structures: Iterable[Atoms],
     requests are sent. ``ordered=False`` yields each result as it arrives. ``progress``
     shows a bar (default: on a terminal or in Jupyter). ``timeout`` bounds the wait for
     each reply (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s).
+
+    Small structures go several to a request (a chunk), so that a request's own cost is
+    shared out: ``chunk_size`` structures, or by default as many as ``chunk_size_for``
+    their size says (one a request for large ones). ``max_in_flight`` counts requests.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
     if isinstance(properties, str):
         raise TypeError("properties must be a list of names, not a single string")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     total = len(structures) if hasattr(structures, "__len__") else None
     broker = chosen_broker(broker)  # here: a wrong endpoint fails the call, not a next()
     label = model if isinstance(model, str) else model.label()
-    return _results(lambda: _Run(*_service(model, broker), broker, structures,
+    sizes = (lambda atoms: chunk_size) if chunk_size else \
+        (lambda atoms: chunk_size_for(len(atoms), total))
+    return _results(lambda: _Run(*_service(model, broker), broker, _chunks(structures, sizes),
                                  list(properties), max(1, max_in_flight),
                                  default_timeout() if timeout is None else timeout),
                     ordered, on_error, _progress(progress, label, total))
+
+
+def chunk_size_for(atoms: int, total: int | None = None) -> int:
+    """How many structures of ``atoms`` atoms go in one request: small ones up to
+    ``CHUNK_ATOMS`` atoms together (at most ``MAX_CHUNK``), large ones one by one (their own
+    data is then the cost); and of a known number of structures, at least ``MIN_CHUNKS``
+    requests, so that several workers share them."""
+    size = max(1, min(MAX_CHUNK, CHUNK_ATOMS // max(1, atoms)))
+    return size if total is None else max(1, min(size, -(-total // MIN_CHUNKS)))
+
+
+def _chunks(structures: Iterable[Atoms], size_for: Callable[[Atoms], int]
+            ) -> Iterator[list[tuple[int, Atoms]]]:
+    """(index, structure) in chunks, each of the size its first structure calls for, and
+    of structures that carry the same arrays (``payload.chunk_key``)."""
+    chunk: list[tuple[int, Atoms]] = []
+    size = 1
+    for index, atoms in enumerate(structures):
+        if chunk and (len(chunk) >= size or chunk_key(atoms) != chunk_key(chunk[0][1])):
+            yield chunk
+            chunk = []
+        if not chunk:
+            size = size_for(atoms)
+        chunk.append((index, atoms))
+    if chunk:
+        yield chunk
 
 
 def _service(model: Any, broker: str) -> tuple[str, Definition | None]:
@@ -112,8 +157,8 @@ class _Run:
     come back to the caller's thread through a queue as (index, Atoms or exception)."""
 
     def __init__(self, model: str, definition: Definition | None, broker: str,
-                 structures: Iterable[Atoms], properties: list[str], max_in_flight: int,
-                 timeout: float):
+                 chunks: Iterator[list[tuple[int, Atoms]]], properties: list[str],
+                 max_in_flight: int, timeout: float):
         self.model = model
         self.definition = definition
         self.properties = properties
@@ -123,7 +168,7 @@ class _Run:
         self._client = AsyncClient(broker, max_in_flight=max_in_flight, timeout=timeout,
                                    retries=RESENDS, copy=False, **curve_options())
         self._slots = max_in_flight
-        self._structures = iter(structures)
+        self._chunks = chunks
         self._loop = asyncio.new_event_loop()
         self._main: asyncio.Task | None = None
         self._thread = threading.Thread(target=self._run, name="mlipx-map", daemon=True)
@@ -172,10 +217,10 @@ class _Run:
         slots = asyncio.Semaphore(self._slots)
         tasks = set()
         try:
-            for index, atoms in enumerate(self._structures):
+            for chunk in self._chunks:
                 await slots.acquire()
-                self.inputs[index] = atoms
-                task = asyncio.create_task(self._one(index, atoms, slots))
+                self.inputs.update(chunk)
+                task = asyncio.create_task(self._one(chunk, slots))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
@@ -184,17 +229,33 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _one(self, index: int, atoms: Atoms, slots: asyncio.Semaphore) -> None:
+    async def _one(self, chunk: list[tuple[int, Atoms]], slots: asyncio.Semaphore) -> None:
+        """One request: a structure alone (the one-structure form every worker reads), or
+        a chunk; each structure's result, or the error of the request, to the queue."""
+        structures = [atoms for _, atoms in chunk]
         try:
-            frames = encode_request(atoms, self.properties, self.definition)
-            reply = await self._client.request(self.model, *frames)
-            self.results.put((index, _with_results(atoms, decode_reply(reply))))
+            if len(chunk) == 1:
+                frames = encode_request(structures[0], self.properties, self.definition)
+                results = [decode_reply(await self._client.request(self.model, *frames))]
+            else:
+                frames = encode_chunk(structures, self.properties, self.definition)
+                reply = await self._client.request(self.model, *frames)
+                results = [self._result(found) for found in decode_chunk_reply(reply)]
         except MDPError as error:
-            self.results.put((index, served_error(error, self.model, self._broker)))
+            results = [served_error(error, self.model, self._broker)] * len(chunk)
         except MlipxServeError as error:  # a reply that is not a payload
-            self.results.put((index, error))
+            results = [error] * len(chunk)
         finally:
             slots.release()
+        if len(results) != len(chunk):
+            results = [PayloadError(f"the reply to a chunk of {len(chunk)} structures held "
+                                    f"{len(results)} results")] * len(chunk)
+        for (index, atoms), found in zip(chunk, results, strict=True):
+            self.results.put((index, found if isinstance(found, Exception) else
+                              _with_results(atoms, found)))
+
+    def _result(self, found: dict[str, Any] | RemoteFailure) -> dict[str, Any] | Exception:
+        return structure_error(found, self.model) if isinstance(found, RemoteFailure) else found
 
 
 def _with_results(atoms: Atoms, results: dict[str, Any]) -> Atoms:

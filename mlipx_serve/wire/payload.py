@@ -9,10 +9,12 @@ bytes whose dtype comes from a short allow-list. The wire format is specified in
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import sys
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -29,13 +31,17 @@ __all__ = [
     "PayloadError",
     "RemoteCalculationError",
     "decode_reply",
+    "decode_chunk_reply",
     "decode_request",
+    "encode_chunk",
+    "encode_chunk_results",
     "read_request",
     "encode_request",
     "encode_results",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one structure
+CHUNK_VERSION = 2  # several structures in one message (protocol/ase-payload.md, version 2)
 
 # Canonical numpy dtype strings allowed on the wire. One spelling per type keeps the check a
 # plain set lookup and rules out big-endian, object, string and platform-dependent types.
@@ -50,6 +56,8 @@ _FINGERPRINT = re.compile("[0-9a-f]{64}")
 
 # Per-atom arrays of atoms.arrays that travel with a request, besides numbers and positions.
 OPTIONAL_PER_ATOM = ("initial_magmoms", "initial_charges")
+PER_STRUCTURE = ("cell", "pbc")  # in a chunk, one row per structure; the others per atom
+TRACEBACK_LIMIT = 8000  # characters of a failed structure's traceback in a chunk reply
 
 Frame = Any  # bytes, bytearray, memoryview, zmq.Frame: anything with the buffer protocol
 Spec = tuple[str, np.dtype, tuple[int, ...]]
@@ -76,11 +84,17 @@ def encode_request(atoms: Atoms, properties: Iterable[str],
         "arrays": [_spec(name, array) for name, array in arrays],
         "info": _info_scalars(atoms.info),
     }
-    text = _ENCODER.encode(header)
-    if definition is not None:  # canonical already: spliced in, not encoded again
-        text = f'{text[:-1]},"model":{{"fingerprint":"{definition.fingerprint}",' \
-               f'"definition":{definition.canonical}}}}}'
-    return [text.encode("utf-8"), *(_raw(array) for _, array in arrays)]
+    return [_with_model(_ENCODER.encode(header), definition).encode("utf-8"),
+            *(_raw(array) for _, array in arrays)]
+
+
+def _with_model(header: str, definition: Definition | None) -> str:
+    """The header's text with the model it asks for (canonical already: spliced in, not
+    encoded again)."""
+    if definition is None:
+        return header
+    return f'{header[:-1]},"model":{{"fingerprint":"{definition.fingerprint}",' \
+           f'"definition":{definition.canonical}}}}}'
 
 
 def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
@@ -89,6 +103,18 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
     Values it cannot hold (None, containers, strings in arrays, object arrays) are left out
     rather than failing a calculation whose main results are fine.
     """
+    scalars, arrays = _carried(results)
+    header = {
+        "v": FORMAT_VERSION,
+        "ok": True,
+        "scalars": scalars,
+        "arrays": [_spec(name, array) for name, array in arrays],
+    }
+    return [_dump(header), *(_raw(array) for _, array in arrays)]
+
+
+def _carried(results: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
+    """(the results that are scalars, those that are arrays) of what the format can hold."""
     scalars: dict[str, Any] = {}
     arrays: list[tuple[str, np.ndarray]] = []
     for name, value in results.items():
@@ -100,13 +126,66 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
             arrays.append((name, carried))
         elif carried is not None:
             scalars[name] = carried
+    return scalars, arrays
+
+
+def encode_chunk(structures: Sequence[Atoms], properties: Iterable[str],
+                 definition: Definition | None = None) -> list[bytes | memoryview]:
+    """Frames asking for ``properties`` of several structures at once (version 2): their
+    arrays stacked, one frame per array, so that a chunk costs a request, not one each.
+    The structures must carry the same arrays (``chunk_key``)."""
+    if isinstance(properties, str):
+        raise TypeError("properties must be a list of names, not a single string")
+    if len({chunk_key(atoms) for atoms in structures}) != 1:
+        raise ValueError("the structures of one chunk must carry the same arrays "
+                         "(chunk_key): initial magnetic moments, charges")
+    each = [dict(_request_arrays(atoms)) for atoms in structures]
+    arrays = [(name, _stacked(name, [found[name] for found in each])) for name in each[0]]
     header = {
-        "v": FORMAT_VERSION,
-        "ok": True,
-        "scalars": scalars,
+        "v": CHUNK_VERSION,
+        "properties": [str(name) for name in properties],
+        "counts": [len(atoms) for atoms in structures],
         "arrays": [_spec(name, array) for name, array in arrays],
+        "info": [_info_scalars(atoms.info) for atoms in structures],
     }
-    return [_dump(header), *(_raw(array) for _, array in arrays)]
+    return [_with_model(_ENCODER.encode(header), definition).encode("utf-8"),
+            *(_raw(array) for _, array in arrays)]
+
+
+def chunk_key(atoms: Atoms) -> tuple:
+    """What structures that share one chunk have in common: the optional arrays they
+    carry, and their shapes beyond the atoms (a magnetic moment per atom, or a vector)."""
+    return tuple((name, atoms.arrays[name].shape[1:]) for name in OPTIONAL_PER_ATOM
+                 if name in atoms.arrays)
+
+
+def encode_chunk_results(results: Sequence[Mapping[str, Any] | BaseException]
+                         ) -> list[bytes | memoryview]:
+    """Frames carrying each structure's results, or its error, in the chunk's order: a
+    structure that failed fails alone, in its place."""
+    entries, arrays = [], []
+    for result in results:
+        if isinstance(result, BaseException):
+            entries.append({"error": _error_entry(result)})
+            continue
+        scalars, carried = _carried(result)
+        entries.append({"scalars": scalars,
+                        "arrays": [_spec(name, array) for name, array in carried]})
+        arrays += [array for _, array in carried]
+    header = {"v": CHUNK_VERSION, "ok": True, "results": entries}
+    return [_dump(header), *(_raw(array) for array in arrays)]
+
+
+def _stacked(name: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """Per-atom arrays one after another; the cell and the periodicity one per structure."""
+    if name in PER_STRUCTURE:
+        return np.stack(arrays)
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+
+def _error_entry(error: BaseException) -> dict[str, str]:
+    trace = "".join(traceback.format_exception(error))[-TRACEBACK_LIMIT:]
+    return {"type": type(error).__name__, "message": str(error), "traceback": trace}
 
 
 def _request_arrays(atoms: Atoms) -> list[tuple[str, np.ndarray]]:
@@ -223,9 +302,10 @@ def _dump(header: Mapping[str, Any]) -> bytes:
 
 
 class Request(NamedTuple):
-    atoms: Atoms
+    structures: list[Atoms | PayloadError]  # one, or a chunk's; a malformed one its error
     properties: list[str]
     model: RequestedModel | None  # None: whatever model the worker serves
+    chunk: bool  # several structures (version 2), answered by ``encode_chunk_results``
 
 
 class RequestedModel(NamedTuple):
@@ -233,20 +313,60 @@ class RequestedModel(NamedTuple):
     identity: dict[str, Any] | None  # the definition, for naming the differences
 
 
+class RemoteFailure(NamedTuple):
+    """A structure of a chunk that failed on the worker, as the reply says it."""
+
+    error_type: str
+    message: str
+    traceback: str
+
+
 def read_request(frames: Sequence[Frame]) -> Request:
-    """A request's atoms (which own copies of the data), property names and model."""
+    """A request's structures (which own copies of the data), property names and model.
+    In a chunk, a structure that breaks the format is a ``PayloadError`` in its place."""
     frames = list(frames)
-    header = _parse_header(frames)
+    header = _parse_header(frames, (FORMAT_VERSION, CHUNK_VERSION))
     arrays = _read_arrays(header, frames[1:])
     properties = _strings(header.get("properties", []), "properties")
-    info = _info(header.get("info", {}))
-    return Request(_build_atoms(arrays, info), properties, _model(header.get("model")))
+    model = _model(header.get("model"))
+    if header["v"] == FORMAT_VERSION:
+        return Request([_build_atoms(arrays, _info(header.get("info", {})))], properties,
+                       model, False)
+    return Request(_chunk_structures(header, arrays), properties, model, True)
 
 
 def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
-    """The atoms and property names of a request (``read_request`` says its model too)."""
+    """The atoms and property names of a one-structure request (``read_request`` says its
+    model too, and reads chunks)."""
     request = read_request(frames)
-    return request.atoms, request.properties
+    if request.chunk:
+        raise PayloadError("a chunk of several structures: read it with read_request")
+    return request.structures[0], request.properties
+
+
+def decode_chunk_reply(frames: Sequence[Frame]) -> list[dict[str, Any] | RemoteFailure]:
+    """Each structure's results, or how it failed, in the chunk's order. Arrays are
+    read-only views of the received frames."""
+    frames = list(frames)
+    header = _parse_header(frames, (CHUNK_VERSION,))
+    entries = header.get("results")
+    if header.get("ok") is not True or not isinstance(entries, list):
+        raise PayloadError("chunk reply: 'ok' must be true and 'results' a list")
+    arrays = iter(frames[1:])
+    found: list[dict[str, Any] | RemoteFailure] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise PayloadError(f"chunk reply: results[{index}] must be an object")
+        if "error" in entry:
+            found.append(_failure(entry["error"]))
+            continue
+        described = entry.get("arrays", [])
+        if not isinstance(described, list):
+            raise PayloadError(f"chunk reply: results[{index}].arrays must be a list")
+        found.append(_results(entry, list(itertools.islice(arrays, len(described)))))
+    if next(arrays, None) is not None:
+        raise PayloadError("chunk reply: more array frames than its results list")
+    return found
 
 
 def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
@@ -264,15 +384,64 @@ def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
         if len(frames) != 1:
             raise PayloadError(f"error reply: expected 1 frame, got {len(frames)}")
         raise _remote_error(header.get("error"))
-    results: dict[str, Any] = _scalars(header.get("scalars", {}))
-    for name, array in _read_arrays(header, frames[1:]).items():
+    return _results(header, frames[1:])
+
+
+def _results(entry: dict[str, Any], frames: list[Frame]) -> dict[str, Any]:
+    """One structure's results: its scalars and the arrays of ``frames``."""
+    results: dict[str, Any] = _scalars(entry.get("scalars", {}))
+    for name, array in _read_arrays(entry, frames).items():
         if name in results:
             raise PayloadError(f"reply: {name!r} is both a scalar and an array")
         results[name] = array.item() if array.ndim == 0 else array
     return results
 
 
-def _parse_header(frames: list[Frame]) -> dict[str, Any]:
+def _chunk_structures(header: dict[str, Any], arrays: dict[str, np.ndarray]
+                      ) -> list[Atoms | PayloadError]:
+    """The structures of a chunk, cut out of its stacked arrays (each a view)."""
+    counts = header.get("counts")
+    if not isinstance(counts, list) or not counts or \
+            not all(type(count) is int and count >= 0 for count in counts):
+        raise PayloadError("chunk: 'counts' must be a list of atom counts")
+    infos = header.get("info", [{}] * len(counts))
+    if not isinstance(infos, list) or len(infos) != len(counts):
+        raise PayloadError("chunk: 'info' must be a list, one object per structure")
+    _check_stacked(arrays, counts)
+    ends = np.cumsum(counts).tolist()
+    found: list[Atoms | PayloadError] = []
+    for index, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        own = {name: array[index] if name in PER_STRUCTURE else array[start:end]
+               for name, array in arrays.items()}
+        try:
+            found.append(_build_atoms(own, _info(infos[index])))
+        except PayloadError as error:
+            found.append(PayloadError(f"structure {index} of the chunk: {error}"))
+    return found
+
+
+def _check_stacked(arrays: dict[str, np.ndarray], counts: list[int]) -> None:
+    """Per-atom arrays hold every structure's atoms; the cell and the periodicity one row
+    per structure. (Each structure's values are checked as one request's are.)"""
+    atoms, structures = sum(counts), len(counts)
+    for name, array in arrays.items():
+        rows = structures if name in PER_STRUCTURE else atoms
+        if array.ndim == 0 or array.shape[0] != rows:
+            raise PayloadError(f"chunk: array {name!r} must have {rows} rows (its shape is "
+                               f"{list(array.shape)})")
+
+
+def _failure(error: Any) -> RemoteFailure:
+    if not isinstance(error, dict) or not all(
+            isinstance(error.get(key, ""), str) for key in ("type", "message", "traceback")):
+        raise PayloadError("chunk reply: an error must be an object of strings 'type', "
+                           "'message' and 'traceback'")
+    return RemoteFailure(error.get("type", ""), error.get("message", ""),
+                         error.get("traceback", ""))
+
+
+def _parse_header(frames: list[Frame], versions: tuple[int, ...] = (FORMAT_VERSION,)
+                  ) -> dict[str, Any]:
     if not frames:
         raise PayloadError("no frames: expected a JSON header frame")
     try:
@@ -287,8 +456,10 @@ def _parse_header(frames: list[Frame]) -> dict[str, Any]:
     version = header.get("v")
     if type(version) is not int:
         raise PayloadError("header: 'v' (format version) must be an integer")
-    if version != FORMAT_VERSION:
-        raise PayloadError(f"unsupported payload version {version}; this side speaks 1")
+    if version not in versions:
+        spoken = " and ".join(str(v) for v in versions)
+        raise PayloadError(f"unsupported payload version {version} here; this side reads "
+                           f"{spoken}")
     return header
 
 

@@ -42,9 +42,18 @@ class Batcher:
 
     def compute(self, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
         """This structure's results, from whichever batch it lands in (blocks)."""
+        return self._submit(atoms, properties).result()
+
+    def compute_all(self, structures: list[Atoms], properties: list[str]) -> list[Any]:
+        """Each structure's results, or its exception, in order: a chunk's structures
+        count towards the batches as each request's structure does (blocks)."""
+        futures = [self._submit(atoms, properties) for atoms in structures]
+        return [future.exception() or future.result() for future in futures]
+
+    def _submit(self, atoms: Atoms, properties: list[str]) -> Future:
         done: Future = Future()
         self._pending.put((atoms, properties, done))
-        return done.result()
+        return done
 
     def _run(self) -> None:
         while True:
@@ -60,28 +69,35 @@ class Batcher:
     def _evaluate(self, batch: list[tuple[Atoms, list[str], Future]]) -> None:
         structures = [atoms for atoms, _, _ in batch]
         properties = sorted({name for _, names, _ in batch for name in names})
-        self.calls += 1
-        try:
-            results = _checked(self.evaluate(structures, properties), len(batch))
-        except Exception as error:
-            if len(batch) == 1:
-                results = [error]
-            else:
-                log.warning("a batch of %d failed (%s: %s); trying each structure alone",
-                            len(batch), type(error).__name__, error)
-                results = [self._alone(atoms, properties) for atoms in structures]
+        results, calls = together(self.evaluate, structures, properties)
+        self.calls += calls
         for (_, _, done), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 done.set_exception(result)
             else:
                 done.set_result(result)
 
-    def _alone(self, atoms: Atoms, properties: list[str]) -> Any:
-        self.calls += 1
-        try:
-            return _checked(self.evaluate([atoms], properties), 1)[0]
-        except Exception as error:
-            return error
+
+def together(evaluate: BatchFunction, structures: list[Atoms], properties: list[str]
+             ) -> tuple[list[Any], int]:
+    """Each structure's results, or its exception, from one call of ``evaluate``; when
+    that call raises, from one call per structure, so that one bad structure fails
+    alone. Also how many calls it took."""
+    try:
+        return _checked(evaluate(structures, properties), len(structures)), 1
+    except Exception as error:
+        if len(structures) == 1:
+            return [error], 1
+        log.warning("a batch of %d failed (%s: %s); trying each structure alone",
+                    len(structures), type(error).__name__, error)
+    return [_alone(evaluate, atoms, properties) for atoms in structures], 1 + len(structures)
+
+
+def _alone(evaluate: BatchFunction, atoms: Atoms, properties: list[str]) -> Any:
+    try:
+        return _checked(evaluate([atoms], properties), 1)[0]
+    except Exception as error:
+        return error
 
 
 def _checked(results: Sequence[Any], count: int) -> list[Any]:

@@ -1,6 +1,8 @@
 """What a worker's connections call with a request's frames: decode, check that the
 request is for the model served, compute (one at a time, in batches, or with requests
-waiting in the worker), encode."""
+waiting in the worker), encode. A request brings one structure, or a chunk of several
+(protocol/ase-payload.md, version 2): a chunk is evaluated with the model's
+``calculate_batch`` where it has one, each structure's result or error in its place."""
 
 from __future__ import annotations
 
@@ -15,13 +17,19 @@ from ase.calculators.calculator import Calculator
 from mlipx_serve.errors import DefinitionMismatch
 from mlipx_serve.models.batch import batch_function
 from mlipx_serve.wire.definition import SHORT_FINGERPRINT, Definition, differences
-from mlipx_serve.wire.payload import RequestedModel, encode_results, read_request
-from mlipx_serve.worker.batching import Batcher, one_after_another
+from mlipx_serve.wire.payload import (
+    RequestedModel,
+    encode_chunk_results,
+    encode_results,
+    read_request,
+)
+from mlipx_serve.worker.batching import Batcher, one_after_another, together
 from mlipx_serve.worker.compute import compute, owned
 
 log = logging.getLogger(__name__)
 
 Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+ComputeAll = Callable[[list[Atoms], list[str]], list[Any]]  # results or exceptions
 Handler = Callable[[list], list]
 
 
@@ -30,15 +38,21 @@ def request_handler(calc: Calculator, name: str, served: Definition | None = Non
                     prefetch: int = 0) -> Handler:
     """What each of a worker's connections calls with a request's frames (see ``serve``)."""
     if batch_size > 1:
-        return make_handler(_batched(calc, name, batch_size, batch_wait), served)
+        batcher = _batcher(calc, name, batch_size, batch_wait)
+        return make_handler(batcher.compute, batcher.compute_all, served)
+    evaluate = batch_function(calc) or one_after_another(calc)
+
+    def compute_all(structures: list[Atoms], properties: list[str]) -> list[Any]:
+        return together(evaluate, structures, properties)[0]
+
     if not prefetch:
         return make_handler(lambda atoms, properties: compute(calc, atoms, properties),
-                            served)
+                            compute_all, served)
     # Several connections, one calculator: one request at a time, decoding included (a
     # waiting request then takes no CPU from the one computed), and replies that carry
     # copies, as the calculator may fill its arrays again before a reply has gone out.
     handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)),
-                           served)
+                           compute_all, served)
     lock = threading.Lock()
 
     def handle(frames: list) -> list:
@@ -48,23 +62,33 @@ def request_handler(calc: Calculator, name: str, served: Definition | None = Non
     return handle
 
 
-def make_handler(compute_results: Compute, served: Definition | None) -> Handler:
+def make_handler(compute_one: Compute, compute_all: ComputeAll,
+                 served: Definition | None) -> Handler:
     """Requests in, results out, for requests that ask for the ``served`` definition or
     name none. What a request raises (a ``PayloadError``, a ``DefinitionMismatch``, the
     model's own exception) the worker sends back as an MDP worker error, with the
     traceback: the broker counts it as failed, the client raises it typed, and the worker
-    goes on."""
+    goes on; in a chunk, what one structure raises is that structure's error alone."""
 
     def handle(frames: list) -> list:
-        atoms, properties, asked = read_request(frames)
+        structures, properties, asked, chunk = read_request(frames)
         if asked is not None and (served is None or asked.fingerprint != served.fingerprint):
             raise DefinitionMismatch(mismatch_message(served, asked))
+        if chunk:
+            return encode_chunk_results(_each(compute_all, structures, properties))
         # The reply's frames are views of the calculator's own arrays, which it may fill
         # again for the next structure: safe, as MDP gives a connection its next request
         # only after its reply has reached the broker.
-        return encode_results(compute_results(atoms, properties))
+        return encode_results(compute_one(structures[0], properties))
 
     return handle
+
+
+def _each(compute_all: ComputeAll, structures: list[Any], properties: list[str]) -> list[Any]:
+    """The results of a chunk's structures, the malformed ones' errors in their places."""
+    good = [atoms for atoms in structures if not isinstance(atoms, Exception)]
+    computed = iter(compute_all(good, properties) if good else [])
+    return [atoms if isinstance(atoms, Exception) else next(computed) for atoms in structures]
 
 
 def mismatch_message(served: Definition | None, asked: RequestedModel) -> str:
@@ -82,11 +106,11 @@ def mismatch_message(served: Definition | None, asked: RequestedModel) -> str:
     return f"{said}: {'; '.join(differences(served.identity, asked.identity)) or 'same fields'}"
 
 
-def _batched(calc: Calculator, name: str, size: int, wait: float) -> Compute:
+def _batcher(calc: Calculator, name: str, size: int, wait: float) -> Batcher:
     evaluate = batch_function(calc)
     if evaluate is None:
         log.warning("model '%s' (%s) has no calculate_batch: --batch-size %d takes %d "
                     "requests at a time but computes them one after another", name,
                     type(calc).__name__, size, size)
         evaluate = one_after_another(calc)
-    return Batcher(evaluate, size, wait).compute
+    return Batcher(evaluate, size, wait)

@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from mlipx_serve.wire.definition import Definition  # noqa: E402
-from mlipx_serve.wire.payload import encode_request, encode_results  # noqa: E402
+from mlipx_serve.wire.payload import (  # noqa: E402
+    encode_chunk,
+    encode_chunk_results,
+    encode_request,
+    encode_results,
+)
 
 OUTPUT = Path(__file__).with_name("ase_payload.json")
 
@@ -109,6 +114,67 @@ CASES: list[dict[str, Any]] = [
         },
     },
     {
+        "name": "chunk-request-three-structures",
+        "kind": "chunk-request",
+        "description": "payload version 2: an O2 molecule with charge and spin, a periodic "
+        "Cu cell and a structure of no atoms, stacked into one request",
+        "meaning": {
+            "properties": ["energy", "forces"],
+            "structures": [
+                {"numbers": [8, 8], "positions": [[0.0, 0.0, 0.0], [0.0, 0.0, 1.25]],
+                 "cell": [[0.0] * 3] * 3, "pbc": [False] * 3,
+                 "info": {"charge": 0, "spin": 3}},
+                {"numbers": [29], "positions": [[0.0, 0.0, 0.0]],
+                 "cell": [[0.0, 1.75, 1.75], [1.75, 0.0, 1.75], [1.75, 1.75, 0.0]],
+                 "pbc": [True] * 3, "info": {}},
+                {"numbers": [], "positions": [], "cell": [[0.0] * 3] * 3,
+                 "pbc": [False] * 3, "info": {}},
+            ],
+        },
+    },
+    {
+        "name": "chunk-request-magmoms-with-model",
+        "kind": "chunk-request",
+        "description": "payload version 2: two Fe structures with initial magnetic moments, "
+        "for the model defined as Lennard-Jones with sigma 2.3",
+        "meaning": {
+            "properties": ["energy"],
+            "structures": [
+                {"numbers": [26], "positions": [[0.0, 0.0, 0.0]],
+                 "cell": [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]],
+                 "pbc": [True] * 3, "info": {}, "initial_magmoms": [2.5]},
+                {"numbers": [26, 26], "positions": [[0.0, 0.0, 0.0], [1.5, 1.5, 1.5]],
+                 "cell": [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]],
+                 "pbc": [True] * 3, "info": {"label": "afm"},
+                 "initial_magmoms": [2.5, -2.5]},
+            ],
+            "model": {"fingerprint": "dc0de04325ae1137488fe4d531d5d7206c0"
+                                     "8eca2e5c9ab50a9dad0e3dfe41918",
+                      "definition": {"class_name": "LennardJones", "kwargs": {"sigma": 2.3},
+                                     "module": "ase.calculators.lj"}},
+        },
+    },
+    {
+        "name": "chunk-reply-results-and-an-error",
+        "kind": "chunk-reply",
+        "description": "payload version 2: the reply to three structures, the second of "
+        "which failed alone",
+        "meaning": {
+            "results": [
+                {"scalars": {"energy": -7.25},
+                 "arrays": {"forces": {"dtype": "<f8", "shape": [2, 3],
+                                       "data": [[0.5, -0.25, 0.0], [-0.5, 0.25, 0.0]]}}},
+                {"error": {"type": "ValueError", "message": "cell is singular",
+                           "traceback": "ValueError: cell is singular\n"}},
+                {"scalars": {"energy": 0.5, "converged": True},
+                 "arrays": {"forces": {"dtype": "<f8", "shape": [1, 3],
+                                       "data": [[0.0, 0.0, 0.125]]},
+                            "stress": {"dtype": "<f8", "shape": [6],
+                                       "data": [0.125, 0.125, 0.125, 0.0, 0.0, 0.0]}}},
+            ],
+        },
+    },
+    {
         "name": "reply-error",
         "kind": "error",
         "description": "failed calculation: the error travels as type name and text",
@@ -127,8 +193,8 @@ CASES: list[dict[str, Any]] = [
 
 def atoms_from_meaning(meaning: dict[str, Any]) -> Atoms:
     atoms = Atoms(
-        numbers=meaning["numbers"],
-        positions=meaning["positions"],
+        numbers=np.array(meaning["numbers"], dtype="<i8"),
+        positions=np.array(meaning["positions"], dtype="<f8").reshape(-1, 3),
         cell=meaning["cell"],
         pbc=meaning["pbc"],
         info=meaning["info"],
@@ -157,6 +223,12 @@ def results_from_meaning(meaning: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def exception_from_meaning(error: dict[str, str]) -> Exception:
+    """The exception a worker caught (never raised here: its traceback is its line)."""
+    assert error["type"] == "ValueError"
+    return ValueError(error["message"])
+
+
 def frames_for(case: dict[str, Any]) -> list[Any]:
     meaning = case["meaning"]
     if case["kind"] == "request":
@@ -164,6 +236,14 @@ def frames_for(case: dict[str, Any]) -> list[Any]:
                               definition_from_meaning(meaning))
     if case["kind"] == "reply":
         return encode_results(results_from_meaning(meaning))
+    if case["kind"] == "chunk-request":
+        return encode_chunk([atoms_from_meaning(each) for each in meaning["structures"]],
+                            meaning["properties"], definition_from_meaning(meaning))
+    if case["kind"] == "chunk-reply":
+        return encode_chunk_results([
+            exception_from_meaning(entry["error"]) if "error" in entry else
+            results_from_meaning(entry)
+            for entry in meaning["results"]])
     # payload version 1's error reply, which workers no longer send but clients decode
     header = {"v": 1, "ok": False, "error": meaning["error"]}
     return [json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()]
@@ -179,7 +259,7 @@ def build() -> dict[str, Any]:
     cases = [with_frames(case) for case in CASES]
     return {
         "format": "mlipx-serve ASE payload test vectors",
-        "payload_version": 1,
+        "payload_versions": [1, 2],
         "spec": "protocol/ase-payload.md",
         "cases": cases,
     }

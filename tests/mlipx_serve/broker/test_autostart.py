@@ -24,7 +24,9 @@ def demand(workers: int, busy: int, queued: int, processes: int | None = None) -
     (demand(2, 2, 3), False, 3, True),
     (demand(16, 16, 5, processes=1), False, 2, True),  # one batching process, 16 connections
     (demand(32, 32, 5, processes=2), False, 2, False),  # two batching processes: the limit
-    (Event("served", "m", queued=5, workers=1, busy=1), False, 4, False),
+    # a reply, or a worker that came, with requests still queued: one more
+    (Event("served", "m", queued=5, workers=1, busy=1, processes=1), False, 4, True),
+    (Event("worker-ready", "m", queued=8, workers=1, busy=0, processes=1), False, 2, True),
 ])
 def test_autostart_starts_one_worker_at_a_time_up_to_the_limit(event, starting, limit,
                                                                expected):

@@ -52,10 +52,13 @@ def batched_worker(system: ServeSystem, model: str, size: int, wait: float) -> s
     return bus
 
 
-def test_sixty_four_in_flight_go_in_a_few_batches_of_sixteen(serve_system: ServeSystem):
+@pytest.mark.parametrize("chunk_size", [1, 4, None])  # a structure a request, or chunks
+def test_sixty_four_in_flight_go_in_a_few_batches_of_sixteen(serve_system: ServeSystem,
+                                                              chunk_size: int | None):
     bus = batched_worker(serve_system, "counting-emt", 16, 0.2)
     inputs = cells(64)
-    got = evaluate("counting-emt", inputs, broker=bus, max_in_flight=64)
+    got = evaluate("counting-emt", inputs, broker=bus, max_in_flight=64,
+                   chunk_size=chunk_size)
     for given, result in zip(inputs, got, strict=True):
         assert_emt(given, result)
     calls = {int(result.calc.results["batch_call"]) for result in got}

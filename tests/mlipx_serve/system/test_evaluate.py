@@ -135,3 +135,55 @@ def test_a_long_map_makes_autostart_add_workers(serve_system: ServeSystem):
     inputs = structures(60)
     assert_results_of(inputs, evaluate("sleepy-emt", inputs, broker=bus, max_in_flight=16))
     assert len(serve_system.workers_of(bus, "sleepy-emt")) == 2
+
+
+# ------------------------------------------------------------ chunks: several a request
+
+
+def served_requests(system: ServeSystem, bus: str) -> int:
+    return sum(worker["served"] for worker in system.workers_of(bus, "emt"))
+
+
+def test_small_structures_go_several_to_a_request_and_come_back_in_order(
+        bus: str, shared_system: ServeSystem):
+    inputs = structures(32)
+    evaluate("emt", inputs[:1], broker=bus)  # a worker up, its first request counted
+    before = served_requests(shared_system, bus)
+    assert_results_of(inputs, evaluate("emt", inputs, broker=bus, chunk_size=8))
+    assert served_requests(shared_system, bus) - before == 4
+    before = served_requests(shared_system, bus)
+    assert_results_of(inputs, evaluate("emt", inputs, broker=bus))  # sizes of its own
+    assert 1 < served_requests(shared_system, bus) - before < len(inputs)
+
+
+def test_structures_with_magnetic_moments_go_apart_and_keep_them(bus: str):
+    inputs = structures(12)
+    for atoms in inputs[4:8]:
+        atoms.set_initial_magnetic_moments(np.linspace(0, 1, len(atoms)))
+    got = evaluate("emt", inputs, broker=bus, chunk_size=6)
+    assert_results_of(inputs, got)
+    for given, result in zip(inputs, got, strict=True):
+        np.testing.assert_array_equal(result.get_initial_magnetic_moments(),
+                                      given.get_initial_magnetic_moments())
+
+
+def test_a_structure_that_fails_inside_a_chunk_raises_when_its_turn_comes(bus: str):
+    inputs = [*structures(3), uranium(), *structures(4)]
+    seen = []
+    with pytest.raises(StructureFailed) as caught:
+        for atoms in Models(bus)["emt"].map(inputs, progress=False, chunk_size=8):
+            seen.append(atoms)
+    assert caught.value.index == 3 and "No EMT-potential for U" in str(caught.value)
+    assert_results_of(inputs[:3], seen)
+
+
+def test_a_structure_that_fails_inside_a_chunk_comes_back_alone_as_data(bus: str):
+    inputs = [*structures(3), uranium(), *structures(4)]
+    got = evaluate("emt", inputs, broker=bus, on_error="keep", chunk_size=8)
+    assert got[3].calc is None and "No EMT-potential for U" in got[3].info["error"]
+    assert_results_of(inputs[:3] + inputs[4:], got[:3] + got[4:])
+
+
+def test_a_chunk_size_below_one_is_refused(bus: str):
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        evaluate("emt", structures(2), broker=bus, chunk_size=0)

@@ -60,9 +60,11 @@ def assert_emt(given, got) -> None:
 
 def test_one_broker_serves_a_batching_model_and_a_plain_one(serve_system: ServeSystem):
     bus = broker(serve_system)
-    inputs = cells(64)
-    batched = evaluate("batched", inputs, broker=bus, max_in_flight=64, progress=False)
-    plain = evaluate("plain", inputs[:16], broker=bus, max_in_flight=16, progress=False)
+    inputs = cells(64)  # one a request: the batches are the worker's own doing
+    batched = evaluate("batched", inputs, broker=bus, max_in_flight=64, progress=False,
+                       chunk_size=1)
+    plain = evaluate("plain", inputs[:16], broker=bus, max_in_flight=16, progress=False,
+                     chunk_size=1)
     for given, got in zip(inputs, batched, strict=True):
         assert_emt(given, got)
     calls = {got.calc.results["batch_call"] for got in batched}

@@ -24,8 +24,11 @@ from mlipx_serve.wire.payload import (
     WIRE_DTYPES,
     PayloadError,
     RemoteCalculationError,
+    decode_chunk_reply,
     decode_reply,
     decode_request,
+    encode_chunk,
+    encode_chunk_results,
     encode_request,
     encode_results,
     read_request,
@@ -352,7 +355,7 @@ REQUEST_MUTATIONS = {
     "NaN constant": (lambda h, a: [b'{"v":1,"x":NaN}', *a], "NaN is not allowed"),
     "deep nesting": (lambda h, a: [b"[" * 100000 + b"]" * 100000, *a], "not UTF-8 JSON"),
     "version missing": (set_key("v", None), "'v'"),
-    "version 2": (set_key("v", 2), "unsupported payload version 2"),
+    "version 3": (set_key("v", 3), "unsupported payload version 3"),
     "version true": (set_key("v", True), "'v'"),
     "version float": (set_key("v", 1.0), "'v'"),
     "arrays not a list": (set_key("arrays", {}), "'arrays' must be a list"),
@@ -484,7 +487,7 @@ def load_vectors() -> list[dict[str, Any]]:
 def vector_atoms(meaning: dict[str, Any]) -> Atoms:
     atoms = Atoms(
         numbers=np.array(meaning["numbers"], dtype="<i8"),
-        positions=meaning["positions"],
+        positions=np.array(meaning["positions"], dtype="<f8").reshape(-1, 3),
         cell=meaning["cell"],
         pbc=meaning["pbc"],
         info=meaning["info"],
@@ -503,18 +506,44 @@ def vector_results(meaning: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def vector_model(meaning: dict[str, Any]) -> Definition | None:
+    model = meaning.get("model")
+    return Definition(model["definition"]) if model else None
+
+
 def encode_vector(case: dict[str, Any]) -> list[Any]:
     meaning = case["meaning"]
     if case["kind"] == "request":
-        model = meaning.get("model")
-        definition = Definition(model["definition"]) if model else None
-        return encode_request(vector_atoms(meaning), meaning["properties"], definition)
+        return encode_request(vector_atoms(meaning), meaning["properties"],
+                              vector_model(meaning))
+    if case["kind"] == "chunk-request":
+        return encode_chunk([vector_atoms(each) for each in meaning["structures"]],
+                            meaning["properties"], vector_model(meaning))
+    if case["kind"] == "chunk-reply":
+        return encode_chunk_results([
+            ValueError(entry["error"]["message"]) if "error" in entry else
+            vector_results(entry) for entry in meaning["results"]])
     return encode_results(vector_results(meaning))
 
 
 def test_vectors_cover_the_required_cases() -> None:
     kinds = [case["kind"] for case in load_vectors()]
     assert kinds.count("request") >= 2 and "reply" in kinds and "error" in kinds
+    assert kinds.count("chunk-request") >= 2 and "chunk-reply" in kinds
+
+
+def assert_model(model: Any, meaning: dict[str, Any]) -> None:
+    expected = meaning.get("model")
+    assert (model and model._asdict()) == (expected and {
+        "fingerprint": expected["fingerprint"], "identity": expected["definition"]})
+
+
+def assert_results(decoded: dict[str, Any], meaning: dict[str, Any]) -> None:
+    expected = vector_results(meaning)
+    assert list(decoded) == list(expected)
+    for name, value in expected.items():
+        assert np.asarray(decoded[name]).dtype == np.asarray(value).dtype
+        assert np.asarray(decoded[name]).tobytes() == np.asarray(value).tobytes()
 
 
 @pytest.mark.parametrize("case", [case for case in load_vectors() if case["kind"] != "error"],
@@ -531,19 +560,27 @@ def test_vector_decodes_to_its_meaning(case: dict[str, Any]) -> None:
     frames = [bytes.fromhex(frame) for frame in case["frames"]]
     meaning = case["meaning"]
     if case["kind"] == "request":
-        atoms, properties, model = read_request(frames)
+        [atoms], properties, model, chunk = read_request(frames)
+        assert not chunk
         assert properties == meaning["properties"]
         assert_same_atoms(atoms, vector_atoms(meaning))
-        expected = meaning.get("model")
-        assert (model and model._asdict()) == (expected and {
-            "fingerprint": expected["fingerprint"], "identity": expected["definition"]})
+        assert_model(model, meaning)
+    elif case["kind"] == "chunk-request":
+        structures, properties, model, chunk = read_request(frames)
+        assert chunk and properties == meaning["properties"]
+        for atoms, expected in zip(structures, meaning["structures"], strict=True):
+            assert_same_atoms(atoms, vector_atoms(expected))
+        assert_model(model, meaning)
     elif case["kind"] == "reply":
-        decoded = decode_reply(frames)
-        expected = vector_results(meaning)
-        assert list(decoded) == list(expected)
-        for name, value in expected.items():
-            assert np.asarray(decoded[name]).dtype == np.asarray(value).dtype
-            assert np.asarray(decoded[name]).tobytes() == np.asarray(value).tobytes()
+        assert_results(decode_reply(frames), meaning)
+    elif case["kind"] == "chunk-reply":
+        for decoded, entry in zip(decode_chunk_reply(frames), meaning["results"], strict=True):
+            if "error" in entry:
+                assert decoded._asdict() == {"error_type": entry["error"]["type"],
+                                             "message": entry["error"]["message"],
+                                             "traceback": entry["error"]["traceback"]}
+            else:
+                assert_results(decoded, entry)
     else:
         with pytest.raises(RemoteCalculationError) as info:
             decode_reply(frames)
@@ -579,8 +616,14 @@ headers = st.fixed_dictionaries(
         "info": st.dictionaries(st.text(), json_scalars, max_size=3) | json_values,
         "scalars": st.dictionaries(names, json_scalars, max_size=3) | json_values,
         "error": json_values,
+        "counts": st.lists(st.integers(-1, 4), max_size=3) | json_values,
+        "results": st.lists(st.fixed_dictionaries({}, optional={
+            "scalars": st.dictionaries(names, json_scalars, max_size=2) | json_values,
+            "arrays": st.lists(specs, max_size=2) | json_values,
+            "error": json_values}), max_size=3) | json_values,
     },
 )
+DECODERS = (read_request, decode_reply, decode_chunk_reply)
 header_frames = headers.map(lambda h: json.dumps(h).encode()) | st.binary(max_size=40)
 array_frames = st.binary(max_size=80) | st.sampled_from([bytes(8), bytes(24), b"\x01" * 3])
 frame_lists = st.tuples(header_frames, st.lists(array_frames, max_size=6)).map(
@@ -591,7 +634,7 @@ frame_lists = st.tuples(header_frames, st.lists(array_frames, max_size=6)).map(
 @FUZZ
 @given(frame_lists)
 def test_random_frames_raise_only_payload_errors(frames: list[bytes]) -> None:
-    for decode in (decode_request, decode_reply):
+    for decode in DECODERS:
         try:
             decode(frames)
         except (PayloadError, RemoteCalculationError):
@@ -624,13 +667,15 @@ def well_framed_arrays(draw: st.DrawFn) -> list[bytes]:
         specs.append({"name": name, "dtype": dtype.str, "shape": shape})
         frames.append(draw(st.binary(min_size=size, max_size=size)))
     header = {"v": 1, "ok": draw(st.booleans()), "arrays": specs}
+    if draw(st.booleans()):  # a chunk of one structure, or of two splitting the atoms
+        header.update(v=2, counts=draw(st.sampled_from([[count], [0, count], [count, 1]])))
     return [json.dumps(header).encode(), *frames]
 
 
 @FUZZ
 @given(well_framed_arrays())
 def test_well_framed_random_arrays_raise_only_payload_errors(frames: list[bytes]) -> None:
-    for decode in (decode_request, decode_reply):
+    for decode in DECODERS:
         try:
             decode(frames)
         except (PayloadError, RemoteCalculationError):

@@ -13,8 +13,7 @@ from mlipx_serve.errors import DefinitionMismatch
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.payload import decode_reply, encode_request
-from mlipx_serve.worker.compute import compute
-from mlipx_serve.worker.handler import make_handler
+from mlipx_serve.worker.handler import request_handler
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,7 +26,7 @@ def lj(sigma: float = 2.3, **rest: Any) -> Definition:
 def emt_handler():
     served = BUILTIN_MODELS["emt"].definition()
     calc = EMT()
-    return make_handler(lambda atoms, properties: compute(calc, atoms, properties), served)
+    return request_handler(calc, "emt", served)
 
 
 def test_a_request_for_another_model_is_refused_with_the_differences(emt_handler) -> None:
@@ -50,7 +49,7 @@ def test_a_request_for_the_model_or_for_no_model_is_computed(emt_handler) -> Non
 
 
 def test_a_worker_without_a_definition_takes_requests_by_name_alone() -> None:
-    handle = make_handler(lambda atoms, properties: compute(EMT(), atoms, properties), None)
+    handle = request_handler(EMT(), "emt", None)
     with pytest.raises(DefinitionMismatch, match="ask for it by name alone"):
         handle([bytes(f) for f in encode_request(bulk("Cu"), ["energy"], lj())])
     assert "energy" in decode_reply([bytes(f) for f in handle(
