@@ -3,8 +3,10 @@
 ``evaluate(model, structures)`` and ``Models()[model].map(structures)`` send up to
 ``max_in_flight`` requests at once (the asyncio client, one connection per request), so
 every worker of the model, and a batching worker's whole batch, has work while the next
-requests are on their way. The asyncio loop runs in a thread of its own: the caller may
-be a plain script or a Jupyter cell whose own loop is already running.
+requests are on their way. Small structures go several to a request (a chunk: payload
+version 2), so that a request's own cost, larger than a cheap model's, is shared out.
+The asyncio loop runs in a thread of its own: the caller may be a plain script or a
+Jupyter cell whose own loop is already running.
 
 A failed structure, by default, raises ``StructureFailed`` when its turn comes (as
 ``concurrent.futures.Executor.map`` does), naming its index and the model's error;
