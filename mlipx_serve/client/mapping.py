@@ -82,7 +82,8 @@ def map_structures(model: Any, structures: Iterable[Atoms],
     be). ``structures`` may be any iterable (a list, ``ase.io.iread(...)``): it is read as
     requests are sent. ``ordered=False`` yields each result as it arrives. ``progress``
     shows a bar (default: on a terminal or in Jupyter). ``timeout`` bounds the wait for
-    each reply (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s).
+    each structure (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s): a chunk's reply may take
+    that times its number of structures.
 
     Small structures go several to a request (a chunk), so that a request's own cost is
     shared out: ``chunk_size`` structures, or by default as many as ``chunk_size_for``
@@ -167,6 +168,7 @@ class _Run:
         self.inputs: dict[int, Atoms] = {}  # sent, not yet handed back
         self.results: queue.Queue = queue.Queue()
         self._broker = broker
+        self._timeout = timeout
         self._client = AsyncClient(broker, max_in_flight=max_in_flight, timeout=timeout,
                                    retries=RESENDS, copy=False, **curve_options())
         self._slots = max_in_flight
@@ -241,7 +243,8 @@ class _Run:
                 results = [decode_reply(await self._client.request(self.model, *frames))]
             else:
                 frames = encode_chunk(structures, self.properties, self.definition)
-                reply = await self._client.request(self.model, *frames)
+                reply = await self._client.request(self.model, *frames,
+                                                   timeout=self._timeout * len(chunk))
                 results = [self._result(found) for found in decode_chunk_reply(reply)]
         except MDPError as error:
             results = [served_error(error, self.model, self._broker)] * len(chunk)

@@ -187,3 +187,11 @@ def test_a_structure_that_fails_inside_a_chunk_comes_back_alone_as_data(bus: str
 def test_a_chunk_size_below_one_is_refused(bus: str):
     with pytest.raises(ValueError, match="chunk_size must be at least 1"):
         evaluate("emt", structures(2), broker=bus, chunk_size=0)
+
+
+def test_a_chunk_may_take_its_structures_timeouts_together(serve_system: ServeSystem):
+    bus = serve_system.broker("--autostart", "--models", str(HELPERS / "models.py"))
+    evaluate("sleepy-emt", structures(1), broker=bus, timeout=120)  # its worker up
+    inputs = structures(20)  # 0.05 s of sleep each: 1 s for the chunk, 0.5 s allowed each
+    assert_results_of(inputs, evaluate("sleepy-emt", inputs, broker=bus, timeout=0.5,
+                                       chunk_size=20))
