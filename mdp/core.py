@@ -456,28 +456,30 @@ class BrokerCore:
 
     def _requeue(self, state: Service, request: Request, now: float) -> None:
         """Put a request whose worker died back at the front, unless it has killed enough
-        or nobody waits for it any more."""
+        or nobody waits for it any more. Either way, what still queues wants a worker."""
         if request.abandoned:
             state.abandoned += 1
-            return
-        if request.attempts >= self.config.max_attempts:
-            state.failed += 1
-            error = AttemptsExhausted(
-                f"request to '{_text(request.service)}' was given up after "
-                f"{request.attempts} workers died or vanished while handling it",
-                _text(request.service))
-            self._reply_error(request, error)
-            if self.emit_events:
-                self.events.append(Event(DROPPED, _text(state.name), detail=error.reason))
-            return
-        request.partials = ()
-        expiry = self.config.request_expiry
-        request.expires_at = now + expiry if expiry is not None else float("inf")
-        self._next_expiry = min(self._next_expiry, request.expires_at)
-        state.queue.appendleft(request)
-        self._dispatch(state)
+        elif request.attempts >= self.config.max_attempts:
+            self._give_up(state, request)
+        else:
+            request.partials = ()
+            expiry = self.config.request_expiry
+            request.expires_at = now + expiry if expiry is not None else float("inf")
+            self._next_expiry = min(self._next_expiry, request.expires_at)
+            state.queue.appendleft(request)
+            self._dispatch(state)
         if state.queue:
             self._emit_service_event(DEMAND, state)
+
+    def _give_up(self, state: Service, request: Request) -> None:
+        state.failed += 1
+        error = AttemptsExhausted(
+            f"request to '{_text(request.service)}' was given up after "
+            f"{request.attempts} workers died or vanished while handling it",
+            _text(request.service))
+        self._reply_error(request, error)
+        if self.emit_events:
+            self.events.append(Event(DROPPED, _text(state.name), detail=error.reason))
 
     def _abandon_requests_of(self, client: Peer) -> None:
         """Nobody waits for these any more: drop the queued ones, mark the held ones."""

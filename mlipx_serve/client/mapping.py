@@ -27,7 +27,7 @@ from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mdp.aio import AsyncClient
-from mdp.errors import MDPError
+from mdp.errors import AttemptsExhausted, MDPError
 from mlipx_serve.client.calculator import RESENDS, default_timeout
 from mlipx_serve.client.failures import served_error, structure_error
 from mlipx_serve.client.keys import curve_options
@@ -234,30 +234,42 @@ class _Run:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, chunk: list[tuple[int, Atoms]], slots: asyncio.Semaphore) -> None:
-        """One request: a structure alone (the one-structure form every worker reads), or
-        a chunk; each structure's result, or the error of the request, to the queue."""
+        """One request's structures, each with its results or its error, to the queue."""
+        try:
+            results = await self._computed(chunk)
+        finally:
+            slots.release()
+        for (index, atoms), found in zip(chunk, results, strict=True):
+            self.results.put((index, found if isinstance(found, Exception) else
+                              _with_results(atoms, found)))
+
+    async def _computed(self, chunk: list[tuple[int, Atoms]]) -> list[Any]:
+        """Each structure's results or exception, from one request: a structure alone (the
+        one-structure form every worker reads), or a chunk."""
         structures = [atoms for _, atoms in chunk]
         try:
             if len(chunk) == 1:
                 frames = encode_request(structures[0], self.properties, self.definition)
-                results = [decode_reply(await self._client.request(self.model, *frames))]
-            else:
-                frames = encode_chunk(structures, self.properties, self.definition)
-                reply = await self._client.request(self.model, *frames,
-                                                   timeout=self._timeout * len(chunk))
-                results = [self._result(found) for found in decode_chunk_reply(reply)]
+                return [decode_reply(await self._client.request(self.model, *frames))]
+            frames = encode_chunk(structures, self.properties, self.definition)
+            reply = await self._client.request(self.model, *frames,
+                                               timeout=self._timeout * len(chunk))
+            results = [self._result(found) for found in decode_chunk_reply(reply)]
+        except AttemptsExhausted as error:
+            if len(chunk) == 1:
+                return [served_error(error, self.model, self._broker)]
+            # Workers died computing the chunk: one of its structures may kill them, and
+            # only that one must fail. Each alone tells which.
+            alone = await asyncio.gather(*(self._computed([item]) for item in chunk))
+            return [found for [found] in alone]
         except MDPError as error:
-            results = [served_error(error, self.model, self._broker)] * len(chunk)
+            return [served_error(error, self.model, self._broker)] * len(chunk)
         except MlipxServeError as error:  # a reply that is not a payload
-            results = [error] * len(chunk)
-        finally:
-            slots.release()
+            return [error] * len(chunk)
         if len(results) != len(chunk):
-            results = [PayloadError(f"the reply to a chunk of {len(chunk)} structures held "
-                                    f"{len(results)} results")] * len(chunk)
-        for (index, atoms), found in zip(chunk, results, strict=True):
-            self.results.put((index, found if isinstance(found, Exception) else
-                              _with_results(atoms, found)))
+            return [PayloadError(f"the reply to a chunk of {len(chunk)} structures held "
+                                 f"{len(results)} results")] * len(chunk)
+        return results
 
     def _result(self, found: dict[str, Any] | RemoteFailure) -> dict[str, Any] | Exception:
         return structure_error(found, self.model) if isinstance(found, RemoteFailure) else found

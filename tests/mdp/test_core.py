@@ -474,6 +474,18 @@ def test_after_max_attempts_deaths_the_client_gets_500(how):
     assert bus.at(30.0).ready(b"w3") == []
 
 
+def test_requests_queued_behind_one_given_up_still_ask_for_a_worker():
+    """A request that kills its workers is given up; those behind it must not wait for a
+    worker that nobody is told to start (an autostarting broker starts one on demand)."""
+    bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, busy_timeout=1.0, max_attempts=1)
+    bus.ready(b"w1")
+    request_to(bus.request(b"a", b"echo", b"A"), b"w1")
+    bus.request(b"b", b"echo", b"B")
+    bus.disconnect(b"w1")
+    assert bus.kinds()[-3:] == ["worker-lost", "dropped", "demand"]
+    assert request_to(bus.at(2.0).ready(b"w2"), b"w2") == p.WorkerRequest(ID2, [b"B"])
+
+
 def test_a_late_reply_from_a_worker_given_up_for_dead_is_not_sent_twice():
     bus = Bus(heartbeat_interval=1.0, heartbeat_liveness=1, busy_timeout=1.0)
     bus.ready(b"w1")

@@ -1,4 +1,5 @@
-"""A models.py whose models cannot start: for the autostart error tests.
+"""A models.py whose models cannot start, are slow, or kill their worker: for the
+autostart error tests and the slow or fatal structures of ``map``.
 
 Written the way users write custom entries for mlipx: dataclasses with ``get_calculator``.
 """
@@ -6,6 +7,7 @@ Written the way users write custom entries for mlipx: dataclasses with ``get_cal
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from ase.calculators.emt import EMT
@@ -51,6 +53,15 @@ class SlowCallEMT(SleepyEMT):
     seconds = 30.0
 
 
+class FatalOnUraniumEMT(EMT):
+    """Ends its worker process, as a crash in a model's native code does, on uranium."""
+
+    def calculate(self, atoms=None, *args, **kwargs):
+        if 92 in atoms.numbers:
+            os._exit(3)
+        super().calculate(atoms, *args, **kwargs)
+
+
 @dataclasses.dataclass
 class Build:
     calculator: type
@@ -59,4 +70,5 @@ class Build:
         return self.calculator()
 
 
-ALL_MODELS.update({"sleepy-emt": Build(SleepyEMT), "slow-call": Build(SlowCallEMT)})
+ALL_MODELS.update({"sleepy-emt": Build(SleepyEMT), "slow-call": Build(SlowCallEMT),
+                   "fatal-on-uranium": Build(FatalOnUraniumEMT)})

@@ -195,3 +195,13 @@ def test_a_chunk_may_take_its_structures_timeouts_together(serve_system: ServeSy
     inputs = structures(20)  # 0.05 s of sleep each: 1 s for the chunk, 0.5 s allowed each
     assert_results_of(inputs, evaluate("sleepy-emt", inputs, broker=bus, timeout=0.5,
                                        chunk_size=20))
+
+
+@pytest.mark.timeout(300)
+def test_a_structure_that_kills_its_workers_fails_alone_and_not_its_chunk(
+        serve_system: ServeSystem):
+    bus = serve_system.broker("--autostart", "--models", str(HELPERS / "models.py"))
+    inputs = [*structures(3), uranium(), *structures(4)]
+    got = evaluate("fatal-on-uranium", inputs, broker=bus, on_error="keep", chunk_size=8)
+    assert got[3].calc is None and "workers died" in got[3].info["error"]
+    assert_results_of(inputs[:3] + inputs[4:], got[:3] + got[4:])
