@@ -78,6 +78,8 @@ class Autostarter:
         self.launcher = launcher
         self.refuse_definitions = refuse_definitions
         self.definitions = {name: definition_of(model) for name, model in registry.items()}
+        # Asked at every reply while requests queue: worked out once per model.
+        self.settings = {name: self._settings_of(model) for name, model in registry.items()}
         self.by_clients: dict[str, Definition] = {}  # the services clients defined
         self.starting: dict[str, Launch] = {}
         self._processes: dict[str, int] = {}  # a starting model's worker processes before
@@ -125,7 +127,10 @@ class Autostarter:
 
     def serving(self, name: str) -> ServingSettings:
         """How model ``name`` is served: its own settings, else the broker's."""
-        return serving_settings(self.registry[name]).over(self.config.serving)
+        return self.settings[name]
+
+    def _settings_of(self, model: object) -> ServingSettings:
+        return serving_settings(model).over(self.config.serving)
 
     def devices(self, settings: ServingSettings) -> list[str]:
         """The GPUs a model's workers may use: the broker's (``all``) or those it names."""
@@ -173,6 +178,7 @@ class Autostarter:
             self.by_clients[name] = definition
             self.definitions[name] = definition
             self.registry[name] = model_from(definition)
+            self.settings[name] = self._settings_of(self.registry[name])
             log.info("serving '%s' as clients define it: %s", name, definition.short())
         return [b"200", name.encode()]
 

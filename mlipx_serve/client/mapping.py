@@ -120,13 +120,14 @@ def _chunks(structures: Iterable[Atoms], size_for: Callable[[Atoms], int]
     """(index, structure) in chunks, each of the size its first structure calls for, and
     of structures that carry the same arrays (``payload.chunk_key``)."""
     chunk: list[tuple[int, Atoms]] = []
-    size = 1
+    size, key = 1, None
     for index, atoms in enumerate(structures):
-        if chunk and (len(chunk) >= size or chunk_key(atoms) != chunk_key(chunk[0][1])):
+        its_key = chunk_key(atoms)
+        if chunk and (len(chunk) >= size or its_key != key):
             yield chunk
             chunk = []
         if not chunk:
-            size = size_for(atoms)
+            size, key = size_for(atoms), its_key
         chunk.append((index, atoms))
     if chunk:
         yield chunk

@@ -84,17 +84,19 @@ def encode_request(atoms: Atoms, properties: Iterable[str],
         "arrays": [_spec(name, array) for name, array in arrays],
         "info": _info_scalars(atoms.info),
     }
-    return [_with_model(_ENCODER.encode(header), definition).encode("utf-8"),
-            *(_raw(array) for _, array in arrays)]
+    return _request_frames(header, arrays, definition)
 
 
-def _with_model(header: str, definition: Definition | None) -> str:
-    """The header's text with the model it asks for (canonical already: spliced in, not
-    encoded again)."""
-    if definition is None:
-        return header
-    return f'{header[:-1]},"model":{{"fingerprint":"{definition.fingerprint}",' \
-           f'"definition":{definition.canonical}}}}}'
+def _request_frames(header: dict[str, Any], arrays: list[tuple[str, np.ndarray]],
+                    definition: Definition | None) -> list[bytes | memoryview]:
+    """A request's header, with the model it asks for, and its array frames. The model's
+    definition is canonical JSON already: spliced into the header's text, not encoded
+    again."""
+    text = _ENCODER.encode(header)
+    if definition is not None:
+        text = f'{text[:-1]},"model":{{"fingerprint":"{definition.fingerprint}",' \
+               f'"definition":{definition.canonical}}}}}'
+    return [text.encode("utf-8"), *(_raw(array) for _, array in arrays)]
 
 
 def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
@@ -148,8 +150,7 @@ def encode_chunk(structures: Sequence[Atoms], properties: Iterable[str],
         "arrays": [_spec(name, array) for name, array in arrays],
         "info": [_info_scalars(atoms.info) for atoms in structures],
     }
-    return [_with_model(_ENCODER.encode(header), definition).encode("utf-8"),
-            *(_raw(array) for _, array in arrays)]
+    return _request_frames(header, arrays, definition)
 
 
 def chunk_key(atoms: Atoms) -> tuple:
@@ -358,7 +359,7 @@ def decode_chunk_reply(frames: Sequence[Frame]) -> list[dict[str, Any] | RemoteF
         if not isinstance(entry, dict):
             raise PayloadError(f"chunk reply: results[{index}] must be an object")
         if "error" in entry:
-            found.append(_failure(entry["error"]))
+            found.append(RemoteFailure(*_error_fields(entry["error"], "chunk reply")))
             continue
         described = entry.get("arrays", [])
         if not isinstance(described, list):
@@ -429,15 +430,6 @@ def _check_stacked(arrays: dict[str, np.ndarray], counts: list[int]) -> None:
         if array.ndim == 0 or array.shape[0] != rows:
             raise PayloadError(f"chunk: array {name!r} must have {rows} rows (its shape is "
                                f"{list(array.shape)})")
-
-
-def _failure(error: Any) -> RemoteFailure:
-    if not isinstance(error, dict) or not all(
-            isinstance(error.get(key, ""), str) for key in ("type", "message", "traceback")):
-        raise PayloadError("chunk reply: an error must be an object of strings 'type', "
-                           "'message' and 'traceback'")
-    return RemoteFailure(error.get("type", ""), error.get("message", ""),
-                         error.get("traceback", ""))
 
 
 def _parse_header(frames: list[Frame], versions: tuple[int, ...] = (FORMAT_VERSION,)
@@ -577,6 +569,16 @@ def _model(value: Any) -> RequestedModel | None:
     return RequestedModel(fingerprint, identity)
 
 
+def _error_fields(error: Any, where: str) -> tuple[str, str, str]:
+    """An error's type, message and traceback (a missing traceback is "")."""
+    if not isinstance(error, dict):
+        raise PayloadError(f"{where}: 'error' must be an object")
+    fields = error.get("type"), error.get("message"), error.get("traceback", "")
+    if not all(isinstance(text, str) for text in fields):
+        raise PayloadError(f"{where}: 'type', 'message' and 'traceback' must be strings")
+    return fields
+
+
 def _info(value: Any) -> dict[str, Any]:
     return _plain_scalars(value, "info")
 
@@ -586,12 +588,7 @@ def _scalars(value: Any) -> dict[str, Any]:
 
 
 def _remote_error(error: Any) -> RemoteCalculationError:
-    if not isinstance(error, dict):
-        raise PayloadError("error reply: 'error' must be an object")
-    kind, message = error.get("type"), error.get("message")
-    traceback = error.get("traceback", "")
-    if not all(isinstance(text, str) for text in (kind, message, traceback)):
-        raise PayloadError("error reply: 'type', 'message' and 'traceback' must be strings")
+    kind, message, traceback = _error_fields(error, "error reply")
     worker = error.get("worker")
     return RemoteCalculationError(kind, message, traceback,
                                   worker=worker if isinstance(worker, str) else None)
