@@ -185,8 +185,7 @@ class Autostarter:
     def _serving(self, definition: Definition) -> str | None:
         """A service of the registry that is this definition, the definition's own name
         first."""
-        for name in dict.fromkeys([definition.name, definition.own_service(),
-                                   *sorted(self.definitions)]):
+        for name in definition.services_to_try(self.definitions):
             known = self.definitions.get(name)
             if known is not None and known.fingerprint == definition.fingerprint:
                 return name

@@ -69,8 +69,7 @@ def service_for(definition: Definition, status: dict, curve: dict) -> str:
 def served_as(definition: Definition, status: dict) -> str | None:
     """The service that computes exactly ``definition``, if the broker has one."""
     offered = fingerprints(status)
-    preferred = [definition.name, definition.own_service(), *sorted(offered)]
-    for name in dict.fromkeys(name for name in preferred if name):
+    for name in definition.services_to_try(offered):
         if offered.get(name) == {definition.fingerprint}:
             return name
     return None

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
@@ -91,6 +91,12 @@ class Definition:
     def own_service(self) -> str:
         """The service of this definition alone: ``my-lj@3f9a2c1e``, ``LennardJones@...``."""
         return f"{self.label()}@{self.fingerprint[:SHORT_FINGERPRINT]}"
+
+    def services_to_try(self, offered: Iterable[str]) -> list[str]:
+        """The ``offered`` services that may serve this definition, and its own, in the
+        order to prefer them: its name, its own service, then the others by name."""
+        preferred = (self.name, self.own_service(), *sorted(offered))
+        return list(dict.fromkeys(name for name in preferred if name))
 
     def short(self) -> str:
         """One line for people: ``ase.calculators.lj:LennardJones sigma=2.3``."""
