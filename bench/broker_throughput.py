@@ -2,8 +2,9 @@
 
 (a) our broker (``mdp.broker.Broker``), (b) majortomo's broker, and (c) a bare libzmq
 ROUTER/DEALER device (``zmq.proxy``): no MDP logic at all, so it shows the limit of one
-hop. Client, broker and workers run in separate processes. (a) and (b) get the very same
-client and workers, speaking majortomo's dialect of MDP/0.2 with frames built by
+hop; with ``--baseline REV``, also (d) our broker as it was at git revision REV, for a
+before and after. Client, broker and workers run in separate processes. (a) and (b) get
+the very same client and workers, speaking majortomo's dialect of MDP/0.2 with frames built by
 ``mdp.protocol``; (c) gets the same client and plain echo loops.
 
 Client and workers are lean pyzmq loops, so that as much of the machine as possible is
@@ -21,6 +22,7 @@ thread, which must read and write every byte in any case.
 
     python bench/broker_throughput.py                # about 2-3 minutes
     python bench/broker_throughput.py --duration 1 --repetitions 3 --workers 2
+    python bench/broker_throughput.py --baseline HEAD~3 --systems ours baseline --big-mb 0
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +74,28 @@ def ours_broker(endpoint: str) -> None:
     from mdp.broker import Broker
 
     Broker(endpoint).run()
+
+
+def baseline_broker(tree: str, endpoint: str) -> None:
+    """Our broker from another revision's tree (``extract_revision``): this forked
+    process forgets the ``mdp`` it has and imports that one."""
+    for name in [name for name in sys.modules if name == "mdp" or name.startswith("mdp.")]:
+        del sys.modules[name]
+    sys.path.insert(0, tree)
+    from mdp.broker import Broker
+
+    Broker(endpoint).run()
+
+
+def extract_revision(revision: str, into: str) -> str:
+    """``mdp/`` as it was at git ``revision``, written under ``into``; the tree's path."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "mdp"],
+                             check=True, capture_output=True).stdout
+    tree = os.path.join(into, "baseline")
+    os.makedirs(tree)
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
 
 
 def majortomo_broker(endpoint: str) -> None:
@@ -170,6 +195,8 @@ class System:
     workers: Callable[[str, int], None]
     two_endpoints: bool = False
 
+
+BASELINE = "baseline"  # our broker at --baseline REV
 
 SYSTEMS = [
     System("ours", ours_broker, mdp_echo_workers),
@@ -459,15 +486,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="DEALER sockets the requests in flight are spread over")
     parser.add_argument("--big-mb", type=float, default=10.0,
                         help="large payload in MB, sent one at a time (0: skip)")
-    parser.add_argument("--systems", nargs="+", default=[s.name for s in SYSTEMS],
-                        choices=[s.name for s in SYSTEMS])
-    return parser.parse_args(argv)
+    parser.add_argument("--systems", nargs="+", default=None,
+                        choices=[s.name for s in SYSTEMS] + [BASELINE],
+                        help="default: all, the baseline too when --baseline is given")
+    parser.add_argument("--baseline", metavar="REV",
+                        help=f"also run our broker as it was at git revision REV "
+                             f"(system '{BASELINE}')")
+    args = parser.parse_args(argv)
+    if args.systems is None:
+        args.systems = [s.name for s in SYSTEMS] + ([BASELINE] if args.baseline else [])
+    if BASELINE in args.systems and not args.baseline:
+        parser.error(f"system '{BASELINE}' needs --baseline REV")
+    return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Results:
     args = parse_args(argv)
-    systems = [s for s in SYSTEMS if s.name in args.systems]
-    report(run(args, systems), args, systems)
+    with tempfile.TemporaryDirectory(prefix="mdp-baseline-") as scratch:
+        known = SYSTEMS
+        if args.baseline:
+            tree = extract_revision(args.baseline, scratch)
+            known = [*SYSTEMS, System(BASELINE, functools.partial(baseline_broker, tree),
+                                      mdp_echo_workers)]
+            print(f"baseline: our broker at {args.baseline}", file=sys.stderr)
+        systems = [s for s in known if s.name in args.systems]
+        results = run(args, systems)
+    report(results, args, systems)
+    return results
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from .errors import (
     reserved_marker,
 )
 from .frames import recv_frames, send_frames
+from .identities import connection_identity
 from .security import ClientCurve, KeyPath, client_curve
 
 WAITING_EVERY = 10.0  # seconds between calls of a request's ``waiting`` callback
@@ -72,7 +73,9 @@ def ms_until(moment: float) -> int:
 class Link:
     """A DEALER connection to the broker, and what its monitor has said about it.
 
-    ``up`` while a broker has completed the handshake; ``drops`` counts the times the
+    Its routing identity names this process's client (mdp/identities.py), so that the
+    broker gives the process one turn however many connections it holds. ``up`` while a
+    broker has completed the handshake; ``drops`` counts the times the
     connection closed after that; ``refused`` says why a handshake failed, if one did.
     The owner reads the monitor socket and hands each message to ``note``.
     """
@@ -80,6 +83,7 @@ class Link:
     def __init__(self, context: zmq.Context, endpoint: str, curve: Any):
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTING_ID, connection_identity())
         if curve is not None:
             curve.apply(self.socket)
         self.monitor = self.socket.get_monitor_socket(_EVENTS)

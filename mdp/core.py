@@ -19,7 +19,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections import OrderedDict, deque
+import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ from .errors import (
     reserved_marker,
     worker_error_body,
 )
+from .fair_queue import ClientShare, FairQueue
+from .identities import client_of, describe_client, peer_name
 from .protocol import MAX_SERVICE_NAME
 
 log = logging.getLogger("mdp.broker")
@@ -57,6 +60,9 @@ class BrokerConfig:
     queue_limit: int | None = 10_000  # per service
     max_attempts: int = 3  # workers a request may be tried on before it is given up
     retired_services: int = 1000  # forgotten services whose counters mmi.status keeps
+    client_linger: float = 60.0  # how long an idle client's counts are kept (mdp.md 6.1)
+    sharing_window: float = 2.0  # how long after its last request a client shares (mmi.clients)
+    clients_shown: int = 100  # clients listed per service in mmi.status, most queued first
 
     @property
     def worker_expiry(self) -> float:
@@ -72,6 +78,7 @@ class Request:
     body: list
     queued_at: float
     expires_at: float
+    share: ClientShare  # its client's part of the service (fair_queue)
     attempts: int = 0
     abandoned: bool = False  # its client's connection closed: nobody waits for it
     partials: tuple = ()  # buffered for MDP/0.1 clients (a tuple: most requests need none)
@@ -122,6 +129,7 @@ class Worker:
                              f"another request")
         self.state, self.request = BUSY, request
         self.process.busy += 1
+        request.share.in_flight += 1
 
     def release(self) -> Request:
         """The request it finished (or held when it was lost); it is idle again."""
@@ -130,13 +138,14 @@ class Worker:
         request, self.request = self.request, None
         self.state = IDLE
         self.process.busy -= 1
+        request.share.in_flight -= 1
         return request
 
 
 @dataclass(eq=False, slots=True)
 class Service:
     name: bytes
-    queue: deque = field(default_factory=deque)
+    queue: FairQueue = field(default_factory=FairQueue)  # waiting, client by client
     workers: set = field(default_factory=set)
     idle: OrderedDict = field(default_factory=OrderedDict)  # peer -> Worker, LRU first
     processes: dict = field(default_factory=dict)  # metadata "process" (or peer) -> Process
@@ -291,7 +300,7 @@ class BrokerCore:
         if worker is not None:
             worker.heard_at = now
         if kind is p.WorkerReply:
-            self._on_worker_reply(peer, worker, dialect, name, body, final)
+            self._on_worker_reply(peer, worker, dialect, name, body, final, now)
         elif kind is p.Heartbeat:
             if worker is None:
                 self._send(peer, p.to_worker_disconnect(dialect))
@@ -322,7 +331,8 @@ class BrokerCore:
         self._next_id += 1
         expiry = self.config.request_expiry
         request = Request(self._next_id.to_bytes(8, "big"), peer, dialect, service, body, now,
-                          now + expiry if expiry is not None else float("inf"))
+                          now + expiry if expiry is not None else float("inf"),
+                          state.queue.share(client_of(peer), now))
         state.queue.append(request)
         self._next_expiry = min(self._next_expiry, request.expires_at)
         self._dispatch(state)
@@ -370,7 +380,7 @@ class BrokerCore:
         return {}
 
     def _on_worker_reply(self, peer: Peer, worker: Worker | None, dialect: p.Dialect,
-                         address: bytes, body: list, final: bool) -> None:
+                         address: bytes, body: list, final: bool, now: float) -> None:
         if worker is None:
             self._send(peer, p.to_worker_disconnect(dialect))
             return
@@ -393,12 +403,16 @@ class BrokerCore:
         worker.release()
         state = self.services[worker.service]
         failed = marker is not None
+        share = request.share
+        share.last_seen = now
         if failed:
             state.failed += 1
             worker.failed += 1
+            share.failed += 1
         else:
             state.served += 1
             worker.served += 1
+            share.served += 1
         state.idle[peer] = worker
         self._emit_service_event(SERVED, state, worker, "failed" if failed else "ok")
         self._dispatch(state)
@@ -481,16 +495,20 @@ class BrokerCore:
         if self.emit_events:
             self.events.append(Event(DROPPED, _text(state.name), detail=error.reason))
 
-    def _abandon_requests_of(self, client: Peer) -> None:
-        """Nobody waits for these any more: drop the queued ones, mark the held ones."""
+    def _abandon_requests_of(self, peer: Peer) -> None:
+        """Nobody waits for these any more: drop the queued ones, mark the held ones. A
+        client left with nothing queued or held no longer shares the service lately."""
+        key = client_of(peer)
         for state in list(self.services.values()):
-            if any(request.client == client for request in state.queue):
-                kept = deque(r for r in state.queue if r.client != client)
-                state.abandoned += len(state.queue) - len(kept)
-                state.queue = kept
+            dropped = state.queue.drop(lambda request: request.client == peer, key)
+            share = state.queue.clients.get(key)
+            if share is not None and not share.active():
+                share.last_seen = -math.inf
+            if dropped:
+                state.abandoned += len(dropped)
                 self._retire_if_unused(state)
         for worker in self.workers.values():
-            if worker.request is not None and worker.request.client == client:
+            if worker.request is not None and worker.request.client == peer:
                 worker.request.abandoned = True
 
     def _disconnect(self, worker: Worker, now: float, reason: str) -> None:
@@ -501,6 +519,8 @@ class BrokerCore:
     def _heartbeat(self, now: float) -> None:
         interval = self.config.heartbeat_interval
         self._next_heartbeat = max(self._next_heartbeat + interval, now + interval)
+        for state in self.services.values():
+            state.queue.forget_idle(now - self.config.client_linger)
         for worker in list(self.workers.values()):
             if now >= worker.heard_at + self._silence_allowed(worker):
                 self._send(worker.peer, p.to_worker_disconnect(worker.dialect))
@@ -523,15 +543,11 @@ class BrokerCore:
         for state in list(self.services.values()):
             if not state.queue:
                 continue
-            kept = deque()
-            for request in state.queue:
-                if now >= request.expires_at:
-                    state.expired += 1
-                    self._reply_error(request, _expired_error(state, request, now))
-                else:
-                    kept.append(request)
-                    soonest = min(soonest, request.expires_at)
-            state.queue = kept
+            for request in state.queue.drop(lambda request: now >= request.expires_at):
+                state.expired += 1
+                self._reply_error(request, _expired_error(state, request, now))
+            soonest = min(soonest, min((request.expires_at for request in state.queue),
+                                       default=soonest))
             self._retire_if_unused(state)
         self._next_expiry = soonest
 
@@ -551,6 +567,7 @@ class BrokerCore:
         ever; the most recent few keep their counters for mmi.status."""
         if state.in_use() or self.services.get(state.name) is not state:
             return
+        state.queue.clients.clear()
         del self.services[state.name]
         self.retired[state.name] = state
         while len(self.retired) > self.config.retired_services:
@@ -565,6 +582,8 @@ class BrokerCore:
             answer = self._call_mmi_handler(handler, service, body)
         elif service == b"mmi.service":
             answer = [self._mmi_service(body)]
+        elif service == b"mmi.clients":
+            answer = [self._mmi_clients(peer, body, now)]
         elif service == b"mmi.services":
             answer = [json.dumps(sorted(_text(s) for s in self.services)).encode()]
         elif service in (b"mmi.status", b"mmi.workers"):
@@ -584,6 +603,18 @@ class BrokerCore:
             log.exception("the MMI handler for %r raised", service)
             return [b"500"]
 
+    def _mmi_clients(self, peer: Peer, body: list, now: float) -> bytes:
+        """How many other clients than the asker's use the service lately (mdp.md 7): a
+        client with a long run of requests makes them short while it shares."""
+        if not body:
+            return b"400"
+        state = self.services.get(p.frame_bytes(body[0]))
+        shares = state.queue.clients if state is not None else {}
+        me, lately = client_of(peer), now - self.config.sharing_window
+        others = sum(1 for key, share in shares.items()
+                     if key != me and (share.active() or share.last_seen >= lately))
+        return json.dumps({"others": others}).encode()
+
     def _mmi_service(self, body: list) -> bytes:
         if not body:
             return b"400"
@@ -596,7 +627,7 @@ class BrokerCore:
             "version": __version__,
             "uptime": now - self.started_at,
             "counters": dict(self.counters),
-            "services": {_text(name): _service_status(state)
+            "services": {_text(name): _service_status(state, now, self.config.clients_shown)
                          for name, state in sorted(services.items())},
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
@@ -640,11 +671,23 @@ class BrokerCore:
             log.warning(text)
 
 
-def _service_status(state: Service) -> dict:
+def _service_status(state: Service, now: float, clients_shown: int) -> dict:
+    active = [share for share in state.queue.clients.values() if share.active()]
+    active.sort(key=lambda share: (-len(share.queue), -share.in_flight))
     return {"workers": len(state.workers), "idle": len(state.idle),
             "busy": len(state.workers) - len(state.idle), "queued": len(state.queue),
             "served": state.served, "failed": state.failed, "expired": state.expired,
-            "rejected": state.rejected, "abandoned": state.abandoned}
+            "rejected": state.rejected, "abandoned": state.abandoned,
+            "clients_active": len(active),
+            "clients": [_client_status(share, now) for share in active[:clients_shown]]}
+
+
+def _client_status(share: ClientShare, now: float) -> dict:
+    """One client with work queued or held for a service (mdp.md 7)."""
+    return {**describe_client(share.key), "queued": len(share.queue),
+            "in_flight": share.in_flight, "served": share.served, "failed": share.failed,
+            "since": now - share.since,
+            "waiting": now - share.queue[0].queued_at if share.queue else 0.0}
 
 
 def _refuse_registration(service: bytes) -> str:
@@ -696,18 +739,6 @@ def _process_key(peer: Peer, metadata: dict) -> str | Peer:
     its READY metadata names, else its own identity."""
     process = metadata.get("process")
     return process if isinstance(process, str) else peer
-
-
-def peer_name(peer: Peer) -> str:
-    """A worker's routing identity as text when it chose a printable one, else hex.
-
-    A leading control byte is a socket tag added by the broker loop, not part of it.
-    """
-    identity = peer[1:] if peer[:1] and peer[0] < 0x20 else peer
-    if not identity.isascii():  # libzmq's own identities, the usual case: no exception
-        return peer.hex()
-    text = identity.decode("ascii")
-    return text if text.isprintable() else peer.hex()
 
 
 def _text(name: bytes) -> str:

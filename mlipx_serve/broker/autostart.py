@@ -12,7 +12,6 @@ workers are then started from.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from mdp.core import Event, EventKind
 from mdp.errors import ServiceStartFailed, ServiceUnknown
 from mlipx_serve.broker.launch import Launch, Launcher
 from mlipx_serve.broker.local_launcher import thread_share
+from mlipx_serve.client.broker_status import closest_names
 from mlipx_serve.errors import DefinitionError
 from mlipx_serve.models.definitions import definition_of, model_from, serving_settings
 from mlipx_serve.models.extras import model_extras
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 0.25
 MAX_CLIENT_DEFINITIONS = 1000  # models clients may define, for the broker's lifetime
-OFFER_SHOWN = 12  # closest model names listed for a name the broker does not know
 SCALING_EVENTS = (EventKind.DEMAND, EventKind.WORKER_READY, EventKind.SERVED)
 
 
@@ -148,13 +147,11 @@ class Autostarter:
         return None if defined is None else json.dumps(defined.to_json())
 
     def _unknown(self, name: str) -> ServiceUnknown:
-        offered = difflib.get_close_matches(name, list(self.registry), n=OFFER_SHOWN,
-                                            cutoff=0.0)
         return ServiceUnknown(
             f"this broker has no worker for '{name}' and no model of that name to start; it "
-            f"offers {', '.join(offered)}. A model of your own: put it in a models file "
-            f"(ALL_MODELS) and start a worker with `mlipx serve {name} --models FILE`, or "
-            f"restart the broker with `--models FILE`", name)
+            f"offers {closest_names(list(self.registry), name)}. A model of your own: put "
+            f"it in a models file (ALL_MODELS) and start a worker with `mlipx serve {name} "
+            f"--models FILE`, or restart the broker with `--models FILE`", name)
 
     # ------------------------------------------------------------ client definitions
 

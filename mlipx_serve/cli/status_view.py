@@ -32,6 +32,8 @@ def render(status: dict) -> Group:
     parts = [broker_table(status), models_table(status)]
     if status["status"]["workers"]:
         parts.append(workers_table(status))
+    if any(service.get("clients") for service in status["status"]["services"].values()):
+        parts.append(clients_table(status))
     if serving(status).jobs:
         parts.append(jobs_table(status))
     stuck = stuck_models(status)
@@ -149,6 +151,30 @@ def workers_table(status: dict) -> Table:
                       _text(about.get("host")), _text(about.get("device")),
                       _text(about.get("slurm_job")))
     return table
+
+
+def clients_table(status: dict) -> Table:
+    """Who is waiting: per model, the scripts with requests queued or in a worker's hands
+    (protocol/mdp.md 6.1), which the broker serves in turn."""
+    table = Table(title="Clients (served in turn)")
+    numbers = ("queued", "in flight", "served", "oldest waits", "since")
+    for column in ("model", "host", "pid", *numbers):
+        table.add_column(column, justify="right" if column in numbers + ("pid",) else "left")
+    for model, service in sorted(status["status"]["services"].items()):
+        for client in service.get("clients", []):
+            table.add_row(_text(model), _text(client["host"] or client["client"]),
+                          _text(client["pid"]), str(client["queued"]),
+                          str(client["in_flight"]), str(client["served"]),
+                          _wait(client["waiting"]) if client["queued"] else "-",
+                          _duration(client["since"]))
+        hidden = service.get("clients_active", 0) - len(service.get("clients", []))
+        if hidden > 0:
+            table.add_row(_text(model), f"... {hidden} more", "", "", "", "", "", "")
+    return table
+
+
+def _wait(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else _duration(seconds)
 
 
 def _up(connections: list[dict], about: dict, taken_at: float | None) -> float:

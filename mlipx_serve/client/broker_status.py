@@ -86,10 +86,14 @@ def describe_wait(status: dict, model: str) -> str:
 def describe_offer(status: dict, wanted: str) -> str:
     """What the broker offers instead of ``wanted`` (closest names first), and how to
     serve ``wanted`` there."""
-    offered = closest_first(list(available_models(status)), wanted)
-    listing = ", ".join(offered[:OFFER_SHOWN]) + (", ..." if len(offered) > OFFER_SHOWN
-                                                   else "")
+    listing = closest_names(list(available_models(status)), wanted)
     return f"it offers {listing or 'no model yet'}; {how_to_serve(status, wanted)}"
+
+
+def closest_names(names: list[str], wanted: str) -> str:
+    """Up to ``OFFER_SHOWN`` of ``names``, the closest to ``wanted`` first, for a message."""
+    offered = closest_first(names, wanted)
+    return ", ".join(offered[:OFFER_SHOWN]) + (", ..." if len(offered) > OFFER_SHOWN else "")
 
 
 def closest_first(names: list[str], wanted: str) -> list[str]:

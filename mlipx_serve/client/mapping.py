@@ -4,7 +4,10 @@
 ``max_in_flight`` requests at once (the asyncio client, one connection per request), so
 every worker of the model, and a batching worker's whole batch, has work while the next
 requests are on their way. Small structures go several to a request (a chunk: payload
-version 2), so that a request's own cost, larger than a cheap model's, is shared out.
+version 2), so that a request's own cost, larger than a cheap model's, is shared out; a
+chunk is sized by the time the worker takes for it (``chunking``), so that another
+script's single call, which the broker serves in turn with the map's requests, waits
+behind a few milliseconds of the map's work, not a long chunk's.
 The asyncio loop runs in a thread of its own: the caller may be a plain script or a
 Jupyter cell whose own loop is already running.
 
@@ -17,7 +20,9 @@ calculator and with the error in ``atoms.info["error"]``.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -29,6 +34,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mdp.aio import AsyncClient
 from mdp.errors import AttemptsExhausted, MDPError
 from mlipx_serve.client.calculator import RESENDS, default_timeout
+from mlipx_serve.client.chunking import LONE_TURN, TURN, ChunkSizer, most_structures
 from mlipx_serve.client.failures import served_error, structure_error
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.client.routing import route
@@ -36,20 +42,21 @@ from mlipx_serve.errors import MlipxServeError, PayloadError
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.endpoints import chosen_broker
 from mlipx_serve.wire.payload import (
+    Computed,
     RemoteFailure,
     chunk_key,
-    decode_chunk_reply,
-    decode_reply,
     encode_chunk,
     encode_request,
+    read_chunk_reply,
+    read_reply,
 )
 
 DEFAULT_PROPERTIES = ("energy", "forces")
-CHUNK_ATOMS = 4096  # atoms of small structures that go together in one request
-MAX_CHUNK = 64  # structures in one request, at most, unless chunk_size says
-MIN_CHUNKS = 8  # requests a known number of structures is split into, at least
 ON_ERROR = ("raise", "keep")
 _DONE = object()
+Limits = Callable[[], tuple[int, int]]  # (atoms, structures) the next chunk may hold
+PROBES = 2  # requests sent one at a time at first, whose times size the chunks after them
+SHARING_POLL = 0.5  # seconds between questions to the broker: do others use the model?
 
 
 class StructureFailed(MlipxServeError):
@@ -64,7 +71,9 @@ class StructureFailed(MlipxServeError):
 def evaluate(model: Any, structures: Iterable[Atoms],
              properties: Sequence[str] = DEFAULT_PROPERTIES, *, broker: str | None = None,
              **options: Any) -> list[Atoms]:
-    """``map``'s results as a list, in input order (see ``map_structures``)."""
+    """``map``'s results as a list, in input order (see ``map_structures``). Interrupted
+    (Ctrl-C, in a notebook too), it ends its requests at once: the broker drops those
+    still queued, so the scripts that share the model do not wait behind them."""
     return list(map_structures(model, structures, properties, broker=broker, **options))
 
 
@@ -83,11 +92,12 @@ def map_structures(model: Any, structures: Iterable[Atoms],
     requests are sent. ``ordered=False`` yields each result as it arrives. ``progress``
     shows a bar (default: on a terminal or in Jupyter). ``timeout`` bounds the wait for
     each structure (default ``$MLIPX_SERVE_TIMEOUT`` or 600 s): a chunk's reply may take
-    that times its number of structures.
+    that times its number of structures when ``chunk_size`` is given.
 
     Small structures go several to a request (a chunk), so that a request's own cost is
-    shared out: ``chunk_size`` structures, or by default as many as ``chunk_size_for``
-    their size says (one a request for large ones). ``max_in_flight`` counts requests.
+    shared out: ``chunk_size`` structures, or by default as many as take the worker about
+    as long as one of them plus a few milliseconds (``chunking.ChunkSizer``), learnt from
+    the replies; large ones one a request. ``max_in_flight`` counts requests.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
@@ -98,37 +108,29 @@ def map_structures(model: Any, structures: Iterable[Atoms],
     total = len(structures) if hasattr(structures, "__len__") else None
     broker = chosen_broker(broker)  # here: a wrong endpoint fails the call, not a next()
     label = model if isinstance(model, str) else model.label()
-    sizes = (lambda atoms: chunk_size) if chunk_size else \
-        (lambda atoms: chunk_size_for(len(atoms), total))
-    return _results(lambda: _Run(*_service(model, broker), broker, _chunks(structures, sizes),
-                                 list(properties), max(1, max_in_flight),
-                                 default_timeout() if timeout is None else timeout),
+    timeout = default_timeout() if timeout is None else timeout
+    return _results(lambda: _Run(*_service(model, broker), broker, structures, chunk_size,
+                                 total, list(properties), max(1, max_in_flight), timeout),
                     ordered, on_error, _progress(progress, label, total))
 
 
-def chunk_size_for(atoms: int, total: int | None = None) -> int:
-    """How many structures of ``atoms`` atoms go in one request: small ones up to
-    ``CHUNK_ATOMS`` atoms together (at most ``MAX_CHUNK``), large ones one by one (their own
-    data is then the cost); and of a known number of structures, at least ``MIN_CHUNKS``
-    requests, so that several workers share them."""
-    size = max(1, min(MAX_CHUNK, CHUNK_ATOMS // max(1, atoms)))
-    return size if total is None else max(1, min(size, -(-total // MIN_CHUNKS)))
-
-
-def _chunks(structures: Iterable[Atoms], size_for: Callable[[Atoms], int]
-            ) -> Iterator[list[tuple[int, Atoms]]]:
-    """(index, structure) in chunks, each of the size its first structure calls for, and
-    of structures that carry the same arrays (``payload.chunk_key``)."""
+def _chunks(structures: Iterable[Atoms], limits: Limits) -> Iterator[list[tuple[int, Atoms]]]:
+    """(index, structure) in chunks of structures that carry the same arrays
+    (``payload.chunk_key``), each as large as ``limits()`` says when it starts: so many
+    atoms (a structure with more goes alone) and so many structures at most."""
     chunk: list[tuple[int, Atoms]] = []
-    size, key = 1, None
-    for index, atoms in enumerate(structures):
-        its_key = chunk_key(atoms)
-        if chunk and (len(chunk) >= size or its_key != key):
+    atoms = most_atoms = most = 0
+    key = None
+    for index, structure in enumerate(structures):
+        its_key = chunk_key(structure)
+        if chunk and (len(chunk) >= most or atoms + len(structure) > most_atoms
+                      or its_key != key):
             yield chunk
-            chunk = []
+            chunk, atoms = [], 0
         if not chunk:
-            size, key = size_for(atoms), its_key
-        chunk.append((index, atoms))
+            (most_atoms, most), key = limits(), its_key
+        chunk.append((index, structure))
+        atoms += len(structure)
     if chunk:
         yield chunk
 
@@ -161,8 +163,8 @@ class _Run:
     come back to the caller's thread through a queue as (index, Atoms or exception)."""
 
     def __init__(self, model: str, definition: Definition | None, broker: str,
-                 chunks: Iterator[list[tuple[int, Atoms]]], properties: list[str],
-                 max_in_flight: int, timeout: float):
+                 structures: Iterable[Atoms], chunk_size: int | None, total: int | None,
+                 properties: list[str], max_in_flight: int, timeout: float):
         self.model = model
         self.definition = definition
         self.properties = properties
@@ -173,7 +175,11 @@ class _Run:
         self._client = AsyncClient(broker, max_in_flight=max_in_flight, timeout=timeout,
                                    retries=RESENDS, copy=False, **curve_options())
         self._slots = max_in_flight
-        self._chunks = chunks
+        self._sizer = None if chunk_size else ChunkSizer()
+        self._answered = 0  # requests answered (or failed)
+        limits = (lambda: (sys.maxsize, chunk_size)) if chunk_size else \
+            (lambda: (self._sizer.budget(), most_structures(total)))
+        self._chunks = _chunks(structures, limits)
         self._loop = asyncio.new_event_loop()
         self._main: asyncio.Task | None = None
         self._thread = threading.Thread(target=self._run, name="mlipx-map", daemon=True)
@@ -221,24 +227,55 @@ class _Run:
     async def _send_all(self) -> None:
         slots = asyncio.Semaphore(self._slots)
         tasks = set()
+        watch = asyncio.create_task(self._watch_sharing()) if self._sizer else None
         try:
-            for chunk in self._chunks:
-                await slots.acquire()
+            while True:
+                if self._answered < PROBES and self._sizer is not None and tasks:
+                    await asyncio.wait(tasks)  # the first few one at a time: sizes to learn
+                await slots.acquire()  # first: a chunk is sized when it can go
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
                 self.inputs.update(chunk)
                 task = asyncio.create_task(self._one(chunk, slots))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             await asyncio.gather(*tasks)
         finally:  # cancelled (the caller stopped early): end the requests still out
-            for task in tasks:
+            for task in [*tasks, *filter(None, [watch])]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *filter(None, [watch]), return_exceptions=True)
+
+    async def _watch_sharing(self) -> None:
+        """Short turns while other scripts use the model, long ones once none has for two
+        answers in a row (a map that starts beside another learns of it only once both
+        have sent something), as the broker says (``mmi.clients``, on a connection of
+        its own); a broker that cannot say gets short ones."""
+        alone = 0  # answers in a row that said nobody else uses the model
+        async with AsyncClient(self._broker, max_in_flight=1, timeout=10.0, retries=0,
+                               **curve_options()) as client:
+            while True:
+                try:
+                    reply = await client.request("mmi.clients", self.model)
+                    others = json.loads(bytes(reply[0]))["others"]
+                except MDPError:
+                    others = None  # (no answer now: as it was)
+                except (ValueError, TypeError, KeyError, IndexError):
+                    return  # a broker without it
+                if others is not None:
+                    alone = 0 if others else alone + 1
+                    self._sizer.turn = LONE_TURN if alone >= 2 else TURN
+                await asyncio.sleep(SHARING_POLL)
 
     async def _one(self, chunk: list[tuple[int, Atoms]], slots: asyncio.Semaphore) -> None:
-        """One request's structures, each with its results or its error, to the queue."""
+        """One request's structures, each with its results or its error, to the queue:
+        whatever goes wrong, every structure is accounted for."""
         try:
             results = await self._computed(chunk)
+        except Exception as error:  # not the model's nor the bus's: a socket's, say
+            results = [error] * len(chunk)
         finally:
+            self._answered += 1
             slots.release()
         for (index, atoms), found in zip(chunk, results, strict=True):
             self.results.put((index, found if isinstance(found, Exception) else
@@ -251,11 +288,17 @@ class _Run:
         try:
             if len(chunk) == 1:
                 frames = encode_request(structures[0], self.properties, self.definition)
-                return [decode_reply(await self._client.request(self.model, *frames))]
+                computed = read_reply(await self._client.request(self.model, *frames))
+                self._observe(structures, computed)
+                return [computed.results]
             frames = encode_chunk(structures, self.properties, self.definition)
-            reply = await self._client.request(self.model, *frames,
-                                               timeout=self._timeout * len(chunk))
-            results = [self._result(found) for found in decode_chunk_reply(reply)]
+            # A chunk sized by time takes about as long as one structure; one of a size
+            # given may take as long as its structures together.
+            timeout = self._timeout * (1 if self._sizer else len(chunk))
+            computed = read_chunk_reply(await self._client.request(self.model, *frames,
+                                                                   timeout=timeout))
+            self._observe(structures, computed)
+            results = [self._result(found) for found in computed.results]
         except AttemptsExhausted as error:
             if len(chunk) == 1:
                 return [served_error(error, self.model, self._broker)]
@@ -271,6 +314,10 @@ class _Run:
             return [PayloadError(f"the reply to a chunk of {len(chunk)} structures held "
                                  f"{len(results)} results")] * len(chunk)
         return results
+
+    def _observe(self, structures: list[Atoms], computed: Computed) -> None:
+        if self._sizer is not None and computed.seconds is not None:
+            self._sizer.observe(sum(map(len, structures)), computed.seconds)
 
     def _result(self, found: dict[str, Any] | RemoteFailure) -> dict[str, Any] | Exception:
         return structure_error(found, self.model) if isinstance(found, RemoteFailure) else found

@@ -33,6 +33,8 @@ __all__ = [
     "decode_reply",
     "decode_chunk_reply",
     "decode_request",
+    "read_chunk_reply",
+    "read_reply",
     "encode_chunk",
     "encode_chunk_results",
     "read_request",
@@ -99,8 +101,10 @@ def _request_frames(header: dict[str, Any], arrays: list[tuple[str, np.ndarray]]
     return [text.encode("utf-8"), *(_raw(array) for _, array in arrays)]
 
 
-def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
-    """Frames carrying every result the calculator produced that the format can hold.
+def encode_results(results: Mapping[str, Any], seconds: float | None = None
+                   ) -> list[bytes | memoryview]:
+    """Frames carrying every result the calculator produced that the format can hold, and
+    ``seconds``, how long the worker took for the request, where given.
 
     Values it cannot hold (None, containers, strings in arrays, object arrays) are left out
     rather than failing a calculation whose main results are fine.
@@ -112,7 +116,13 @@ def encode_results(results: Mapping[str, Any]) -> list[bytes | memoryview]:
         "scalars": scalars,
         "arrays": [_spec(name, array) for name, array in arrays],
     }
-    return [_dump(header), *(_raw(array) for _, array in arrays)]
+    return [_dump(_timed(header, seconds)), *(_raw(array) for _, array in arrays)]
+
+
+def _timed(header: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+    if seconds is not None:
+        header["seconds"] = round(seconds, 6)
+    return header
 
 
 def _carried(results: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
@@ -160,10 +170,10 @@ def chunk_key(atoms: Atoms) -> tuple:
                  if name in atoms.arrays)
 
 
-def encode_chunk_results(results: Sequence[Mapping[str, Any] | BaseException]
-                         ) -> list[bytes | memoryview]:
+def encode_chunk_results(results: Sequence[Mapping[str, Any] | BaseException],
+                         seconds: float | None = None) -> list[bytes | memoryview]:
     """Frames carrying each structure's results, or its error, in the chunk's order: a
-    structure that failed fails alone, in its place."""
+    structure that failed fails alone, in its place; and how long the worker took."""
     entries, arrays = [], []
     for result in results:
         if isinstance(result, BaseException):
@@ -174,7 +184,7 @@ def encode_chunk_results(results: Sequence[Mapping[str, Any] | BaseException]
                         "arrays": [_spec(name, array) for name, array in carried]})
         arrays += [array for _, array in carried]
     header = {"v": CHUNK_VERSION, "ok": True, "results": entries}
-    return [_dump(header), *(_raw(array) for array in arrays)]
+    return [_dump(_timed(header, seconds)), *(_raw(array) for array in arrays)]
 
 
 def _stacked(name: str, arrays: list[np.ndarray]) -> np.ndarray:
@@ -314,6 +324,14 @@ class RequestedModel(NamedTuple):
     identity: dict[str, Any] | None  # the definition, for naming the differences
 
 
+class Computed(NamedTuple):
+    """A reply's results (one structure's, or a chunk's list), and how long the worker
+    took for the request, where it said (``seconds``; None if not)."""
+
+    results: Any
+    seconds: float | None
+
+
 class RemoteFailure(NamedTuple):
     """A structure of a chunk that failed on the worker, as the reply says it."""
 
@@ -348,6 +366,11 @@ def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
 def decode_chunk_reply(frames: Sequence[Frame]) -> list[dict[str, Any] | RemoteFailure]:
     """Each structure's results, or how it failed, in the chunk's order. Arrays are
     read-only views of the received frames."""
+    return read_chunk_reply(frames).results
+
+
+def read_chunk_reply(frames: Sequence[Frame]) -> Computed:
+    """``decode_chunk_reply``'s list, with the time the worker took."""
     frames = list(frames)
     header = _parse_header(frames, (CHUNK_VERSION,))
     entries = header.get("results")
@@ -367,7 +390,7 @@ def decode_chunk_reply(frames: Sequence[Frame]) -> list[dict[str, Any] | RemoteF
         found.append(_results(entry, list(itertools.islice(arrays, len(described)))))
     if next(arrays, None) is not None:
         raise PayloadError("chunk reply: more array frames than its results list")
-    return found
+    return Computed(found, _seconds(header))
 
 
 def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
@@ -376,6 +399,11 @@ def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
 
     Arrays are read-only views of the received frames, not copies.
     """
+    return read_reply(frames).results
+
+
+def read_reply(frames: Sequence[Frame]) -> Computed:
+    """``decode_reply``'s results, with the time the worker took."""
     frames = list(frames)
     header = _parse_header(frames)
     ok = header.get("ok")
@@ -385,7 +413,16 @@ def decode_reply(frames: Sequence[Frame]) -> dict[str, Any]:
         if len(frames) != 1:
             raise PayloadError(f"error reply: expected 1 frame, got {len(frames)}")
         raise _remote_error(header.get("error"))
-    return _results(header, frames[1:])
+    return Computed(_results(header, frames[1:]), _seconds(header))
+
+
+def _seconds(header: dict[str, Any]) -> float | None:
+    """The worker's time, or None where it is missing or not a sensible number (it only
+    steers the size of chunks: a reply is not refused for it)."""
+    seconds = header.get("seconds")
+    if type(seconds) in (int, float) and 0 <= seconds < math.inf:
+        return float(seconds)
+    return None
 
 
 def _results(entry: dict[str, Any], frames: list[Frame]) -> dict[str, Any]:

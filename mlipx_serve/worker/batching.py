@@ -2,8 +2,12 @@
 
 The broker and the wire stay plain MDP: a batching worker holds ``size`` worker
 connections, so the broker hands it up to ``size`` requests at once; their handlers
-(one thread each) queue them here, and one thread takes what has arrived, waiting at
-most ``wait`` seconds for a fuller batch, and evaluates it in one call.
+(one thread each) queue them here, and one thread takes what has arrived and evaluates
+it in one call. It waits for more (at most ``wait`` seconds) only where more is on its
+way: as the last batch's replies went out, the broker handed those connections the next
+requests it had queued, so a batch waits for as many as the last one held, beside those
+that came while it was computed. A lone request (a relaxation's step) is never held back
+for company that is not coming.
 
 A model takes part through ``calculate_batch`` (``models.batch``); any other is
 evaluated one structure after another (``one_after_another``). When a batch call raises,
@@ -56,15 +60,18 @@ class Batcher:
         return done
 
     def _run(self) -> None:
+        expected = 1  # what was here when the last batch was done, and as many as it held
         while True:
             batch = [self._pending.get()]
             deadline = time.monotonic() + self.wait
             while len(batch) < self.size:
+                patience = deadline - time.monotonic() if len(batch) < expected else 0.0
                 try:
-                    batch.append(self._pending.get(timeout=max(0.0, deadline - time.monotonic())))
+                    batch.append(self._pending.get(timeout=max(0.0, patience)))
                 except queue.Empty:
                     break
             self._evaluate(batch)
+            expected = min(self.size, len(batch) + self._pending.qsize())
 
     def _evaluate(self, batch: list[tuple[Atoms, list[str], Future]]) -> None:
         structures = [atoms for atoms, _, _ in batch]

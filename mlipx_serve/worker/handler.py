@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -68,18 +69,22 @@ def make_handler(compute_one: Compute, compute_all: ComputeAll,
     name none. What a request raises (a ``PayloadError``, a ``DefinitionMismatch``, the
     model's own exception) the worker sends back as an MDP worker error, with the
     traceback: the broker counts it as failed, the client raises it typed, and the worker
-    goes on; in a chunk, what one structure raises is that structure's error alone."""
+    goes on; in a chunk, what one structure raises is that structure's error alone.
+    Each reply says how long the request took here, by which clients size their chunks."""
 
     def handle(frames: list) -> list:
+        started = time.perf_counter()
         structures, properties, asked, chunk = read_request(frames)
         if asked is not None and (served is None or asked.fingerprint != served.fingerprint):
             raise DefinitionMismatch(mismatch_message(served, asked))
         if chunk:
-            return encode_chunk_results(_each(compute_all, structures, properties))
+            results = _each(compute_all, structures, properties)
+            return encode_chunk_results(results, time.perf_counter() - started)
         # The reply's frames are views of the calculator's own arrays, which it may fill
         # again for the next structure: safe, as MDP gives a connection its next request
         # only after its reply has reached the broker.
-        return encode_results(compute_one(structures[0], properties))
+        results = compute_one(structures[0], properties)
+        return encode_results(results, time.perf_counter() - started)
 
     return handle
 

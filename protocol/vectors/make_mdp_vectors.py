@@ -360,6 +360,20 @@ EXCHANGES: list[dict[str, Any]] = [
                msg(2, "w2", ready()), msg(2, "c3", req("echo", "c")), gone(3, "c1"),
                msg(4, "w2", answer("FINAL", FIRST, "a")),
                msg(4, "w2", answer("FINAL", "0000000000000003", "c"))]},
+    {"name": "clients-take-turns",
+     "description": "a script with three connections and a plain client share one worker: "
+                    "they are served in turn, not in the order their requests came; the "
+                    "plain client, which has had no turn yet, goes before the script's "
+                    "second request",
+     "peers": {"w1": ("worker", V02), "share:node:7:ab/1": ("client", V02),
+               "share:node:7:ab/2": ("client", V02), "share:node:7:ab/3": ("client", MT),
+               "c1": ("client", V01)},
+     "steps": [msg(0, "w1", ready()), msg(0, "share:node:7:ab/1", req("echo", "m1")),
+               msg(0, "share:node:7:ab/2", req("echo", "m2")),
+               msg(0, "share:node:7:ab/3", req("echo", "m3")), msg(0, "c1", req("echo", "c")),
+               msg(1, "w1", answer("FINAL", FIRST, "m1")),
+               msg(2, "w1", answer("FINAL", "0000000000000004", "c")),
+               msg(3, "w1", answer("FINAL", SECOND, "m2"))]},
     {"name": "worker-forges-broker-error",
      "description": "only the broker may send a broker error: a worker reply starting with "
                     "its marker reaches the client as a worker error",
@@ -377,7 +391,9 @@ EXCHANGES: list[dict[str, Any]] = [
 
 
 def peer_id(name: str) -> bytes:
-    return f"peer-{name}".encode()
+    """A peer's routing identity: ``share:...`` names are a client's connections as they
+    name themselves (mdp.md 6.1), the others made up."""
+    return name.encode() if name.startswith("share:") else f"peer-{name}".encode()
 
 
 def run_exchange(spec: dict) -> dict:
@@ -425,7 +441,7 @@ def _apply(core: BrokerCore, peers: dict, step: dict) -> list:
 
 
 def _record(peers: dict, target: bytes, frames: list) -> dict:
-    name = target.decode()[len("peer-"):]
+    name = next(name for name in peers if peer_id(name) == target)
     role, dialect = peers[name]
     meaning = _meaning(role, dialect, frames)
     direction = B2C if role == "client" else B2W

@@ -50,6 +50,7 @@ from mdp.errors import (
     reserved_marker,
     worker_error_body,
 )
+from mdp.identities import client_of
 
 V02, V01, MT = p.Dialect.V02, p.Dialect.V01, p.Dialect.MAJORTOMO
 DIALECTS = list(p.Dialect)
@@ -174,6 +175,112 @@ def test_requests_wait_in_fifo_order_per_service():
     assert status(bus)["services"]["other"]["queued"] == 1
 
 
+def conn(client: bytes, n: int) -> bytes:
+    """Connection ``n`` of ``client``, as the client libraries name it (mdp.md 6.1), with
+    the broker loop's socket tag in front."""
+    return b"\x01share:" + client + b"/%d" % n
+
+
+def served_order(bus: Bus, worker: bytes, count: int) -> list[bytes]:
+    """The bodies ``worker`` is given, answering each at once, ``count`` in all."""
+    order = []
+    message = None
+    for _ in range(count):
+        if message is None:
+            message = request_to(bus.ready(worker), worker)
+        order.append(bytes(message.body[0]))
+        out = bus.reply(worker, message.address, b"done")
+        given = [m for peer, m in out if peer == worker]
+        message = given[0] if given else None
+    return order
+
+
+def test_clients_are_served_in_turn_however_many_connections_each_holds():
+    bus = Bus()
+    for n in range(6):  # a map: six requests in flight, one connection each
+        bus.request(conn(b"map", n), b"echo", b"M%d" % n)
+    bus.request(conn(b"relax", 0), b"echo", b"R0")
+    bus.request(b"plain", b"echo", b"P0")  # an RFC 7/18 client: a client of its own
+    assert served_order(bus, b"w", 8) == [b"M0", b"R0", b"P0", b"M1", b"M2", b"M3", b"M4",
+                                          b"M5"]
+
+
+def test_a_single_call_waits_for_one_turn_of_a_map_not_for_the_whole_map():
+    bus = Bus()
+    bus.ready(b"w")
+    for n in range(32):
+        bus.request(conn(b"map", n), b"echo", b"M%d" % n)  # M0 goes to w at once
+    bus.request(conn(b"relax", 0), b"echo", b"R0")
+    out = bus.reply(b"w", ID1, b"done")  # M0 done: the map had its turn, R0 has not
+    assert request_to(out[1:], b"w").body == [b"R0"]
+    out = bus.reply(b"w", ID1[:7] + b"\x21", b"done")  # (R0 is request 33)
+    assert request_to(out[1:], b"w").body == [b"M1"]
+    assert status(bus)["services"]["echo"]["queued"] == 30
+
+
+def test_two_maps_get_turns_alike_whatever_they_keep_in_flight():
+    bus = Bus()
+    for n in range(8):
+        bus.request(conn(b"big", n), b"echo", b"B%d" % n)
+    for n in range(2):
+        bus.request(conn(b"small", n), b"echo", b"S%d" % n)
+    assert served_order(bus, b"w", 6) == [b"B0", b"S0", b"B1", b"S1", b"B2", b"B3"]
+
+
+def test_a_closed_connection_drops_its_own_requests_not_its_clients_others():
+    bus = Bus()
+    bus.ready(b"w")
+    bus.request(conn(b"a", 0), b"echo", b"A0")  # to w
+    bus.request(conn(b"a", 1), b"echo", b"A1")
+    bus.request(conn(b"a", 2), b"echo", b"A2")
+    assert bus.gone(conn(b"a", 1)) == []
+    assert [r.body for r in bus.core.services[b"echo"].queue] == [[b"A2"]]
+    assert status(bus)["services"]["echo"]["abandoned"] == 1
+    out = bus.reply(b"w", ID1, b"done")
+    assert request_to(out[1:], b"w").body == [b"A2"]
+
+
+def test_a_script_that_is_gone_leaves_nothing_queued_for_others_to_wait_behind():
+    bus = Bus()
+    bus.ready(b"w")
+    for n in range(5):
+        bus.request(conn(b"gone", n), b"echo", b"G%d" % n)
+    bus.request(conn(b"next", 0), b"echo", b"N0")
+    for n in range(5):
+        bus.gone(conn(b"gone", n))  # killed: every connection closes
+    assert [r.body for r in bus.core.services[b"echo"].queue] == [[b"N0"]]
+    assert status(bus)["services"]["echo"]["abandoned"] == 4
+    assert bus.reply(b"w", ID1, b"late") == [(b"w", p.WorkerRequest(ID1[:7] + b"\x06",
+                                                                     [b"N0"]))]
+
+
+def test_status_shows_each_client_with_work_and_where_it_runs():
+    bus = Bus(now=100.0, client_linger=30.0, heartbeat_interval=10.0)
+    bus.ready(b"w")
+    client = b"node-7:4711:ab12"
+    bus.request(conn(client, 0), b"echo", b"1")  # held by w
+    bus.at(101.0).request(conn(client, 1), b"echo", b"2")
+    bus.at(102.0).request(b"plain", b"echo", b"3")
+    bus.at(104.0)
+    shown = status(bus)["services"]["echo"]
+    assert shown["clients_active"] == 2
+    assert shown["clients"] == [
+        {"client": "node-7:4711:ab12", "host": "node-7", "pid": 4711, "queued": 1,
+         "in_flight": 1, "served": 0, "failed": 0, "since": 4.0, "waiting": 3.0},
+        {"client": "plain", "host": None, "pid": None, "queued": 1, "in_flight": 0,
+         "served": 0, "failed": 0, "since": 2.0, "waiting": 2.0}]
+    bus.reply(b"w", ID1, b"r")
+    request_to(bus.reply(b"w", ID3, b"r")[1:], b"w")  # plain had had no turn: it went first
+    bus.reply(b"w", ID2, b"r")
+    assert status(bus)["services"]["echo"]["clients"] == []  # nothing queued or held
+    shares = bus.core.services[b"echo"].queue.clients
+    assert shares[b"share:" + client].served == 2
+    bus.tick(130.0)  # idle for 26 s: still remembered
+    assert len(shares) == 2
+    bus.tick(140.0)  # idle for longer than client_linger: forgotten
+    assert shares == {}
+
+
 def test_a_request_waits_for_a_worker_and_goes_to_the_first_that_registers():
     bus = Bus()
     assert bus.request(b"c", b"echo", b"hi") == []
@@ -283,7 +390,7 @@ def test_a_request_nobody_takes_expires_with_504(d):
     assert "no worker offers it" in error.message
     assert status(bus)["services"]["echo"] == {
         "workers": 0, "idle": 0, "busy": 0, "queued": 0, "served": 0, "failed": 0,
-        "expired": 1, "rejected": 0, "abandoned": 0}
+        "expired": 1, "rejected": 0, "abandoned": 0, "clients_active": 0, "clients": []}
     assert bus.ready(b"w") == []  # nothing left to hand out
     assert bus.tick(50.0) == []
 
@@ -439,7 +546,7 @@ def test_a_dead_workers_request_goes_to_the_front_and_to_another_worker():
     for now in (1.0, 2.0):
         bus.tick(now)
     assert bus.tick(3.0) == [(b"w1", p.Disconnect(V02))]
-    queue = bus.core.services[b"echo"].queue
+    queue = list(bus.core.services[b"echo"].queue)
     assert [r.body for r in queue] == [[b"A"], [b"B"]]
     assert queue[0].attempts == 1
     assert bus.kinds()[-2:] == ["worker-lost", "demand"]
@@ -854,6 +961,34 @@ def mmi(bus: Bus, service: bytes, *body: bytes, d: p.Dialect = V02) -> bytes:
     return bytes(reply.body[0])
 
 
+def others_using(bus: Bus, asker: bytes, service: bytes = b"echo") -> dict:
+    peer, reply = only(bus.request(asker, b"mmi.clients", service))
+    return json.loads(bytes(reply.body[0]))
+
+
+def test_mmi_clients_counts_the_other_clients_that_use_a_service_lately():
+    bus = Bus(sharing_window=5.0, heartbeat_interval=100.0, client_linger=1000.0)
+    bus.ready(b"w")
+    asker = conn(b"me", 0)  # a connection of the client that asks
+    bus.request(conn(b"me", 1), b"echo", b"mine")  # held by w: the asker's own
+    assert others_using(bus, asker) == {"others": 0}
+    bus.request(b"plain", b"echo", b"x")  # queued
+    bus.request(conn(b"third", 1), b"other", b"y")  # another service: not counted
+    assert others_using(bus, asker) == {"others": 1}
+    bus.reply(b"w", ID1, b"r")
+    bus.at(3.0).reply(b"w", ID2, b"r")  # plain is answered: nothing queued or held
+    assert others_using(bus, asker) == {"others": 1}  # but it used it lately
+    bus.at(8.5)
+    assert others_using(bus, asker) == {"others": 0}
+    assert others_using(bus, asker, b"nobody") == {"others": 0}
+    assert mmi(bus, b"mmi.clients") == b"400"
+    bus.request(b"plain", b"echo", b"again")  # back
+    bus.reply(b"w", ID1[:7] + b"\x04", b"r")
+    assert others_using(bus, asker) == {"others": 1}
+    bus.gone(b"plain")  # its connection closed, nothing of it left: gone at once
+    assert others_using(bus, asker) == {"others": 0}
+
+
 @pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.value)
 def test_mmi_service(d):
     bus = Bus()
@@ -897,11 +1032,19 @@ def test_mmi_status_and_workers():
     assert doc["version"] == __version__
     assert doc["uptime"] == 5.0
     assert doc["counters"] == {"requests": 5, "replies": 1, "dropped_messages": 1}
+    def client(name, queued, in_flight):
+        return {"client": name, "host": None, "pid": None, "queued": queued,
+                "in_flight": in_flight, "served": 0, "failed": 0, "since": 3.0,
+                "waiting": 3.0 if queued else 0.0}
+
     assert doc["services"] == {
         "calc": {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "served": 0,
-                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0},
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0,
+                 "clients_active": 0, "clients": []},
         "echo": {"workers": 2, "idle": 0, "busy": 2, "queued": 1, "served": 1,
-                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0}}
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0,
+                 "clients_active": 3,
+                 "clients": [client("d", 1, 0), client("b", 0, 1), client("c", 0, 1)]}}
     assert doc["workers"] == [
         {"id": peer_name(b"\x01\x02"), "service": "echo", "dialect": "MDP/0.2", "state": "busy",
          "served": 1, "failed": 0, "since": 5.0, "metadata": {}},
@@ -1056,7 +1199,11 @@ def replay(core: BrokerCore, step: dict) -> list:
 
 # ------------------------------------------------------------ random interleavings
 
-CLIENTS = {b"c-v02": V02, b"c-v01": V01, b"c-mt": MT, b"c2-v02": V02}
+# Plain clients, and the connections of two clients that hold several (mdp.md 6.1), so
+# that one client has several requests queued at once.
+SHARED = {b"\x01share:node:1:aa/1": V02, b"\x01share:node:1:aa/2": V02,
+          b"\x01share:node:1:aa/3": MT, b"share:node:2:bb/1": V01}
+CLIENTS = {b"c-v02": V02, b"c-v01": V01, b"c-mt": MT, b"c2-v02": V02, **SHARED}
 WORKERS = {b"w-v02": V02, b"w2-v02": V02, b"w-v01": V01, b"w-mt": MT}
 GARBAGE_PEERS = [b"g1", b"g2"]
 SERVICES = [b"echo", b"calc"]
@@ -1295,10 +1442,21 @@ class BrokerMachine(RuleBasedStateMachine):
         for state in self.core.services.values():
             assert all(r.service == state.name for r in state.queue)
             assert all(r.expires_at > self.now for r in state.queue)
-            fresh = [r.id for r in state.queue if r.attempts == 0]
-            assert fresh == sorted(fresh), "FIFO order broken"
-            assert all(r.attempts > 0 for r in list(state.queue)[:len(state.queue) - len(fresh)]), \
-                "a request re-queued behind fresh ones"
+            shares = state.queue.clients
+            assert all(shares[client_of(r.client)] is r.share for r in state.queue)
+            for share in shares.values():
+                fresh = [r.id for r in share.queue if r.attempts == 0]
+                assert fresh == sorted(fresh), "a client's order broken"
+                put_back = list(share.queue)[:len(share.queue) - len(fresh)]
+                assert all(r.attempts > 0 for r in put_back), \
+                    "a request re-queued behind fresh ones"
+                assert share.in_flight == sum(r.share is share for r in held)
+            assert len(state.queue) == sum(len(share.queue) for share in shares.values())
+            assert state.queue.waiting_clients() == sum(1 for share in shares.values()
+                                                        if share.queue)
+            order = [r.share for r in state.queue]
+            assert len(order) == len(set(map(id, order))) + sum(
+                a is b for a, b in itertools.pairwise(order)), "a client has two places in line"
         assert not any(r.abandoned for r in queued), "a request nobody waits for is queued"
         live = [r for r in queued + held if r.client in CLIENTS and not r.abandoned]
         mine = {r.client: r for r in live}

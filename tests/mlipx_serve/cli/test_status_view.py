@@ -138,3 +138,20 @@ def test_each_model_shows_its_definition_and_who_defined_it():
     assert emt_row[6:9] == ["yes", "batch 16 (0.05 s), 4 workers, GPU 0,1", "broker"]
     assert emt_row[9].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")
 
+
+
+def test_status_shows_who_waits_for_each_model():
+    map_script = {"client": "node-2:4711:0f3a9c1e", "host": "node-2", "pid": 4711,
+                  "queued": 30, "in_flight": 2, "served": 812, "failed": 0, "since": 75.0,
+                  "waiting": 0.012}
+    notebook = dict(map_script, client="laptop:99:aa", host="laptop", pid=99, queued=0,
+                    in_flight=1, served=40)
+    plain = dict(map_script, client="6c3d2a", host=None, pid=None, queued=1, in_flight=0,
+                 served=0, waiting=3.5)
+    emt = dict(SERVICE, clients=[map_script, plain, notebook], clients_active=4)
+    rows = table_rows(rendered(running({"emt": emt})))
+    assert ["emt", "node-2", "4711", "30", "2", "812", "12 ms", "1m 15s"] in rows
+    assert ["emt", "laptop", "99", "0", "1", "40", "-", "1m 15s"] in rows
+    assert ["emt", "6c3d2a", "", "1", "0", "0", "0m 03s", "1m 15s"] in rows
+    assert ["emt", "... 1 more", "", "", "", "", "", ""] in rows
+    assert "Clients" not in rendered(running({"emt": SERVICE}))  # nobody waits: no table

@@ -111,7 +111,8 @@ def test_the_broker_gives_a_prefetching_workers_spare_only_when_no_process_is_fr
         prefetching_worker(serve_system, bus)
     serve_system.wait_workers(bus, "one-at-a-time-emt", 4)
     for _ in range(3):
-        got = evaluate("one-at-a-time-emt", cells(2), broker=bus, max_in_flight=2)
+        got = evaluate("one-at-a-time-emt", cells(2), broker=bus, max_in_flight=2,
+                       chunk_size=1)  # (both at once: no first request alone)
         assert len({result.calc.results["pid"] for result in got}) == 2
 
 

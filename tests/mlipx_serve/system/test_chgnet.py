@@ -48,10 +48,10 @@ def chgnet_bus(shared_system) -> str:
     worker = shared_system.worker("chgnet", worker_endpoint(endpoint), "--no-uv",
                                   "--timeout", "0")
 
-    def registered() -> bool:
+    def registered() -> bool:  # (all its connections: the built-in chgnet batches 16)
         if not worker.alive():
             raise AssertionError(f"the chgnet worker exited:\n{worker.log()}")
-        return shared_system.service(endpoint, "chgnet")["workers"] == 1
+        return shared_system.service(endpoint, "chgnet")["workers"] == 16
 
     shared_system.wait_until(registered, "the chgnet worker to load and register",
                              timeout=LOAD_TIMEOUT)

@@ -151,9 +151,12 @@ def test_small_structures_go_several_to_a_request_and_come_back_in_order(
     before = served_requests(shared_system, bus)
     assert_results_of(inputs, evaluate("emt", inputs, broker=bus, chunk_size=8))
     assert served_requests(shared_system, bus) - before == 4
+    molecules = [molecule("CH4") for _ in range(64)]  # ~1 ms each: ~10 to a chunk's 10 ms
+    for seed, atoms in enumerate(molecules):
+        atoms.rattle(0.03, seed=seed)
     before = served_requests(shared_system, bus)
-    assert_results_of(inputs, evaluate("emt", inputs, broker=bus))  # sizes of its own
-    assert 1 < served_requests(shared_system, bus) - before < len(inputs)
+    assert_results_of(molecules, evaluate("emt", molecules, broker=bus, max_in_flight=4))
+    assert 2 < served_requests(shared_system, bus) - before <= len(molecules) // 2
 
 
 def test_structures_with_magnetic_moments_go_apart_and_keep_them(bus: str):

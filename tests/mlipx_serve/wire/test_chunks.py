@@ -3,6 +3,8 @@ back whole, a structure that breaks the format or fails does so alone, in its pl
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -19,6 +21,9 @@ from mlipx_serve.wire.payload import (
     encode_chunk,
     encode_chunk_results,
     encode_request,
+    encode_results,
+    read_chunk_reply,
+    read_reply,
     read_request,
 )
 
@@ -96,7 +101,6 @@ def test_a_malformed_structure_in_a_chunk_is_an_error_in_its_place():
     (lambda header: header.update(info={}), "'info' must be a list"),
 ])
 def test_a_chunk_whose_arrays_do_not_add_up_is_refused_whole(mutate, says):
-    import json
 
     frames = as_bytes(encode_chunk(structures()[:2], ["energy"]))
     header = json.loads(frames[0])
@@ -127,3 +131,17 @@ def test_the_one_structure_form_is_read_as_before_and_not_taken_for_a_chunk():
         decode_request(as_bytes(encode_chunk([atoms, atoms], ["energy"])))
     with pytest.raises(PayloadError, match="unsupported payload version 2"):
         decode_reply(as_bytes(encode_chunk_results([{"energy": 1.0}])))
+
+
+@pytest.mark.parametrize("chunk", [False, True], ids=["one", "chunk"])
+def test_a_reply_says_how_long_the_worker_took_and_a_strange_time_is_no_time(chunk):
+    encode, read = (encode_chunk_results, read_chunk_reply) if chunk else \
+        (encode_results, read_reply)
+    results = [{"energy": 1.0}] if chunk else {"energy": 1.0}
+    assert read(as_bytes(encode(results, 0.0125))).seconds == 0.0125
+    untimed = as_bytes(encode(results))
+    assert read(untimed).seconds is None and "seconds" not in json.loads(untimed[0])
+    for strange in ("soon", -1.0, True, None):
+        header = json.loads(untimed[0]) | {"seconds": strange}
+        computed = read([json.dumps(header).encode(), *untimed[1:]])
+        assert computed.seconds is None and computed.results == results

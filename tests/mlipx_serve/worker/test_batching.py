@@ -39,29 +39,63 @@ def test_a_prefetching_worker_replies_with_copies_of_arrays_the_model_fills_agai
                                atol=EXACT)
 
 
-def test_the_batcher_waits_for_a_fuller_batch_but_not_for_ever():
-    sizes = []
+class GatedBatches:
+    """A batch function that records each batch's structures (H atoms: their counts) and,
+    while ``gate`` is shut, holds the batch in hand, so that requests pile up meanwhile."""
 
-    def evaluate_batch(structures, properties):
-        sizes.append(len(structures))
-        return [{"n": len(atoms)} if len(atoms) != 13 else ValueError("13") for atoms in
-                structures]
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.taken = threading.Semaphore(0)  # released as each batch is taken
 
-    batcher = Batcher(evaluate_batch, size=4, wait=0.3)
-    results, errors = {}, {}
+    def __call__(self, structures, properties):
+        self.batches.append([len(atoms) for atoms in structures])
+        self.taken.release()
+        assert self.gate.wait(30)
+        return [{"n": len(atoms)} if len(atoms) != 13 else ValueError("13")
+                for atoms in structures]
 
-    def compute(n: int) -> None:
+
+def submit(batcher: Batcher, n: int, results: dict) -> threading.Thread:
+    def compute() -> None:
         try:
             results[n] = batcher.compute(Atoms(f"H{n}"), ["energy"])
         except ValueError as error:
-            errors[n] = str(error)
+            results[n] = str(error)
 
-    threads = [threading.Thread(target=compute, args=(n,)) for n in (1, 2, 13, 4, 5)]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=compute)
+    thread.start()
+    return thread
+
+
+def test_a_lone_request_is_not_held_back_for_company():
+    batches = GatedBatches()
+    batches.gate.set()
+    batcher = Batcher(batches, size=16, wait=600.0)  # (a wait that would fail the test)
+    results: dict = {}
+    for n in (1, 2):  # one after the other, as a relaxation's steps
+        submit(batcher, n, results).join(30)
+    assert results == {1: {"n": 1}, 2: {"n": 2}} and batches.batches == [[1], [2]]
+
+
+def test_after_a_batch_of_several_it_waits_for_as_many_again_but_not_for_ever():
+    batches = GatedBatches()
+    batcher = Batcher(batches, size=4, wait=2.0)
+    results: dict = {}
+    threads = [submit(batcher, 1, results)]
+    assert batches.taken.acquire(timeout=30)  # 1 is in hand, alone: nothing else came
+    threads += [submit(batcher, n, results) for n in (2, 13, 4, 5)]
+    while batcher._pending.qsize() < 4:  # all four wait behind it
         time.sleep(0.01)
+    batches.gate.set()
     for thread in threads:
-        thread.join(5)
-    assert results == {n: {"n": n} for n in (1, 2, 4, 5)} and errors == {13: "13"}
-    assert sizes == [4, 1]  # a full batch at once; the fifth after waiting 0.3 s alone
-
+        thread.join(30)
+    assert batches.batches == [[1], [2, 13, 4, 5]] and results[13] == "13"
+    # After a batch of four, more is on its way: 6 waits, and 7 joins it.
+    for thread in [submit(batcher, 6, results), submit(batcher, 7, results)]:
+        thread.join(30)
+    assert batches.batches[2] == [6, 7]
+    submit(batcher, 8, results).join(30)  # waits for a second one, in vain, then goes
+    submit(batcher, 9, results).join(30)  # after a batch of one: at once
+    assert batches.batches[3:] == [[8], [9]]
+    assert results == {n: {"n": n} for n in (1, 2, 4, 5, 6, 7, 8, 9)} | {13: "13"}

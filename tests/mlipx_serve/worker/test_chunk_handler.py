@@ -15,7 +15,14 @@ from mlipx_serve.errors import DefinitionMismatch
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.models_file import load_models_file
 from mlipx_serve.wire.definition import Definition
-from mlipx_serve.wire.payload import RemoteFailure, decode_chunk_reply, encode_chunk
+from mlipx_serve.wire.payload import (
+    RemoteFailure,
+    decode_chunk_reply,
+    encode_chunk,
+    encode_request,
+    read_chunk_reply,
+    read_reply,
+)
 from mlipx_serve.worker.compute import build_calculator
 from mlipx_serve.worker.handler import request_handler
 
@@ -104,3 +111,12 @@ def test_a_batching_worker_counts_a_chunks_structures_towards_its_batches():
     assert [results["batch_size"] for results in got] == [4, 4, 4, 4, 4, 4, 4, 4, 2, 2]
     for atoms, results in zip(given, got, strict=True):
         assert_emt(atoms, results)
+
+
+def test_every_reply_says_how_long_the_worker_took_for_it():
+    emt = BUILTIN_MODELS["emt"].definition()
+    handle = request_handler(EMT(), "emt", emt)
+    chunk = read_chunk_reply(handle([bytes(f) for f in encode_chunk(structures(3), PROPERTIES)]))
+    one = read_reply(handle([bytes(f) for f in encode_request(structures(1)[0], PROPERTIES)]))
+    for computed in (chunk, one):
+        assert computed.seconds is not None and 0 < computed.seconds < 60
