@@ -23,7 +23,7 @@ from mlipx_serve.broker.slurm_launcher import SlurmLauncher
 from mlipx_serve.errors import MlipxServeError, SettingsError
 from mlipx_serve.models.models_file import load_registry
 from mlipx_serve.wire.endpoints import local_broker, worker_endpoint
-from mlipx_serve.wire.private import private_dir
+from mlipx_serve.wire.private import open_to_others, private_dir
 from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
 from mlipx_serve.wire.serving import ServingSettings
 from mlipx_serve.wire.worker_options import WorkerOptions
@@ -82,15 +82,20 @@ class BrokerSettings:
 
     def definitions_refused(self, endpoint: str) -> str:
         """Why clients' model definitions are refused, or "" when they are taken: from
-        whoever can reach the endpoint, a definition means code of their choice run here."""
-        if self.accept_definitions or endpoint.startswith("ipc://") or \
-                (self.curve_secret_key and self.curve_clients):
+        whoever can reach the endpoint, a definition means code of their choice run here.
+        Asked at each definition: a socket file's permissions may change."""
+        if self.accept_definitions or (self.curve_secret_key and self.curve_clients):
             return ""
-        return (f"the broker at {endpoint} takes model definitions only from trusted "
-                f"clients (its ipc path, or CURVE-admitted keys), and this endpoint has "
-                f"neither: anyone who reaches it could run code of their choice there. "
-                f"Restart it with --curve-secret-key and --curve-clients, or, on a network "
-                f"you trust, with --accept-definitions")
+        why = open_to_others(endpoint) if endpoint.startswith("ipc://") else \
+            "it is a network endpoint without CURVE client keys"
+        if not why:
+            return ""
+        return (f"the broker at {endpoint} takes model definitions only from clients no "
+                f"other user can be (an ipc socket closed to others, or CURVE-admitted "
+                f"keys), and {why}: anyone who reaches it could run code of their choice "
+                f"there. Restart it on a socket path of your own (the default, or "
+                f"--path ipc:///PATH), with --curve-secret-key and --curve-clients, or, "
+                f"where you trust everyone who can connect, with --accept-definitions")
 
 
 class ModelBroker:
@@ -173,7 +178,7 @@ class ModelBroker:
         except MlipxServeError as error:
             raise SettingsError(str(error)) from None
         return Autostarter(self.broker, registry, config, self._launcher(),
-                           settings.definitions_refused(self.endpoint))
+                           lambda: settings.definitions_refused(self.endpoint))
 
     def _launcher(self) -> LocalLauncher | SlurmLauncher:
         settings = self.settings

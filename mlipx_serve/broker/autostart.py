@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mdp.broker import Broker
@@ -37,7 +37,7 @@ from mlipx_serve.wire.worker_options import WorkerOptions
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 0.25
-MAX_CLIENT_DEFINITIONS = 1000  # models clients may define, for the broker's lifetime
+MAX_CLIENT_DEFINITIONS = 1000  # models clients defined that the broker keeps at once
 SCALING_EVENTS = (EventKind.DEMAND, EventKind.WORKER_READY, EventKind.SERVED)
 
 
@@ -65,12 +65,13 @@ class Autostarter:
     """Starts workers on demand through a ``Launcher`` (local processes or SLURM jobs),
     for the models of its registry and for those clients define (``define``).
 
-    ``refuse_definitions``: why clients may not have workers started from definitions of
-    their own (a plain tcp endpoint: whoever reaches it could run any code), or "" when
-    they may."""
+    ``refuse_definitions()``: why clients may not have workers started from definitions
+    of their own (an endpoint that others can reach: they could run any code), or "" when
+    they may. Of the models clients defined it keeps ``MAX_CLIENT_DEFINITIONS``, and
+    forgets the least recently used one without workers to make room for a new one."""
 
     def __init__(self, broker: Broker, registry: Mapping[str, object], config: AutostartConfig,
-                 launcher: Launcher, refuse_definitions: str = ""):
+                 launcher: Launcher, refuse_definitions: Callable[[], str] = str):
         self.broker = broker
         self.registry = dict(registry)
         self.config = config
@@ -79,7 +80,7 @@ class Autostarter:
         self.definitions = {name: definition_of(model) for name, model in registry.items()}
         # Asked at every reply while requests queue: worked out once per model.
         self.settings = {name: self._settings_of(model) for name, model in registry.items()}
-        self.by_clients: dict[str, Definition] = {}  # the services clients defined
+        self.by_clients: dict[str, Definition] = {}  # services clients defined, LRU first
         self.starting: dict[str, Launch] = {}
         self._processes: dict[str, int] = {}  # a starting model's worker processes before
         self._checking = False
@@ -91,6 +92,8 @@ class Autostarter:
 
     def on_event(self, event: Event) -> None:
         name = event.service
+        if name in self.by_clients:  # used: the last to be forgotten
+            self.by_clients[name] = self.by_clients.pop(name)
         if event.kind == EventKind.WORKER_READY:
             self._came_up(name, event.processes)
         if name not in self.registry:
@@ -118,8 +121,12 @@ class Autostarter:
         options = dataclasses.replace(self.config.worker, model=name,
                                       definition=self._start_with(name)).serving_as(settings)
         self._processes[name] = processes
-        self.starting[name] = self.launcher.launch(
-            options, self.devices(settings), thread_share(self.workers_limit(settings)))
+        try:
+            self.starting[name] = self.launcher.launch(
+                options, self.devices(settings), thread_share(self.workers_limit(settings)))
+        except (OSError, ValueError) as error:  # a command line too long, a NUL, a log name
+            self._cannot_start(name, f"{type(error).__name__}: {error}")
+            return
         self._schedule_check()
 
     # ------------------------------------------------------------ serving settings
@@ -160,17 +167,21 @@ class Autostarter:
         model-definition.md 5). Answers 200 and the service that serves it (one of the
         registry's when it is defined alike, else one of its own, which workers are then
         started for), or 400/403 and why not."""
-        if self.refuse_definitions:
-            return [b"403", self.refuse_definitions.encode()]
+        refused = self.refuse_definitions()
+        if refused:
+            return [b"403", refused.encode()]
         try:
             definition = Definition.from_json(json.loads(bytes(body[0]) if body else b""))
         except (ValueError, DefinitionError) as error:  # (JSON's errors are ValueErrors)
             return [b"400", f"not a model definition: {error}".encode()]
         name = self._serving(definition)
-        if name is None:
-            if len(self.by_clients) >= MAX_CLIENT_DEFINITIONS:
-                return [b"403", f"this broker serves {MAX_CLIENT_DEFINITIONS} models that "
-                                f"clients defined already; restart it for more".encode()]
+        if name in self.by_clients:
+            self.by_clients[name] = self.by_clients.pop(name)
+        elif name is None:
+            if len(self.by_clients) >= MAX_CLIENT_DEFINITIONS and not self._forget_one():
+                return [b"403", f"this broker has workers for all the {MAX_CLIENT_DEFINITIONS} "
+                                f"models that clients defined; stop some, or restart it"
+                                f".".encode()]
             name = definition.own_service()
             self.by_clients[name] = definition
             self.definitions[name] = definition
@@ -178,6 +189,18 @@ class Autostarter:
             self.settings[name] = self._settings_of(self.registry[name])
             log.info("serving '%s' as clients define it: %s", name, definition.short())
         return [b"200", name.encode()]
+
+    def _forget_one(self) -> bool:
+        """Forget the least recently used model clients defined that has no worker (its
+        clients define it again when they come back); False if every one has one."""
+        for name in self.by_clients:
+            if not self.broker.service_workers(name) and name not in self.starting:
+                for known in (self.by_clients, self.definitions, self.registry,
+                              self.settings):
+                    del known[name]
+                log.info("forgot '%s', which clients defined, to make room", name)
+                return True
+        return False
 
     def _serving(self, definition: Definition) -> str | None:
         """A service of the registry that is this definition, the definition's own name
@@ -210,12 +233,17 @@ class Autostarter:
 
     def _failed(self, name: str, start: Launch, why: str) -> None:
         del self.starting[name]
+        output = "" if start.log_path is None else \
+            f" Last lines of its output ({start.log_path}):\n{tail(start.log_path)}"
+        self._cannot_start(name, f"{why}.{output}")
+
+    def _cannot_start(self, name: str, why: str) -> None:
+        """A worker for ``name`` did not start: the requests waiting for it are answered
+        at once, unless other workers serve it."""
         if self.broker.service_workers(name):
             log.warning("an extra worker for '%s' failed to start: %s", name, why)
             return
-        output = "" if start.log_path is None else \
-            f" Last lines of its output ({start.log_path}):\n{tail(start.log_path)}"
-        message = f"could not start model '{name}': {why}.{output}"
+        message = f"could not start model '{name}': {why}"
         log.error(message)
         self.broker.fail_queued(name, ServiceStartFailed(message, name))
 

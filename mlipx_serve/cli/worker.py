@@ -15,6 +15,7 @@ from mlipx_serve import environment
 from mlipx_serve.cli import options
 from mlipx_serve.cli.console import fail, say, setup_logging
 from mlipx_serve.errors import MlipxServeError
+from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.serving import DEFAULTS as SERVING
 from mlipx_serve.wire.worker_options import WorkerOptions
 
@@ -61,10 +62,10 @@ def serve(
 
     setup_logging(verbose)
     endpoint, curve, watch = _where(worker)
-    model = _model(worker)
+    model, defined = _model(worker)
     say(f"loading model '{name}' ...")
     try:
-        run.serve(model, worker, endpoint, curve, watch, say)
+        run.serve(model, worker, endpoint, curve, watch, say, served=defined)
     except MlipxServeError as error:
         fail(str(error))
     except Exception as error:  # the model's own code failed: its traceback tells where
@@ -101,30 +102,31 @@ def _where(worker: WorkerOptions) -> tuple[str, dict, object]:
     return connection.endpoint, {"curve": ClientCurve(*connection.keys())}, watch
 
 
-def _model(worker: WorkerOptions) -> object:
-    """The model to serve, re-run under uv first if its packages are missing here."""
+def _model(worker: WorkerOptions) -> tuple[object, Definition | None]:
+    """The model to serve, and the definition it was given as (``--definition``); re-run
+    under uv first if its packages are missing here."""
     from mlipx_serve.worker.uv import reexec_under_uv
 
     try:
-        model = _loaded(worker)
+        model, defined = _loaded(worker)
         if not worker.no_uv:
             reexec_under_uv(model, sys.argv[1:])
     except (MlipxServeError, OSError) as error:  # the models, the factory file, uv
         fail(str(error))
-    return model
+    return model, defined
 
 
-def _loaded(worker: WorkerOptions) -> object:
+def _loaded(worker: WorkerOptions) -> tuple[object, Definition | None]:
     from mlipx_serve.models.definitions import FactoryModel, model_from
     from mlipx_serve.models.models_file import find_model, load_registry
-    from mlipx_serve.wire.definition import Definition
     from mlipx_serve.wire.factory_file import load_factory
 
     if worker.factory:
-        return FactoryModel(load_factory(worker.factory), worker.model)
+        return FactoryModel(load_factory(worker.factory), worker.model), None
     if worker.definition:
         try:
-            return model_from(Definition.from_json(json.loads(worker.definition)))
+            defined = Definition.from_json(json.loads(worker.definition))
         except ValueError as error:  # (a DefinitionError, or not JSON)
             fail(f"--definition is not a model definition: {error}")
-    return find_model(worker.model, load_registry(list(worker.models_files) or None))
+        return model_from(defined), defined
+    return find_model(worker.model, load_registry(list(worker.models_files) or None)), None

@@ -6,25 +6,35 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ase.calculators.calculator import Calculator, all_changes
+import numpy as np
+from ase.calculators.calculator import Calculator, Parameters, all_changes
 
 from mdp.client import Client
-from mdp.errors import MDPError, WorkerError
+from mdp.errors import MDPError, ServiceUnknown, WorkerError
 from mlipx_serve import environment
-from mlipx_serve.client.broker_status import describe_wait, get_broker_status
+from mlipx_serve.client.broker_status import describe_wait, get_broker_status, recent_status
 from mlipx_serve.client.failures import FALLS_BACK, served_error
 from mlipx_serve.client.keys import curve_options
-from mlipx_serve.errors import RemoteError
+from mlipx_serve.client.routing import service_for
+from mlipx_serve.errors import NotServed, RemoteError
 from mlipx_serve.models.changes import changes
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.endpoints import chosen_broker
-from mlipx_serve.wire.payload import decode_reply, encode_request
+from mlipx_serve.wire.payload import Computed, encode_request, read_reply
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 600.0  # a first request may wait for a worker to install and load a model
 BROKER_TIMEOUT = 10.0  # but when no broker answers at all, that is known in seconds
 RESENDS = 1  # times a request is sent again after the broker that held it was lost
+
+
+def owned(value: Any) -> Any:
+    """A result as the model's own calculator gives it: arrays writable (a reply's are
+    read-only views of its frames), a float a numpy float."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return np.float64(value) if type(value) is float else value
 
 
 def default_timeout() -> float:
@@ -36,11 +46,15 @@ def default_timeout() -> float:
 class RemoteCalculator(Calculator):
     """An ASE calculator whose model runs in a worker behind the broker.
 
-    One round trip asks for everything the model computes cheaply (energy and forces,
-    and stress for periodic cells), and ASE's caching then answers the other getters, so
-    ``get_potential_energy()`` followed by ``get_forces()`` is one request. A broker that
-    uses CURVE is reached with the key files given, or else those the environment names
-    (``client.keys.curve_options``).
+    One round trip asks for what the caller wants and, as a convenience, what the model
+    computes cheaply beside it (energy and forces, and stress for cells periodic in all
+    three directions where the model has stress), and ASE's caching then answers the
+    other getters, so ``get_potential_energy()`` followed by ``get_forces()`` is one
+    request; a convenience the model cannot give fails nothing. From its first reply on
+    it is the model's own in what it says of itself: ``name``, ``implemented_properties``
+    and ``parameters`` (``todict()``), as ``ase.db`` and trajectories record them. A
+    broker that uses CURVE is reached with the key files given, or else those the
+    environment names (``client.keys.curve_options``).
 
     ``model`` is the service's name. With ``definition`` (a model's ``definition()``) every
     request names that model, and a worker that serves another refuses it
@@ -59,8 +73,10 @@ class RemoteCalculator(Calculator):
     once. Use it as a context manager, or ``close()`` it, to free its socket.
     """
 
+    # until the model says what it implements (its first reply), whatever a model may
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
                               "stresses", "magmom", "magmoms", "charges", "dipole"]
+    CONVENIENT = ("energy", "forces")  # asked for beside any property (stress: periodic)
 
     def __init__(self, model: str, broker: str | None = None, timeout: float | None = None,
                  *, definition: Definition | None = None,
@@ -77,36 +93,60 @@ class RemoteCalculator(Calculator):
         self._fallback = fallback
         self._local: Calculator | None = None  # what it computes with once it fell back
         self._client: Client | None = None
+        self._described = False  # the model said what it is
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """ASE's change check, exact and cheap (``changes``): asked once per property."""
         return changes(self.atoms, atoms)
 
     def todict(self) -> dict[str, Any]:
-        """What trajectories and logs record of this calculator."""
-        found = {"model": self.model, "broker": self.broker}
-        if self.definition is not None:
-            found["definition"] = dict(self.definition.identity)
-        return found
+        """What trajectories and logs record of this calculator: what the model's own
+        calculator's ``todict`` gives (once the model has said it)."""
+        return dict(getattr(self, "_model_todict", {}))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self._local is not None:
             self._compute_locally(properties)
             return
-        wanted = {"energy", "forces", *properties}
-        if self.atoms.pbc.any():
-            wanted.add("stress")
-        frames = encode_request(self.atoms, sorted(wanted), self.definition)
+        convenient = {*self.CONVENIENT, *(["stress"] if self.atoms.pbc.all() else [])}
+        optional = sorted(convenient.intersection(self.implemented_properties) - {*properties})
+        frames = encode_request(self.atoms, list(properties), self.definition,
+                                optional=optional, describe=not self._described)
         try:
-            reply = self._request(frames)
-            self.results = dict(decode_reply(reply))
-        except (WorkerError, MDPError, RemoteError) as error:
+            computed = self._computed(frames)
+        except (WorkerError, MDPError, RemoteError, NotServed) as error:
             failure = served_error(error, self.model, self.broker)
             if self._fallback is None or not isinstance(failure, FALLS_BACK):
                 raise failure from failure.__cause__
             self._fall_back(failure)
             self._compute_locally(properties)
+            return
+        self.results = {name: owned(value) for name, value in computed.results.items()}
+        if computed.model is not None:
+            self._learn(computed.model)
+
+    def _computed(self, frames: list) -> Computed:
+        try:
+            return read_reply(self._request(frames))
+        except ServiceUnknown:
+            if self.definition is None:
+                raise
+        # A broker that restarted forgot the model this client defined: define it again.
+        status = recent_status(self.broker, ask=True)
+        self.model = service_for(self.definition, status, self.curve)
+        return read_reply(self._request(frames))
+
+    def _learn(self, model: dict[str, Any]) -> None:
+        """The model's name, properties and parameters, in place of the defaults."""
+        self._model_name, self._model_todict = model["name"], model["todict"]
+        self.implemented_properties = list(model["implemented_properties"])
+        self.parameters = Parameters(model["parameters"])
+        self._described = True
+
+    def _get_name(self) -> str:
+        """The model's calculator's name (``name``), once the model has said it."""
+        return getattr(self, "_model_name", None) or super()._get_name()
 
     def _fall_back(self, failure: Exception) -> None:
         log.warning("model '%s' is computed locally from now on: %s", self.model, failure)

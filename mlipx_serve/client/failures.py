@@ -15,6 +15,7 @@ from mdp.errors import (
 from mlipx_serve import environment
 from mlipx_serve.errors import (
     DefinitionMismatch,
+    NotServed,
     PayloadError,
     RemoteCalculationError,
     RemotePropertyNotImplementedError,
@@ -24,8 +25,9 @@ from mlipx_serve.errors import (
 from mlipx_serve.wire.payload import RemoteFailure
 
 # Failures after which a calculator built with a fallback computes locally instead: its
-# model's worker could not start, or serves another model than the one defined.
-FALLS_BACK = (DefinitionMismatch, ServiceStartFailedError)
+# model's worker could not start, serves another model than the one defined, or the
+# model could not be defined again at a broker that restarted.
+FALLS_BACK = (DefinitionMismatch, ServiceStartFailedError, NotServed)
 
 
 def served_error(error: Exception, model: str, broker: str) -> Exception:

@@ -32,9 +32,15 @@ from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mdp.aio import AsyncClient
-from mdp.errors import AttemptsExhausted, MDPError
+from mdp.errors import AttemptsExhausted, MDPError, WorkerError
 from mlipx_serve.client.calculator import RESENDS, default_timeout
-from mlipx_serve.client.chunking import LONE_TURN, TURN, ChunkSizer, most_structures
+from mlipx_serve.client.chunking import (
+    LONE_TURN,
+    MAX_CHUNK,
+    TURN,
+    ChunkSizer,
+    most_structures,
+)
 from mlipx_serve.client.failures import served_error, structure_error
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.client.routing import route
@@ -57,6 +63,7 @@ _DONE = object()
 Limits = Callable[[], tuple[int, int]]  # (atoms, structures) the next chunk may hold
 PROBES = 2  # requests sent one at a time at first, whose times size the chunks after them
 SHARING_POLL = 0.5  # seconds between questions to the broker: do others use the model?
+HOLD_ON = 0.01  # seconds between looks at whether the caller has taken results
 
 
 class StructureFailed(MlipxServeError):
@@ -177,9 +184,9 @@ class _Run:
         self._slots = max_in_flight
         self._sizer = None if chunk_size else ChunkSizer()
         self._answered = 0  # requests answered (or failed)
-        limits = (lambda: (sys.maxsize, chunk_size)) if chunk_size else \
-            (lambda: (self._sizer.budget(), most_structures(total)))
-        self._chunks = _chunks(structures, limits)
+        self._one_by_one = False  # a worker refused a chunk: it reads one structure only
+        self._ahead = 2 * max_in_flight * MAX_CHUNK  # structures sent, not yet handed back
+        self._chunks = _chunks(structures, self._limits(chunk_size, total))
         self._loop = asyncio.new_event_loop()
         self._main: asyncio.Task | None = None
         self._thread = threading.Thread(target=self._run, name="mlipx-map", daemon=True)
@@ -224,6 +231,18 @@ class _Run:
             self._client.close()
             self.results.put(_DONE)
 
+    def _limits(self, chunk_size: int | None, total: int | None) -> Limits:
+        """What the next chunk may hold: ``chunk_size`` structures when given, else what
+        the sizer says, one structure only where a worker reads no chunks."""
+        def limits() -> tuple[int, int]:
+            if self._one_by_one:
+                return 1, 1
+            if chunk_size:
+                return sys.maxsize, chunk_size
+            return self._sizer.budget(), most_structures(total)
+
+        return limits
+
     async def _send_all(self) -> None:
         slots = asyncio.Semaphore(self._slots)
         tasks = set()
@@ -232,6 +251,8 @@ class _Run:
             while True:
                 if self._answered < PROBES and self._sizer is not None and tasks:
                     await asyncio.wait(tasks)  # the first few one at a time: sizes to learn
+                while len(self.inputs) >= self._ahead:  # the caller takes results slowly:
+                    await asyncio.sleep(HOLD_ON)        # read no more until it does
                 await slots.acquire()  # first: a chunk is sized when it can go
                 chunk = next(self._chunks, None)
                 if chunk is None:
@@ -303,9 +324,14 @@ class _Run:
             if len(chunk) == 1:
                 return [served_error(error, self.model, self._broker)]
             # Workers died computing the chunk: one of its structures may kill them, and
-            # only that one must fail. Each alone tells which.
-            alone = await asyncio.gather(*(self._computed([item]) for item in chunk))
-            return [found for [found] in alone]
+            # only that one must fail. Each alone tells which, one after another (together,
+            # a batching worker would batch them again, the healthy beside the deadly).
+            return [(await self._computed([item]))[0] for item in chunk]
+        except WorkerError as error:
+            if len(chunk) > 1 and _reads_no_chunks(error):
+                self._one_by_one = True  # a worker of an older kind: one structure a request
+                return [(await self._computed([item]))[0] for item in chunk]
+            return [served_error(error, self.model, self._broker)] * len(chunk)
         except MDPError as error:
             return [served_error(error, self.model, self._broker)] * len(chunk)
         except MlipxServeError as error:  # a reply that is not a payload
@@ -321,6 +347,12 @@ class _Run:
 
     def _result(self, found: dict[str, Any] | RemoteFailure) -> dict[str, Any] | Exception:
         return structure_error(found, self.model) if isinstance(found, RemoteFailure) else found
+
+
+def _reads_no_chunks(error: WorkerError) -> bool:
+    """Whether a worker refused a chunk because it reads one structure a request only."""
+    return error.error_type == "PayloadError" and "unsupported payload version 2" in \
+        error.message
 
 
 def _with_results(atoms: Atoms, results: dict[str, Any]) -> Atoms:

@@ -15,7 +15,7 @@ from ase.calculators.calculator import Calculator
 
 from mlipx_serve.models.definitions import Servable, serving_settings
 from mlipx_serve.models.extras import model_extras
-from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.definition import Definition, check_name
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def extend_generic_ase(module: ModuleType) -> None:
         def __post_init__(self) -> None:
             getattr(super(), "__post_init__", lambda: None)()
             serving_settings(self)  # unknown or malformed settings: an error at once
+            if self.name is not None:
+                check_name(self.name)
 
         def build_local_calculator(self, **kwargs: Any) -> Calculator:
             """mlipx's own ``get_calculator``: what this model is without serving."""
@@ -53,11 +55,14 @@ def extend_generic_ase(module: ModuleType) -> None:
 
         def definition(self, **kwargs: Any) -> Definition:
             """As mlipx builds it: its ``kwargs`` win over the call's, and the device
-            (not part of what the model is) comes as an argument of its own."""
+            (not part of what the model is), its field or else a ``device`` among the
+            arguments, comes apart from them, as ours does."""
             self._builds_like(GenericASECalculator)
             arguments = {**kwargs, **(self.kwargs or {})}
+            device = arguments.pop("device", None)
             return Definition.generic(self.module, self.class_name, arguments, name=self.name,
-                                      device=self.device, extra=tuple(model_extras(self)),
+                                      device=self.device if self.device else device,
+                                      extra=tuple(model_extras(self)),
                                       serving=serving_settings(self).to_json())
 
     GenericASECalculator.__module__ = module.__name__

@@ -24,7 +24,7 @@ from ase.calculators.calculator import Calculator
 from mlipx_serve import environment
 from mlipx_serve.errors import DefinitionError, ModelUnavailableError
 from mlipx_serve.models.extras import EXTRAS, model_extras
-from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.definition import Definition, check_name
 from mlipx_serve.wire.serving import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ class GenericASECalculator(Servable):
 
     def __post_init__(self) -> None:
         serving_settings(self)  # unknown or malformed settings: an error here, at once
+        if self.name is not None:
+            check_name(self.name)
 
     def build_local_calculator(self, **kwargs: Any) -> Calculator:
         """Build the calculator in this process; a served worker calls this too.

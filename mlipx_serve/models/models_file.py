@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlipx_serve import environment
-from mlipx_serve.errors import RegistryError, ServeError
+from mlipx_serve.errors import DefinitionError, RegistryError, ServeError
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.definitions import (
     GenericASECalculator,
@@ -31,7 +31,7 @@ from mlipx_serve.models.definitions import (
     with_name,
 )
 from mlipx_serve.models.mlipx_shim import mlipx_names_available
-from mlipx_serve.wire.definition import resolve_paths
+from mlipx_serve.wire.definition import check_name, resolve_paths
 
 
 def load_registry(models_files: Sequence[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
@@ -66,8 +66,10 @@ def load_models_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _checked_entry(file: Path, key: Any, entry: Any) -> Any:
-    if not isinstance(key, str) or not key:
-        raise RegistryError(f"models file {str(file)!r}: ALL_MODELS key {key!r} is not a name")
+    try:
+        check_name(key)
+    except DefinitionError as error:
+        raise RegistryError(f"models file {str(file)!r}: ALL_MODELS key: {error}") from None
     if not callable(getattr(entry, "get_calculator", None)):
         raise RegistryError(
             f"models file {str(file)!r}: ALL_MODELS[{key!r}] is a {type(entry).__name__} "

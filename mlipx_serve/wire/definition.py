@@ -3,10 +3,11 @@ alike (protocol/model-definition.md).
 
 A model is defined by the code that builds its calculator: a module, a class or factory in
 it, and keyword arguments; a loaded network wrapped by a calculator class adds that class
-and its arguments. Two definitions are the same model when their canonical JSON is the
-same byte for byte, and the SHA-256 of that text is the model's fingerprint: what a worker
-compares with every request before it computes. Name, extras and device are not part of
-it: they say what a model is called and where it runs, not what it computes.
+and its arguments; the files its arguments name count by their content. Two definitions
+are the same model when their canonical JSON is the same byte for byte, and the SHA-256 of
+that text is the model's fingerprint: what a worker compares with every request before it
+computes. Name, extras and device are not part of it: they say what a model is called and
+where it runs, not what it computes.
 
 Pure data: no sockets, no imports of the model's packages.
 """
@@ -24,12 +25,16 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from mlipx_serve.errors import DefinitionError, SettingsError
+from mlipx_serve.wire.file_digests import PREFIX as DIGEST_PREFIX
+from mlipx_serve.wire.file_digests import digest_of, digests_of
 from mlipx_serve.wire.serving import ServingSettings
 
 GENERIC_FIELDS = ("module", "class_name", "kwargs")
 WRAPPER_FIELDS = ("calculator", "calculator_kwargs", "calculator_takes_device")
+FILES_FIELD = "files"  # path -> digest of the files the arguments name, when they name any
+_DIGEST = re.compile(rf"{DIGEST_PREFIX}[0-9a-f]{{64}}")
 SHORT_FINGERPRINT = 8  # hex digits in service names such as my-lj@3f9a2c1e
-MAX_LABEL = 200  # characters of a name or class in a service name (MDP allows 255 bytes)
+MAX_NAME = 200  # bytes of a model's name, in UTF-8 (an MDP service name holds 255)
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _TARGET = re.compile(rf"{_DOTTED.pattern}:[A-Za-z_][A-Za-z0-9_]*")
 _PATH_PREFIXES = ("./", "../", "~/")
@@ -50,6 +55,8 @@ class Definition:
     fingerprint: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.name is not None:
+            check_name(self.name)
         identity = _checked_identity(self.identity)
         canonical = canonical_json(identity)
         object.__setattr__(self, "identity", json.loads(canonical))
@@ -61,10 +68,11 @@ class Definition:
     def generic(cls, module: str, class_name: str, kwargs: Mapping[str, Any] | None, *,
                 base: Path | None = None, **rest: Any) -> Definition:
         """A calculator (or factory) ``module.class_name(**kwargs)``; relative paths in
-        ``kwargs`` are resolved against ``base`` (default: the working directory)."""
+        ``kwargs`` are resolved against ``base`` (default: the working directory), and
+        the files they name count by their content."""
         identity = {"module": module, "class_name": class_name,
                     "kwargs": resolve_paths(dict(kwargs or {}), base)}
-        return cls(identity, **rest)
+        return cls(_with_files(identity), **rest)
 
     @classmethod
     def wrapped(cls, module: str, class_name: str, kwargs: Mapping[str, Any] | None,
@@ -78,15 +86,22 @@ class Definition:
                     "calculator": calculator,
                     "calculator_kwargs": resolve_paths(dict(calculator_kwargs or {}), base),
                     "calculator_takes_device": bool(calculator_takes_device)}
-        return cls(identity, **rest)
+        return cls(_with_files(identity), **rest)
 
     @property
     def is_wrapped(self) -> bool:
         return "calculator" in self.identity
 
+    def changed_files(self) -> list[str]:
+        """The files it names whose content is no longer what it was defined with."""
+        return [path for path, digest in self.identity.get(FILES_FIELD, {}).items()
+                if digest_of(path) != digest]
+
     def label(self) -> str:
-        """The name, else the class or factory: what a service of its own is named after."""
-        return (self.name or self.identity["class_name"])[:MAX_LABEL]
+        """The name, else the class or factory: what a service of its own is named after
+        (at most ``MAX_NAME`` bytes, a character never cut in two)."""
+        label = (self.name or self.identity["class_name"]).encode()[:MAX_NAME]
+        return label.decode("utf-8", "ignore")
 
     def own_service(self) -> str:
         """The service of this definition alone: ``my-lj@3f9a2c1e``, ``LennardJones@...``."""
@@ -132,6 +147,24 @@ class Definition:
                    serving=serving)
 
 
+def check_name(name: Any) -> str:
+    """``name`` if it can name a served model, else a ``DefinitionError`` saying why: an
+    MDP service name of at most ``MAX_NAME`` bytes, not one of the broker's own (``mmi.``),
+    not one a command line takes for an option (``-``), nothing unprintable."""
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(f"a model's name must be a non-empty string, not {name!r}")
+    problem = ("starts with 'mmi.', which the broker keeps for its own services"
+               if name.startswith("mmi.") else
+               "starts with '-', which a command line takes for an option"
+               if name.startswith("-") else
+               "holds a character that is not printable" if not name.isprintable() else
+               f"is {len(name.encode())} bytes long in UTF-8 (at most {MAX_NAME})"
+               if len(name.encode()) > MAX_NAME else "")
+    if problem:
+        raise DefinitionError(f"the model name {name[:60]!r} {problem}; choose another")
+    return name
+
+
 def canonical_json(value: Any) -> str:
     """The one text of ``value``: keys sorted, no spaces, UTF-8 as is, floats as the
     shortest text that reads back to the same double (protocol/model-definition.md 2)."""
@@ -170,14 +203,28 @@ def _plain(value: Any, where: str) -> Any:
                           f"dicts)")
 
 
+def _with_files(identity: dict[str, Any]) -> dict[str, Any]:
+    files = digests_of({key: identity[key] for key in ("kwargs", "calculator_kwargs")
+                        if key in identity})
+    return {**identity, FILES_FIELD: files} if files else identity
+
+
 def _checked_identity(identity: Any) -> dict[str, Any]:
     if not isinstance(identity, Mapping):
         raise DefinitionError("a model's identity must be a JSON object")
-    keys = set(identity)
+    keys = set(identity) - {FILES_FIELD}
     if keys not in (set(GENERIC_FIELDS), set(GENERIC_FIELDS + WRAPPER_FIELDS)):
         raise DefinitionError(f"a model's identity has the keys {list(GENERIC_FIELDS)}, "
-                              f"plus {list(WRAPPER_FIELDS)} for a wrapped network; not "
-                              f"{sorted(keys)}")
+                              f"plus {list(WRAPPER_FIELDS)} for a wrapped network, and "
+                              f"'{FILES_FIELD}' where its arguments name files; not "
+                              f"{sorted(set(identity))}")
+    files = identity.get(FILES_FIELD, {})
+    if not (isinstance(files, Mapping) and files and all(
+            isinstance(path, str) and os.path.isabs(path) and isinstance(digest, str)
+            and _DIGEST.fullmatch(digest) for path, digest in files.items())):
+        if FILES_FIELD in identity:
+            raise DefinitionError(f"'{FILES_FIELD}' must map absolute paths to "
+                                  f"'{DIGEST_PREFIX}' and 64 hex digits")
     if not (isinstance(identity["module"], str) and _DOTTED.fullmatch(identity["module"])):
         raise DefinitionError(f"'module' must be a dotted module name, not "
                               f"{identity['module']!r}")
@@ -202,31 +249,21 @@ def _checked_identity(identity: Any) -> dict[str, Any]:
 
 
 def resolve_paths(value: Any, base: Path | None = None) -> Any:
-    """``value`` with each string that names a relative path made absolute against ``base``
+    """``value`` with each explicit relative path made absolute against ``base``
     (default: the working directory), so that a worker started elsewhere opens the same
-    file. A path is a string starting with ``./``, ``../`` or ``~/``, or one that names an
-    existing file or directory under ``base``; names such as ``medium-mpa-0`` or
-    ``org/model`` (downloads) are left alone."""
+    file: a ``pathlib`` path, or a string that starts with ``./``, ``../`` or ``~/``.
+    Any other string is left as it is, whatever the working directory holds: a word such
+    as ``medium`` is an argument, not the folder ``medium/`` that may lie beside it."""
     if isinstance(value, Mapping):
         return {key: resolve_paths(item, base) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(resolve_paths(item, base) for item in value)
     if isinstance(value, PurePath):
         return str(_absolute(str(value), base))
-    if isinstance(value, str) and _is_relative_path(value, base):
+    if isinstance(value, str) and (value.startswith(_PATH_PREFIXES) or
+                                   value in (".", "..", "~")):
         return str(_absolute(value, base))
     return value
-
-
-def _is_relative_path(text: str, base: Path | None) -> bool:
-    if not text or "://" in text or "\n" in text or os.path.isabs(text):
-        return False
-    if text.startswith(_PATH_PREFIXES) or text in (".", "..", "~"):
-        return True
-    try:
-        return (Path(base or Path.cwd()) / text).exists()
-    except (OSError, ValueError):  # too long, a NUL byte
-        return False
 
 
 def _absolute(text: str, base: Path | None) -> Path:

@@ -69,15 +69,17 @@ Spec = tuple[str, np.dtype, tuple[int, ...]]
 
 
 def encode_request(atoms: Atoms, properties: Iterable[str],
-                   definition: Definition | None = None) -> list[bytes | memoryview]:
+                   definition: Definition | None = None, *, optional: Iterable[str] = (),
+                   describe: bool = False) -> list[bytes | memoryview]:
     """Frames asking a worker to compute ``properties`` for ``atoms`` with the model
     ``definition`` (which the worker checks against its own), or with whatever model it
-    serves when None.
+    serves when None; and ``optional`` ones where the model computes them (one it cannot
+    fails nothing); with ``describe``, the reply says what the model is.
 
     Array frames are views of the atoms' own memory where it is already little-endian and
     contiguous, so the atoms must not be changed until the frames have been sent.
     """
-    if isinstance(properties, str):
+    if isinstance(properties, str) or isinstance(optional, str):
         raise TypeError("properties must be a list of names, not a single string")
     arrays = _request_arrays(atoms)
     header = {
@@ -86,6 +88,10 @@ def encode_request(atoms: Atoms, properties: Iterable[str],
         "arrays": [_spec(name, array) for name, array in arrays],
         "info": _info_scalars(atoms.info),
     }
+    if optional:
+        header["optional"] = [str(name) for name in optional]
+    if describe:
+        header["describe"] = True
     return _request_frames(header, arrays, definition)
 
 
@@ -101,10 +107,11 @@ def _request_frames(header: dict[str, Any], arrays: list[tuple[str, np.ndarray]]
     return [text.encode("utf-8"), *(_raw(array) for _, array in arrays)]
 
 
-def encode_results(results: Mapping[str, Any], seconds: float | None = None
-                   ) -> list[bytes | memoryview]:
-    """Frames carrying every result the calculator produced that the format can hold, and
-    ``seconds``, how long the worker took for the request, where given.
+def encode_results(results: Mapping[str, Any], seconds: float | None = None,
+                   model: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
+    """Frames carrying every result the calculator produced that the format can hold,
+    ``seconds``, how long the worker took for the request, and ``model``, what the model
+    is (``describe_model``), where given.
 
     Values it cannot hold (None, containers, strings in arrays, object arrays) are left out
     rather than failing a calculation whose main results are fine.
@@ -116,7 +123,35 @@ def encode_results(results: Mapping[str, Any], seconds: float | None = None
         "scalars": scalars,
         "arrays": [_spec(name, array) for name, array in arrays],
     }
+    if model is not None:
+        header["model"] = dict(model)
     return [_dump(_timed(header, seconds)), *(_raw(array) for _, array in arrays)]
+
+
+def describe_model(calc: Any) -> dict[str, Any]:
+    """What a served calculator says of the model behind it, as the model's own does: its
+    ``name``, ``implemented_properties``, ``parameters`` and ``todict()``, each as far as
+    JSON can hold it."""
+    todict = getattr(calc, "todict", None)
+    return {"name": str(getattr(calc, "name", type(calc).__name__.lower())),
+            "implemented_properties": [str(name) for name in
+                                       getattr(calc, "implemented_properties", [])],
+            "parameters": _plain_data(dict(getattr(calc, "parameters", None) or {})),
+            "todict": _plain_data(dict(todict() if callable(todict) else {}))}
+
+
+def _plain_data(value: Any) -> Any:
+    """``value`` as JSON data where it is made of scalars, lists and string-keyed dicts
+    (numpy arrays as lists); what is not is left out (None)."""
+    if isinstance(value, Mapping):
+        found = {key: _plain_data(item) for key, item in value.items() if isinstance(key, str)}
+        return {key: item for key, item in found.items() if item is not None}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size < 10_000:
+        return _plain_data(value.tolist())
+    if isinstance(value, (list, tuple)):
+        items = [_plain_data(item) for item in value]
+        return None if any(item is None for item in items) else items
+    return _json_scalar(value)
 
 
 def _timed(header: dict[str, Any], seconds: float | None) -> dict[str, Any]:
@@ -317,6 +352,8 @@ class Request(NamedTuple):
     properties: list[str]
     model: RequestedModel | None  # None: whatever model the worker serves
     chunk: bool  # several structures (version 2), answered by ``encode_chunk_results``
+    optional: list[str] = []  # computed where the model can; one it cannot fails nothing
+    describe: bool = False  # the reply says what the model is (``describe_model``)
 
 
 class RequestedModel(NamedTuple):
@@ -325,11 +362,13 @@ class RequestedModel(NamedTuple):
 
 
 class Computed(NamedTuple):
-    """A reply's results (one structure's, or a chunk's list), and how long the worker
-    took for the request, where it said (``seconds``; None if not)."""
+    """A reply's results (one structure's, or a chunk's list), how long the worker took
+    for the request, where it said (``seconds``; None if not), and what the model is,
+    where it was asked (``model``: ``describe_model``'s keys; None if not)."""
 
     results: Any
     seconds: float | None
+    model: dict[str, Any] | None = None
 
 
 class RemoteFailure(NamedTuple):
@@ -347,11 +386,14 @@ def read_request(frames: Sequence[Frame]) -> Request:
     header = _parse_header(frames, (FORMAT_VERSION, CHUNK_VERSION))
     arrays = _read_arrays(header, frames[1:])
     properties = _strings(header.get("properties", []), "properties")
+    optional = _strings(header.get("optional", []), "optional")
     model = _model(header.get("model"))
+    describe = header.get("describe") is True
     if header["v"] == FORMAT_VERSION:
         return Request([_build_atoms(arrays, _info(header.get("info", {})))], properties,
-                       model, False)
-    return Request(_chunk_structures(header, arrays), properties, model, True)
+                       model, False, optional, describe)
+    return Request(_chunk_structures(header, arrays), properties, model, True, optional,
+                   describe)
 
 
 def decode_request(frames: Sequence[Frame]) -> tuple[Atoms, list[str]]:
@@ -413,7 +455,24 @@ def read_reply(frames: Sequence[Frame]) -> Computed:
         if len(frames) != 1:
             raise PayloadError(f"error reply: expected 1 frame, got {len(frames)}")
         raise _remote_error(header.get("error"))
-    return Computed(_results(header, frames[1:]), _seconds(header))
+    return Computed(_results(header, frames[1:]), _seconds(header), _description(header))
+
+
+def _description(header: dict[str, Any]) -> dict[str, Any] | None:
+    """A reply's description of the model, checked; None where it has none."""
+    model = header.get("model")
+    if model is None:
+        return None
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and
+            isinstance(model.get("parameters"), dict)):
+        raise PayloadError("reply: 'model' must be an object with 'name', "
+                           "'implemented_properties' and 'parameters'")
+    todict = model.get("todict", model["parameters"])
+    if not isinstance(todict, dict):
+        raise PayloadError("reply: 'model.todict' must be an object")
+    return {"name": model["name"], "parameters": model["parameters"], "todict": todict,
+            "implemented_properties": _strings(model.get("implemented_properties"),
+                                               "model.implemented_properties")}
 
 
 def _seconds(header: dict[str, Any]) -> float | None:

@@ -73,3 +73,23 @@ def private_file(directory: Path, data: bytes, name: str | None = None,
         return Path(temporary)
     os.replace(temporary, directory / name)
     return directory / name
+
+
+def open_to_others(endpoint: str) -> str:
+    """Why another user of this machine could connect to the ipc ``endpoint``, or "" if
+    none can: the socket file closed to others (a broker binds its own 0600), or a
+    directory on its path that others cannot pass through. An abstract socket
+    (``ipc://@name``) has no file and no permissions: anyone in the network namespace may
+    connect."""
+    path = endpoint.removeprefix("ipc://")
+    if path.startswith("@"):
+        return "it is an abstract socket, which any local user can connect to"
+    try:
+        if not os.stat(path).st_mode & 0o077:
+            return ""
+        for directory in Path(path).absolute().parents:
+            if not os.stat(directory).st_mode & 0o011:
+                return ""
+    except OSError as error:
+        return f"its permissions cannot be read ({error.strerror})"
+    return "its socket file and every directory above it are open to other users"

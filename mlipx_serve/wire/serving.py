@@ -17,6 +17,12 @@ from typing import Any
 from mlipx_serve.errors import SettingsError
 
 ALL_GPUS = "all"  # the GPUs the broker was given (--gpus)
+NUMBER = (int, float)
+# name -> (type, least, most): a batch is that many worker connections, a wait holds a
+# request back; beyond these a setting is a typo, and infinity or NaN hangs a worker
+LIMITS = {"batch_size": (int, 1, 1024), "max_workers": (int, 1, 1024),
+          "prefetch": (int, 0, 64), "batch_wait": (NUMBER, 0, 10.0),
+          "worker_timeout": (NUMBER, 0, 1e9)}
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,8 @@ class ServingSettings:
     worker_timeout: float | None = None  # idle seconds after which a worker leaves
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_workers"):
-            _check(name, getattr(self, name), int, minimum=1)
-        _check("prefetch", self.prefetch, int, minimum=0)
-        for name in ("batch_wait", "worker_timeout"):
-            _check(name, getattr(self, name), (int, float), minimum=0)
+        for name, (kind, low, high) in LIMITS.items():
+            _check(name, getattr(self, name), kind, low, high)
         if isinstance(self.gpus, list):
             object.__setattr__(self, "gpus", tuple(self.gpus))
         if not (self.gpus is None or self.gpus == ALL_GPUS or isinstance(self.gpus, tuple)
@@ -79,11 +82,14 @@ def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _check(name: str, value: Any, kind: type | tuple[type, ...], minimum: float) -> None:
+def _check(name: str, value: Any, kind: type | tuple[type, ...], low: float,
+           high: float) -> None:
+    """A setting within its limits (a NaN is in none: every comparison with it fails)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-        raise SettingsError(f"serving {name} must be a number of at least {minimum:g}, "
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"serving {name} must be {noun} from {low:g} to {high:g}, "
                             f"not {value!r}")
 
 

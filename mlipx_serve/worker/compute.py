@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ase import Atoms
@@ -15,19 +16,31 @@ from ase.calculators.calculator import Calculator
 from mlipx_serve import environment
 from mlipx_serve.models.changes import changes
 
+log = logging.getLogger(__name__)
 
-def compute(calc: Calculator, atoms: Atoms, properties: list[str]) -> dict[str, Any]:
+
+def compute(calc: Calculator, atoms: Atoms, properties: list[str],
+            optional: Sequence[str] = ()) -> dict[str, Any]:
     """``calc.results`` for a request's atoms: the first property asked for computes them,
     a later one only when the results lack it (``get_property`` returns a copy of each
-    array, thrown away here). ``build_calculator`` gives the calculator a cheap change
-    check (``changes``) that counts the positions as moved without a look, since every
-    request brings atoms of its own, and keeps what a calculator set up for the system
-    when only they moved (EMT's neighbour lists: forgetting them cost 6 ms of 9 ms for
-    32 atoms)."""
-    for index, prop in enumerate(properties):
-        if index == 0 or prop not in calc.results:
+    array, thrown away here); an ``optional`` one only where the model implements it, and
+    one that fails then is left out, failing nothing. ``build_calculator`` gives the
+    calculator a cheap change check (``changes``) that counts the positions as moved
+    without a look, since every request brings atoms of its own, and keeps what a
+    calculator set up for the system when only they moved (EMT's neighbour lists:
+    forgetting them cost 6 ms of 9 ms for 32 atoms)."""
+    implemented = getattr(calc, "implemented_properties", ())
+    extra = [prop for prop in optional if prop in implemented and prop not in properties]
+    for index, prop in enumerate([*properties, *extra]):
+        if index and prop in calc.results:
+            continue
+        try:
             calc.get_property(prop, atoms if index == 0 else None)
-    return calc.results if properties else {}
+        except Exception:
+            if index < len(properties):
+                raise
+            log.debug("optional property %r failed; left out", prop, exc_info=True)
+    return calc.results if properties or extra else {}
 
 
 def build_calculator(model: object) -> Calculator:

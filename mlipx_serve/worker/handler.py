@@ -6,6 +6,7 @@ waiting in the worker), encode. A request brings one structure, or a chunk of se
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from mlipx_serve.models.batch import batch_function
 from mlipx_serve.wire.definition import SHORT_FINGERPRINT, Definition, differences
 from mlipx_serve.wire.payload import (
     RequestedModel,
+    describe_model,
     encode_chunk_results,
     encode_results,
     read_request,
@@ -29,7 +31,7 @@ from mlipx_serve.worker.compute import compute, owned
 
 log = logging.getLogger(__name__)
 
-Compute = Callable[[Atoms, list[str]], Mapping[str, Any]]
+Compute = Callable[[Atoms, list[str], list[str]], Mapping[str, Any]]  # (atoms, wanted, optional)
 ComputeAll = Callable[[list[Atoms], list[str]], list[Any]]  # results or exceptions
 Handler = Callable[[list], list]
 
@@ -38,22 +40,23 @@ def request_handler(calc: Calculator, name: str, served: Definition | None = Non
                     batch_size: int = 1, batch_wait: float = 0.01,
                     prefetch: int = 0) -> Handler:
     """What each of a worker's connections calls with a request's frames (see ``serve``)."""
-    if batch_size > 1:
+    describe = functools.partial(describe_model, calc)
+    if batch_size > 1:  # (a batch computes what its model computes: nothing optional)
         batcher = _batcher(calc, name, batch_size, batch_wait)
-        return make_handler(batcher.compute, batcher.compute_all, served)
+        return make_handler(lambda atoms, wanted, optional: batcher.compute(atoms, wanted),
+                            batcher.compute_all, served, describe)
     evaluate = batch_function(calc) or one_after_another(calc)
 
     def compute_all(structures: list[Atoms], properties: list[str]) -> list[Any]:
         return together(evaluate, structures, properties)[0]
 
     if not prefetch:
-        return make_handler(lambda atoms, properties: compute(calc, atoms, properties),
-                            compute_all, served)
+        return make_handler(functools.partial(compute, calc), compute_all, served, describe)
     # Several connections, one calculator: one request at a time, decoding included (a
     # waiting request then takes no CPU from the one computed), and replies that carry
     # copies, as the calculator may fill its arrays again before a reply has gone out.
-    handler = make_handler(lambda atoms, properties: owned(compute(calc, atoms, properties)),
-                           compute_all, served)
+    handler = make_handler(lambda *request: owned(compute(calc, *request)), compute_all,
+                           served, describe)
     lock = threading.Lock()
 
     def handle(frames: list) -> list:
@@ -63,28 +66,31 @@ def request_handler(calc: Calculator, name: str, served: Definition | None = Non
     return handle
 
 
-def make_handler(compute_one: Compute, compute_all: ComputeAll,
-                 served: Definition | None) -> Handler:
+def make_handler(compute_one: Compute, compute_all: ComputeAll, served: Definition | None,
+                 describe: Callable[[], Mapping[str, Any]] | None = None) -> Handler:
     """Requests in, results out, for requests that ask for the ``served`` definition or
     name none. What a request raises (a ``PayloadError``, a ``DefinitionMismatch``, the
     model's own exception) the worker sends back as an MDP worker error, with the
     traceback: the broker counts it as failed, the client raises it typed, and the worker
     goes on; in a chunk, what one structure raises is that structure's error alone.
-    Each reply says how long the request took here, by which clients size their chunks."""
+    Each reply says how long the request took here, by which clients size their chunks,
+    and, where asked, what the model is (``describe()``)."""
 
     def handle(frames: list) -> list:
         started = time.perf_counter()
-        structures, properties, asked, chunk = read_request(frames)
+        request = read_request(frames)
+        asked = request.model
         if asked is not None and (served is None or asked.fingerprint != served.fingerprint):
             raise DefinitionMismatch(mismatch_message(served, asked))
-        if chunk:
-            results = _each(compute_all, structures, properties)
+        if request.chunk:
+            results = _each(compute_all, request.structures, request.properties)
             return encode_chunk_results(results, time.perf_counter() - started)
         # The reply's frames are views of the calculator's own arrays, which it may fill
         # again for the next structure: safe, as MDP gives a connection its next request
         # only after its reply has reached the broker.
-        results = compute_one(structures[0], properties)
-        return encode_results(results, time.perf_counter() - started)
+        results = compute_one(request.structures[0], request.properties, request.optional)
+        model = describe() if request.describe and describe is not None else None
+        return encode_results(results, time.perf_counter() - started, model)
 
     return handle
 

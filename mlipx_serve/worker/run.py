@@ -15,6 +15,7 @@ from typing import Any
 
 from mdp.signals import stop_on_signals
 from mdp.worker import Worker
+from mlipx_serve.errors import DefinitionError
 from mlipx_serve.models.definitions import definition_of, resolve_device, serving_settings
 from mlipx_serve.wire.definition import Definition
 from mlipx_serve.wire.endpoints import broker_command
@@ -37,7 +38,7 @@ Say = Callable[[str], None]
 
 def serve(model: object, options: WorkerOptions, endpoint: str,
           curve: Mapping[str, Any] | None = None, leave_when: LeaveWhen | None = None,
-          say: Say = log.info) -> None:
+          say: Say = log.info, served: Definition | None = None) -> None:
     """Load ``model`` and serve it at ``endpoint`` as ``options`` say, until it leaves.
 
     How it serves (``serving_of``): a batch size > 1 means that many connections, their
@@ -47,12 +48,19 @@ def serve(model: object, options: WorkerOptions, endpoint: str,
     6). ``curve``: the Worker's CURVE keyword arguments; ``options.exit_with``: a pid whose
     end ends this worker too; ``leave_when()``: asked every second, a reason to leave or
     None (the broker of a SLURM job is gone: ``watch.BrokerWatch``); ``say(line)``: what
-    a person watching the worker reads (``BrokerNews``), and why it leaves."""
+    a person watching the worker reads (``BrokerNews``), and why it leaves. ``served``:
+    the definition it was started with (a client's), which it keeps, never computing its
+    own here; else the model's own (a models file's, computed as the broker did)."""
     name = options.model
     settings = serving_of(model, options)
     log.info("loading model '%s'", name)
-    served = definition_of(model)
+    served = served or definition_of(model)
     calc = build_calculator(model)
+    changed = served.changed_files() if served is not None else []
+    if changed:
+        raise DefinitionError(f"{', '.join(changed)} changed since model '{name}' was "
+                              f"defined, so the model loaded is not that one; ask for it "
+                              f"again (a request made now defines the files as they are)")
     settle_heap()
     log.info("model '%s' loaded; serving it at %s (%s)", name, endpoint, settings)
     handler = request_handler(calc, name, served, settings.batch_size, settings.batch_wait,

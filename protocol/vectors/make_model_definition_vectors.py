@@ -46,6 +46,14 @@ CASES: list[dict[str, Any]] = [
                                  "kwargs": {"z": [3, 1, 2], "options": {"b": "Å", "a": "x\ty"},
                                             "path": "/models/mace-mpa-0-medium.model"}},
                     "name": "mace-custom", "device": "cuda", "extra": ["mace"]}},
+    {"name": "files", "description": "a checkpoint named by an absolute path, with the "
+     "digest of its content: written anew, the same path is another model",
+     "definition": {"identity": {"module": "mace.calculators", "class_name": "MACECalculator",
+                                 "kwargs": {"model_paths": "/models/run-7/best.model"},
+                                 "files": {"/models/run-7/best.model": "sha256:"
+                                           "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c"
+                                           "d15d6c15b0f00a08"}},
+                    "name": "mace-run-7", "device": "cuda", "extra": ["mace"]}},
     {"name": "wrapped", "description": "a loaded network wrapped by a calculator class "
      "(the built-in 'orb-v3')",
      "definition": {"identity": {"module": "orb_models.forcefield.pretrained",

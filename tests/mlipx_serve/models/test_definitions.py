@@ -32,11 +32,13 @@ def test_a_models_file_resolves_against_its_own_directory(tmp_path: Path, monkey
     (folder / "models.py").write_text(textwrap.dedent("""
         from mlipx_serve import GenericASECalculator
         ALL_MODELS = {"ckpt": GenericASECalculator(module="m", class_name="C",
-                                                   kwargs={"path": "lj.json", "up": "../x"})}
+                                                   kwargs={"path": "./lj.json", "up": "../x",
+                                                           "word": "lj.json"})}
     """))
     monkeypatch.chdir(tmp_path)  # elsewhere: the file's directory counts, not this one
     [entry] = load_models_file(folder / "models.py").values()
-    assert entry.kwargs == {"path": str(folder / "lj.json"), "up": str(tmp_path / "x")}
+    assert entry.kwargs == {"path": str(folder / "lj.json"), "up": str(tmp_path / "x"),
+                            "word": "lj.json"}  # (only explicit paths are paths)
 
 
 def test_a_definition_merges_call_arguments_and_leaves_the_device_out() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +18,12 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from support import HELPERS
 
+from mdp.worker import Worker
 from mlipx_serve import Models, StructureFailed, evaluate
+from mlipx_serve.client.chunking import MAX_CHUNK
+from mlipx_serve.errors import PayloadError
+from mlipx_serve.wire.endpoints import worker_endpoint
+from mlipx_serve.wire.payload import decode_request, encode_results
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
@@ -201,10 +208,62 @@ def test_a_chunk_may_take_its_structures_timeouts_together(serve_system: ServeSy
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("serving", [[], ["--batch-size", "4"]], ids=["plain", "batching"])
 def test_a_structure_that_kills_its_workers_fails_alone_and_not_its_chunk(
-        serve_system: ServeSystem):
-    bus = serve_system.broker("--autostart", "--models", str(HELPERS / "models.py"))
+        serve_system: ServeSystem, serving: list[str]):
+    """Its chunk's structures are tried one after another: together, a batching worker
+    would batch them again, and the deadly one kill the others' chances too."""
+    bus = serve_system.broker("--autostart", "--models", str(HELPERS / "models.py"), *serving)
     inputs = [*structures(3), uranium(), *structures(4)]
     got = evaluate("fatal-on-uranium", inputs, broker=bus, on_error="keep", chunk_size=8)
     assert got[3].calc is None and "workers died" in got[3].info["error"]
     assert_results_of(inputs[:3] + inputs[4:], got[:3] + got[4:])
+
+
+def test_a_worker_that_reads_no_chunks_gets_one_structure_a_request(serve_system: ServeSystem):
+    """A worker of an older kind, which reads payload version 1 only, refuses a chunk:
+    the map sends its structures alone, and the rest of the map too."""
+    bus = serve_system.broker()
+    versions = []
+
+    def old_worker(frames: list) -> list:
+        version = json.loads(bytes(frames[0]))["v"]
+        versions.append(version)
+        if version != 1:
+            raise PayloadError(f"unsupported payload version {version} here; this side "
+                               f"reads 1")
+        atoms, properties = decode_request(frames)
+        atoms.calc = EMT()
+        return encode_results({"energy": atoms.get_potential_energy(),
+                               "forces": atoms.get_forces()})
+
+    worker = Worker(worker_endpoint(bus), "old-emt", old_worker, heartbeat_interval=0.3)
+    worker.start()
+    try:
+        inputs = structures(24)
+        assert_results_of(inputs, evaluate("old-emt", inputs, broker=bus, chunk_size=6,
+                                           max_in_flight=1))  # (one chunk goes out first)
+    finally:
+        worker.stop()
+        worker.join(10)
+    assert versions.count(2) == 1 and versions.count(1) == len(inputs)
+
+
+def test_a_slow_reader_holds_the_map_back(bus: str):
+    """Results not yet taken, and structures not yet read, stay few: the map reads on only
+    as the caller takes results (bounded memory)."""
+    read = []
+
+    def molecules():
+        for index in range(20_000):
+            read.append(index)
+            yield molecule("H2")
+
+    results = Models(bus)["emt"].map(molecules(), max_in_flight=2, progress=False)
+    taken = [next(results) for _ in range(5)]
+    counts = [-1, len(read)]
+    while counts[-1] != counts[-2]:  # until it reads no more, a second at a time
+        time.sleep(1.0)
+        counts.append(len(read))
+    results.close()
+    assert len(taken) == 5 and 5 < counts[-1] <= 5 + 2 * 2 * MAX_CHUNK + MAX_CHUNK

@@ -138,7 +138,7 @@ def test_relative_checkpoint_paths_open_the_same_file_wherever_the_worker_runs(
     (project / "models.py").write_text(textwrap.dedent("""
         from mlipx_serve import GenericASECalculator
         ALL_MODELS = {"ckpt": GenericASECalculator(
-            module="checkpoint_models", class_name="CheckpointLJ", kwargs={"path": "lj.json"})}
+            module="checkpoint_models", class_name="CheckpointLJ", kwargs={"path": "./lj.json"})}
     """))
     # The broker and its workers run in a folder with a checkpoint of the same name.
     serve_system.spawn("broker", [*MLIPX, "serve-broker", "--autostart", "--path",
@@ -166,6 +166,80 @@ def test_relative_checkpoint_paths_open_the_same_file_wherever_the_worker_runs(
     assert energy(calc) != pytest.approx(energy(CheckpointLJ(str(project / "lj.json"))))
 
 
+def test_a_checkpoint_written_anew_is_another_model(serve_system: ServeSystem,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path):
+    """As an active-learning loop does: retrain, write the checkpoint to the same path."""
+    bus = serve_system.ipc("loop.ipc")
+    serve_system.spawn("broker", [*MLIPX, "serve-broker", "--autostart", "--path", bus,
+                                  "--heartbeat", "0.3"], PYTHONPATH=str(HELPERS))
+    serve_system.wait_until(lambda: serve_system.status(bus)["running"], "the broker")
+    monkeypatch.setenv("MLIPX_SERVE_BROKER", bus)
+    monkeypatch.syspath_prepend(str(HELPERS))
+    monkeypatch.chdir(tmp_path)
+    from checkpoint_models import CheckpointLJ
+
+    model = GenericASECalculator(module="checkpoint_models", class_name="CheckpointLJ",
+                                 kwargs={"path": "./model.json"}, name="loop")
+    served = []
+    for sigma in (2.1, 2.6):
+        (tmp_path / "model.json").write_text(json.dumps({"sigma": sigma}))
+        calc = model.get_calculator(use_serve=True)
+        assert isinstance(calc, RemoteCalculator)
+        assert energy(calc) == pytest.approx(energy(CheckpointLJ("model.json")), abs=EXACT)
+        served.append(calc.model)
+    assert served[0] != served[1]  # the new checkpoint's worker, not the old one's
+
+
+def test_a_worker_whose_checkpoint_changed_since_its_definition_refuses_to_serve(
+        serve_system: ServeSystem, tmp_path: Path):
+    checkpoint = tmp_path / "model.json"
+    checkpoint.write_text(json.dumps({"sigma": 2.1}))
+    defined = GenericASECalculator(module="checkpoint_models", class_name="CheckpointLJ",
+                                   kwargs={"path": str(checkpoint)}, name="loop").definition()
+    checkpoint.write_text(json.dumps({"sigma": 2.6}))  # between the request and the start
+    run = serve_system.run(*MLIPX, "serve", "loop", "--no-uv", "--definition",
+                           json.dumps(defined.to_json()), "--broker",
+                           serve_system.ipc("nobody.ipc"), PYTHONPATH=str(HELPERS))
+    said = " ".join(run.stderr.split())
+    assert run.returncode != 0 and f"{checkpoint} changed since model 'loop' was defined" \
+        in said, said
+
+
+def test_a_worker_that_cannot_even_be_started_fails_its_requests_at_once(
+        use_bus: str, caplog):
+    """A definition longer than a command line may be: the start itself raises."""
+    model = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
+                                 kwargs={"sigma": 2.35, "note": "x" * 3_000_000})
+    calc = model.get_calculator(use_serve=True)
+    assert isinstance(calc, RemoteCalculator)
+    with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
+        assert energy(calc) == pytest.approx(energy(LennardJones(sigma=2.35)), abs=EXACT)
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "is computed locally from now on" in warning and "could not start" in warning
+    assert "Argument list too long" in warning
+
+
+def test_a_calculator_defines_its_model_again_at_a_broker_that_restarted(
+        serve_system: ServeSystem, monkeypatch: pytest.MonkeyPatch):
+    bus = serve_system.broker("--autostart", path="restart.ipc")
+    monkeypatch.setenv("MLIPX_SERVE_BROKER", bus)
+    calc = lj(2.45).get_calculator(use_serve=True)
+    assert isinstance(calc, RemoteCalculator)
+    assert energy(calc) == pytest.approx(energy(LennardJones(sigma=2.45)), abs=EXACT)
+    serve_system.stop_broker(bus)
+    assert serve_system.broker("--autostart", path="restart.ipc") == bus  # it knows nothing
+    atoms = cu()
+    atoms.positions[0] += 0.1  # (a new calculation)
+    local = atoms.copy()
+    local.calc = LennardJones(sigma=2.45)
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(local.get_potential_energy(),
+                                                         abs=EXACT)
+    assert calc._local is None  # served, not fallen back
+    assert serve_system.service(bus, calc.model)["served"] == 1
+
+
 def test_a_request_for_another_model_sent_by_hand_is_refused_and_the_worker_goes_on(
         bus: str, shared_system: ServeSystem):
     with RemoteCalculator("emt", bus) as plain:
@@ -191,30 +265,44 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_plain_tcp_endpoint_takes_no_definitions_unless_told(
-        serve_system: ServeSystem, monkeypatch: pytest.MonkeyPatch, caplog):
-    refusing = f"tcp://127.0.0.1:{free_port()}"
-    serve_system.spawn("broker", [*MLIPX, "serve-broker", "--autostart", "--path", refusing,
-                                  "--heartbeat", "0.3"])
-    serve_system.wait_until(lambda: serve_system.status(refusing)["running"], "the broker")
-    monkeypatch.setenv("MLIPX_SERVE_BROKER", refusing)
+def autostart_broker_at(system: ServeSystem, endpoint: str, monkeypatch, *options: str):
+    """A broker at ``endpoint`` (any kind), this process's default from now on."""
+    system.spawn("broker", [*MLIPX, "serve-broker", "--autostart", "--path", endpoint,
+                            "--heartbeat", "0.3", *options])
+    system.wait_until(lambda: system.status(endpoint)["running"], "the broker")
+    monkeypatch.setenv("MLIPX_SERVE_BROKER", endpoint)
+
+
+def refused_and_local(caplog, sigma: float) -> str:
+    """Define a model the broker has not: computed locally; the warning that says why."""
     with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
-        calc = lj(2.4).get_calculator(use_serve=True)
+        calc = lj(sigma).get_calculator(use_serve=True)
     assert isinstance(calc, LennardJones)
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "is computed locally" in warning and "--accept-definitions" in warning
+    assert "is computed locally" in warning
+    return warning
+
+
+def test_a_plain_tcp_endpoint_takes_no_definitions_unless_told(
+        serve_system: ServeSystem, monkeypatch: pytest.MonkeyPatch, caplog):
+    autostart_broker_at(serve_system, f"tcp://127.0.0.1:{free_port()}", monkeypatch)
+    assert "--accept-definitions" in refused_and_local(caplog, 2.4)
     # a built-in model by its identical definition needs no new worker: served
     assert GenericASECalculator(module="ase.calculators.emt", class_name="EMT"
                                 ).get_calculator(use_serve=True).model == "emt"
 
-    accepting = f"tcp://127.0.0.1:{free_port()}"
-    serve_system.spawn("broker", [*MLIPX, "serve-broker", "--autostart", "--path", accepting,
-                                  "--accept-definitions", "--heartbeat", "0.3"])
-    serve_system.wait_until(lambda: serve_system.status(accepting)["running"], "the broker")
-    monkeypatch.setenv("MLIPX_SERVE_BROKER", accepting)
+    autostart_broker_at(serve_system, f"tcp://127.0.0.1:{free_port()}", monkeypatch,
+                        "--accept-definitions")
     calc = lj(2.4).get_calculator(use_serve=True)
     assert calc.model.startswith("LennardJones@")
     assert energy(calc) == pytest.approx(energy(LennardJones(sigma=2.4)), abs=EXACT)
+
+
+def test_an_abstract_socket_takes_no_definitions(serve_system: ServeSystem,
+                                                monkeypatch: pytest.MonkeyPatch, caplog):
+    """Any local user can connect to an abstract socket: what it sends is not ours."""
+    autostart_broker_at(serve_system, f"ipc://@mlipx-test-{free_port()}", monkeypatch)
+    assert "abstract socket" in refused_and_local(caplog, 2.45)
 
 
 def test_a_defined_model_whose_worker_cannot_start_falls_back_to_local_once(

@@ -13,6 +13,7 @@ import pytest
 from ase.calculators.emt import EMT
 from support import PROJECT
 
+from mlipx_serve import GenericASECalculator
 from mlipx_serve.errors import DefinitionError
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.wire.definition import Definition, differences, resolve_paths
@@ -111,18 +112,80 @@ def test_the_vectors(case: dict) -> None:
     assert definition.short() == case["short"]
 
 
-def test_relative_paths_are_made_absolute_and_names_are_left_alone(tmp_path: Path) -> None:
+def test_explicit_relative_paths_are_made_absolute_and_words_are_left_alone(
+        tmp_path: Path) -> None:
     (tmp_path / "weights.model").write_text("")
-    kwargs = {"model": "weights.model", "up": "../models/x.model", "here": "./y.pt",
-              "home": "~/z.pt", "download": "medium-mpa-0", "hub": "org/model-name",
-              "url": "https://example.org/w.pt", "absolute": "/data/w.pt",
-              "list": ["weights.model", 1], "nested": {"p": "./q"}}
+    (tmp_path / "medium").mkdir()  # a folder that a word happens to name
+    kwargs = {"model": "weights.model", "size": "medium", "up": "../models/x.model",
+              "here": "./y.pt", "home": "~/z.pt", "download": "medium-mpa-0",
+              "hub": "org/model-name", "url": "https://example.org/w.pt",
+              "absolute": "/data/w.pt", "path": Path("weights.model"),
+              "list": ["./weights.model", 1], "nested": {"p": "./q"}}
     resolved = resolve_paths(kwargs, tmp_path)
     assert resolved == {
-        "model": str(tmp_path / "weights.model"),
+        "model": "weights.model", "size": "medium",
         "up": str((tmp_path / "../models/x.model").resolve()),
         "here": str(tmp_path / "y.pt"), "home": str(Path("~/z.pt").expanduser()),
         "download": "medium-mpa-0", "hub": "org/model-name",
         "url": "https://example.org/w.pt", "absolute": "/data/w.pt",
+        "path": str(tmp_path / "weights.model"),
         "list": [str(tmp_path / "weights.model"), 1], "nested": {"p": str(tmp_path / "q")}}
 
+
+def test_the_files_a_definition_names_count_by_their_content(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights, first training")
+    folder = tmp_path / "model-dir"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+
+    def define() -> Definition:
+        return Definition.generic("pkg.mod", "Calc", {"model": "./model.pt", "dir": "./model-dir",
+                                                      "out": "./not-there.log"}, base=tmp_path)
+
+    first = define()
+    files = first.identity["files"]
+    assert set(files) == {str(checkpoint), str(folder)}  # (what names nothing: no digest)
+    assert all(digest.startswith("sha256:") for digest in files.values())
+    assert define().fingerprint == first.fingerprint and first.changed_files() == []
+    checkpoint.write_bytes(b"weights, retrained")  # written to the same path
+    second = define()
+    assert second.fingerprint != first.fingerprint
+    assert first.changed_files() == [str(checkpoint)]
+    assert differences(first.identity, second.identity) == [
+        f"files.{checkpoint}: {json.dumps(files[str(checkpoint)])} here, "
+        f"{json.dumps(second.identity['files'][str(checkpoint)])} asked"]
+    (folder / "config.json").write_text('{"cutoff": 6}')
+    assert define().identity["files"][str(folder)] != files[str(folder)]
+    assert Definition.from_json(second.to_json()).fingerprint == second.fingerprint  # as sent
+    no_files = Definition.generic("pkg.mod", "Calc", {"size": "medium"}, base=tmp_path)
+    assert "files" not in no_files.identity  # (the fingerprints of path-free models stay)
+
+
+@pytest.mark.parametrize("files", [{}, {"relative/x.pt": "sha256:" + "0" * 64},
+                                   {"/x.pt": "md5:abc"}, ["/x.pt"]])
+def test_files_that_are_not_absolute_paths_with_digests_are_refused(files) -> None:
+    identity = {"module": "pkg.mod", "class_name": "Calc", "kwargs": {}, "files": files}
+    with pytest.raises(DefinitionError, match="'files' must map absolute paths"):
+        Definition(identity)
+
+
+
+@pytest.mark.parametrize("name, says", [
+    ("mmi.fast", "starts with 'mmi.'"), ("-fast", "starts with '-'"),
+    ("two\nlines", "not printable"), ("模型" * 40, "is 240 bytes long in UTF-8 (at most 200)"),
+    ("", "non-empty string")])
+def test_a_name_that_cannot_name_a_service_is_refused_where_it_is_given(name, says):
+    with pytest.raises(DefinitionError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        GenericASECalculator(module="m", class_name="C", name=name)
+    with pytest.raises(DefinitionError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        Definition({"module": "m", "class_name": "C", "kwargs": {}}, name=name)
+
+
+def test_a_service_of_its_own_fits_mdp_and_cuts_no_character_in_two():
+    name = "模型" * 33 + "a"  # 199 bytes: a name that may be
+    own = Definition({"module": "m", "class_name": "C", "kwargs": {}}, name=name).own_service()
+    assert len(own.encode()) <= 255 and own.startswith(name)
+    unicode_class = Definition({"module": "m", "class_name": "Ω" * 150, "kwargs": {}})
+    label = unicode_class.own_service().split("@")[0]
+    assert len(label.encode()) <= 200 and set(label) == {"Ω"}

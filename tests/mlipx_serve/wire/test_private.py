@@ -4,12 +4,15 @@ could have planted them) and the files written into them."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from mlipx_serve.wire import endpoints, private
-from mlipx_serve.wire.private import cluster_dir, private_file
+from mlipx_serve.wire.private import cluster_dir, open_to_others, private_file
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -63,3 +66,21 @@ def test_a_private_file_is_the_users_alone_from_its_first_byte(tmp_path):
     named = private_file(tmp_path, b"new", name="named.json")
     assert named.read_bytes() == b"new" and stat.S_IMODE(named.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([made.name, "named.json"])
+
+
+def test_an_ipc_socket_is_open_to_others_unless_its_file_or_a_directory_is_closed():
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))  # (pytest's own tmp_path is closed)
+    try:
+        directory.chmod(0o755)
+        socket_file = directory / "broker.ipc"
+        socket_file.touch(mode=0o600)
+        socket_file.chmod(0o600)
+        assert open_to_others(f"ipc://{socket_file}") == ""  # as a broker binds it
+        socket_file.chmod(0o666)
+        assert "open to other users" in open_to_others(f"ipc://{socket_file}")
+        directory.chmod(0o700)  # nobody else passes through the directory
+        assert open_to_others(f"ipc://{socket_file}") == ""
+    finally:
+        shutil.rmtree(directory)
+    assert "abstract socket" in open_to_others("ipc://@mlipx-broker")
+    assert "cannot be read" in open_to_others(f"ipc://{directory}/gone.ipc")
