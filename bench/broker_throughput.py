@@ -2,8 +2,9 @@
 
 (a) our broker (``mdp.broker.Broker``), (b) majortomo's broker, and (c) a bare libzmq
 ROUTER/DEALER device (``zmq.proxy``): no MDP logic at all, so it shows the limit of one
-hop; with ``--baseline REV``, also (d) our broker as it was at git revision REV, for a
-before and after. Client, broker and workers run in separate processes. (a) and (b) get
+hop; (a') ours with its Prometheus endpoint on and scraped every 5 s; with ``--baseline
+REV``, also (d) our broker as it was at git revision REV, for a before and after.
+Client, broker and workers run in separate processes. (a) and (b) get
 the very same client and workers, speaking majortomo's dialect of MDP/0.2 with frames built by
 ``mdp.protocol``; (c) gets the same client and plain echo loops.
 
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -74,6 +76,30 @@ def ours_broker(endpoint: str) -> None:
     from mdp.broker import Broker
 
     Broker(endpoint).run()
+
+
+def ours_with_metrics_broker(endpoint: str) -> None:
+    """Ours with its Prometheus endpoint on (timings kept), scraped every 5 s meanwhile as
+    Prometheus would."""
+    import socket
+    import urllib.request
+
+    from mdp.broker import Broker
+    from mdp.metrics import serve_metrics
+
+    broker = Broker(endpoint)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve_metrics(broker, str(port))
+
+    def scrape() -> None:
+        while True:
+            time.sleep(5)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+
+    threading.Thread(target=scrape, daemon=True).start()
+    broker.run()
 
 
 def baseline_broker(tree: str, endpoint: str) -> None:
@@ -200,6 +226,7 @@ BASELINE = "baseline"  # our broker at --baseline REV
 
 SYSTEMS = [
     System("ours", ours_broker, mdp_echo_workers),
+    System("ours+metrics", ours_with_metrics_broker, mdp_echo_workers),
     System("majortomo", majortomo_broker, mdp_echo_workers),
     System("zmq.proxy", proxy_device, plain_echo_workers, two_endpoints=True),
 ]

@@ -152,6 +152,16 @@ class Broker:
         """How many workers are registered for ``service``. Loop thread only."""
         return self.core.service_workers(service_name(service))
 
+    def queued(self, service: str | bytes) -> int:
+        """How many requests wait for ``service``. Loop thread only."""
+        state = self.core.services.get(service_name(service))
+        return len(state.queue) if state is not None else 0
+
+    def idle_processes(self, service: str | bytes) -> list[dict]:
+        """The READY metadata of the idle worker processes of ``service`` while nothing
+        waits for it (``BrokerCore.idle_processes``). Loop thread only."""
+        return self.core.idle_processes(service_name(service))
+
     def stop(self, reason: str = "asked to stop") -> None:
         """Ask the loop to disconnect its workers and end. Safe from any thread."""
         log.info("broker stopping: %s", reason)

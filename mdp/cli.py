@@ -115,6 +115,9 @@ def broker(
     curve_workers_only: bool = typer.Option(
         False, "--curve-workers-only", help="CURVE on the --worker-bind endpoints only; "
         "clients on --bind connect in the clear (e.g. a private ipc socket)."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", metavar="[HOST:]PORT", help="Serve Prometheus metrics over HTTP "
+        "at HOST:PORT (a port alone: 127.0.0.1); off by default."),
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     _logging(verbose)
@@ -125,6 +128,8 @@ def broker(
                                      curve_clients=curve_clients,
                                      curve_workers_only=curve_workers_only,
                                      ipc_mode=_octal_mode(ipc_mode)))
+    if metrics is not None:
+        _serve_metrics(server, metrics)
     err_console.print(escape(f"mdp broker on {', '.join(bind + worker_bind)} (Ctrl-C stops it)"))
     if curve_secret_key is not None:
         where = " on the worker endpoints" if curve_workers_only else ""
@@ -136,6 +141,18 @@ def broker(
     except (OSError, CurveError) as error:
         err_console.print(f"[red]error:[/] {escape(str(error))}")
         raise typer.Exit(1) from None
+
+
+def _serve_metrics(server: Broker, address: str) -> None:
+    from .metrics import metrics_address, serve_metrics
+
+    host, port = _or_exit(lambda: metrics_address(address))
+    try:
+        serve_metrics(server, address)
+    except OSError as error:
+        err_console.print(f"[red]error:[/] --metrics {escape(address)}: {escape(str(error))}")
+        raise typer.Exit(1) from None
+    err_console.print(escape(f"Prometheus metrics at http://{host}:{port}/metrics"))
 
 
 @app.command()

@@ -43,6 +43,7 @@ from .errors import (
 from .fair_queue import ClientShare, FairQueue
 from .identities import client_of, describe_client, peer_name
 from .protocol import MAX_SERVICE_NAME
+from .timings import ServiceTimings
 
 log = logging.getLogger("mdp.broker")
 
@@ -79,6 +80,8 @@ class Request:
     queued_at: float
     expires_at: float
     share: ClientShare  # its client's part of the service (fair_queue)
+    weight: int = 1  # units of work in it, as a layer above counts them (``weigh``)
+    dispatched_at: float = 0.0  # when a worker was last given it
     attempts: int = 0
     abandoned: bool = False  # its client's connection closed: nobody waits for it
     partials: tuple = ()  # buffered for MDP/0.1 clients (a tuple: most requests need none)
@@ -150,10 +153,15 @@ class Service:
     idle: OrderedDict = field(default_factory=OrderedDict)  # peer -> Worker, LRU first
     processes: dict = field(default_factory=dict)  # metadata "process" (or peer) -> Process
     served: int = 0
-    failed: int = 0
+    failed: int = 0  # worker errors, and the lost and not_served below
     expired: int = 0
     rejected: int = 0
     abandoned: int = 0
+    lost: int = 0  # given up after the workers that held them died
+    not_served: int = 0  # answered by the layer above (``fail_queued``): no worker started
+    served_units: int = 0  # as ``served`` and ``failed``, in the units of ``weigh``
+    failed_units: int = 0
+    timings: ServiceTimings | None = None  # once ``enable_timings``
 
     def in_use(self) -> bool:
         return bool(self.workers or self.queue)
@@ -201,6 +209,9 @@ class BrokerCore:
         self.workers: dict[Peer, Worker] = {}
         self.emit_events = emit_events
         self.events: list[Event] = []
+        # the units of work in a request, where a layer above knows them (structures, say)
+        self.weigh: Callable[[bytes, list], int] | None = None
+        self._timed = False  # queue waits and work times kept (``enable_timings``)
         self.mmi_handlers: dict[bytes, MMIHandler] = {}
         self.counters = {"requests": 0, "replies": 0, "dropped_messages": 0}
         self._next_id = 0
@@ -265,8 +276,11 @@ class BrokerCore:
         state = self.services.get(service)
         if state is not None:
             while state.queue:
+                request = state.queue.popleft()
                 state.failed += 1
-                self._reply_error(state.queue.popleft(), error)
+                state.not_served += 1
+                state.failed_units += request.weight
+                self._reply_error(request, error)
             self._retire_if_unused(state)
         return self._take()
 
@@ -275,6 +289,19 @@ class BrokerCore:
         state = self.services.get(service)
         return len(state.workers) if state is not None else 0
 
+    def idle_processes(self, service: bytes) -> list[dict]:
+        """The READY metadata of each worker process of ``service`` (mdp.md 5.4) that
+        holds no request, while no request waits for it (it would take it at once)."""
+        state = self.services.get(service)
+        if state is None or state.queue:
+            return []
+        found = {}
+        for peer in state.workers:
+            worker = self.workers[peer]
+            if not worker.process.busy:
+                found.setdefault(id(worker.process), worker.metadata)
+        return list(found.values())
+
     def take_events(self) -> list[Event]:
         events, self.events = self.events, []
         return events
@@ -282,6 +309,13 @@ class BrokerCore:
     def enable_events(self) -> None:
         """Collect events from now on (for ``take_events``)."""
         self.emit_events = True
+
+    def enable_timings(self) -> None:
+        """Keep each service's queue waits and work times from now on (``mdp.timings``:
+        for metrics and the last minute's figures in ``status``); off, they cost nothing."""
+        self._timed = True
+        for state in self.services.values():
+            state.timings = state.timings or ServiceTimings()
 
     def add_mmi_handler(self, service: str | bytes, handler: MMIHandler) -> None:
         """Answer ``service`` (an ``mmi.`` name) with ``handler(body) -> frames``, in place
@@ -332,10 +366,11 @@ class BrokerCore:
         expiry = self.config.request_expiry
         request = Request(self._next_id.to_bytes(8, "big"), peer, dialect, service, body, now,
                           now + expiry if expiry is not None else float("inf"),
-                          state.queue.share(client_of(peer), now))
+                          state.queue.share(client_of(peer), now),
+                          self.weigh(service, body) if self.weigh is not None else 1)
         state.queue.append(request)
         self._next_expiry = min(self._next_expiry, request.expires_at)
-        self._dispatch(state)
+        self._dispatch(state, now)
         if state.queue:
             self._emit_service_event(DEMAND, state)
 
@@ -359,7 +394,7 @@ class BrokerCore:
         state.workers.add(peer)
         state.idle[peer] = worker
         self._emit_service_event(WORKER_READY, state, worker)
-        self._dispatch(state)
+        self._dispatch(state, now)
 
     def _ready_metadata(self, body: list) -> dict:
         """The JSON object a READY carries after its service; anything else is ignored
@@ -407,15 +442,20 @@ class BrokerCore:
         share.last_seen = now
         if failed:
             state.failed += 1
+            state.failed_units += request.weight
             worker.failed += 1
             share.failed += 1
         else:
             state.served += 1
+            state.served_units += request.weight
             worker.served += 1
             share.served += 1
+        if state.timings is not None:
+            state.timings.work.observe(now - request.dispatched_at)
+            state.timings.units += 0 if failed else request.weight
         state.idle[peer] = worker
         self._emit_service_event(SERVED, state, worker, "failed" if failed else "ok")
-        self._dispatch(state)
+        self._dispatch(state, now)
 
     def _forged_broker_error(self, worker: Worker) -> list:
         """Only the broker may say "broker error"; a worker that tries is reported instead."""
@@ -444,13 +484,16 @@ class BrokerCore:
 
     # ------------------------------------------------------------ queues and workers
 
-    def _dispatch(self, state: Service) -> None:
+    def _dispatch(self, state: Service, now: float) -> None:
         """Hand queued requests to idle workers (``_take_idle``)."""
         while state.queue and state.idle:
             request = state.queue.popleft()
             worker = _take_idle(state)
             worker.assign(request)
             request.attempts += 1
+            request.dispatched_at = now
+            if state.timings is not None:
+                state.timings.wait.observe(now - request.queued_at)
             self._send(worker.peer, p.to_worker_request(worker.dialect, request.id,
                                                         request.body))
 
@@ -481,12 +524,14 @@ class BrokerCore:
             request.expires_at = now + expiry if expiry is not None else float("inf")
             self._next_expiry = min(self._next_expiry, request.expires_at)
             state.queue.appendleft(request)
-            self._dispatch(state)
+            self._dispatch(state, now)
         if state.queue:
             self._emit_service_event(DEMAND, state)
 
     def _give_up(self, state: Service, request: Request) -> None:
         state.failed += 1
+        state.lost += 1
+        state.failed_units += request.weight
         error = AttemptsExhausted(
             f"request to '{_text(request.service)}' was given up after "
             f"{request.attempts} workers died or vanished while handling it",
@@ -521,6 +566,8 @@ class BrokerCore:
         self._next_heartbeat = max(self._next_heartbeat + interval, now + interval)
         for state in self.services.values():
             state.queue.forget_idle(now - self.config.client_linger)
+            if state.timings is not None:
+                state.timings.remember(now)
         for worker in list(self.workers.values()):
             if now >= worker.heard_at + self._silence_allowed(worker):
                 self._send(worker.peer, p.to_worker_disconnect(worker.dialect))
@@ -559,6 +606,8 @@ class BrokerCore:
         state = self.services.get(name)
         if state is None:
             state = self.retired.pop(name, None) or Service(name)
+            if self._timed and state.timings is None:
+                state.timings = ServiceTimings()
             self.services[name] = state
         return state
 
@@ -623,11 +672,16 @@ class BrokerCore:
     def status(self, now: float) -> dict:
         """Everything `mdp status` shows, as plain data."""
         services = {**self.retired, **self.services}
+        held: dict[bytes, list[Request]] = {}
+        for worker in self.workers.values():
+            if worker.request is not None:
+                held.setdefault(worker.service, []).append(worker.request)
         return {
             "version": __version__,
             "uptime": now - self.started_at,
             "counters": dict(self.counters),
-            "services": {_text(name): _service_status(state, now, self.config.clients_shown)
+            "services": {_text(name): _service_status(state, now, self.config.clients_shown,
+                                                      held.get(name, []))
                          for name, state in sorted(services.items())},
             "workers": [
                 {"id": peer_name(worker.peer), "service": _text(worker.service),
@@ -671,15 +725,23 @@ class BrokerCore:
             log.warning(text)
 
 
-def _service_status(state: Service, now: float, clients_shown: int) -> dict:
+def _service_status(state: Service, now: float, clients_shown: int,
+                    held: list[Request]) -> dict:
     active = [share for share in state.queue.clients.values() if share.active()]
     active.sort(key=lambda share: (-len(share.queue), -share.in_flight))
-    return {"workers": len(state.workers), "idle": len(state.idle),
-            "busy": len(state.workers) - len(state.idle), "queued": len(state.queue),
-            "served": state.served, "failed": state.failed, "expired": state.expired,
-            "rejected": state.rejected, "abandoned": state.abandoned,
-            "clients_active": len(active),
-            "clients": [_client_status(share, now) for share in active[:clients_shown]]}
+    status = {"workers": len(state.workers), "idle": len(state.idle),
+              "busy": len(state.workers) - len(state.idle), "queued": len(state.queue),
+              "served": state.served, "failed": state.failed, "expired": state.expired,
+              "rejected": state.rejected, "abandoned": state.abandoned, "lost": state.lost,
+              "not_served": state.not_served,
+              "units": {"queued": sum(request.weight for request in state.queue),
+                        "in_flight": sum(request.weight for request in held),
+                        "served": state.served_units, "failed": state.failed_units},
+              "clients_active": len(active),
+              "clients": [_client_status(share, now) for share in active[:clients_shown]]}
+    if state.timings is not None:
+        status["recent"] = state.timings.recent(now)
+    return status
 
 
 def _client_status(share: ClientShare, now: float) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
@@ -28,6 +30,25 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A tcp port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scraped(port: int) -> Callable[..., float]:
+    """One scrape of a Prometheus endpoint on 127.0.0.1, read with prometheus_client's own
+    parser, as ``sample(name, **labels) -> value``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    found = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+             for family in text_string_to_metric_families(text.decode())
+             for sample in family.samples}
+    return lambda name, **labels: found[name, tuple(sorted(labels.items()))]
 
 
 def load_module(path: Path, name: str):

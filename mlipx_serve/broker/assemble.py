@@ -14,15 +14,21 @@ from mdp.broker import Broker, ipc_path
 from mdp.client import ask
 from mdp.core import BrokerConfig
 from mdp.errors import MDPError
+from mdp.metrics import metrics_address, serve_metrics
 from mdp.security import CurveError, load_key_file
 from mlipx_serve.broker.autostart import AutostartConfig, Autostarter
+from mlipx_serve.broker.capacity import default_limit
 from mlipx_serve.broker.cluster import ClusterSide
 from mlipx_serve.broker.local_launcher import LocalLauncher
+from mlipx_serve.broker.metrics import model_families
 from mlipx_serve.broker.slurm import SlurmOptions
 from mlipx_serve.broker.slurm_launcher import SlurmLauncher
+from mlipx_serve.broker.unknown_names import UnknownNames
 from mlipx_serve.errors import MlipxServeError, SettingsError
+from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.models_file import load_registry
 from mlipx_serve.wire.endpoints import local_broker, worker_endpoint
+from mlipx_serve.wire.payload import structures_in
 from mlipx_serve.wire.private import open_to_others, private_dir
 from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
 from mlipx_serve.wire.serving import ServingSettings
@@ -53,6 +59,8 @@ class BrokerSettings:
     orphan_timeout: float = 60.0
     slurm_poll: float = 5.0
     slurm_command_timeout: float = 30.0
+    metrics: str | None = None  # [HOST:]PORT of the Prometheus endpoint; None: none
+    max_workers: int | None = None  # worker processes at once (None: as the machine has; 0: any)
 
     def check(self) -> None:
         """The options that need others, or exclude them."""
@@ -109,14 +117,20 @@ class ModelBroker:
         self.workers = worker_endpoint(self.endpoint)
         self.cluster = self._cluster_side() if settings.launcher == "slurm" else None
         self.broker = self._broker()
+        self.broker.core.weigh = lambda service, body: structures_in(body)  # in structures
+        self.broker.core.enable_timings()  # (serve-status shows the last minute's)
         if self._already_there():
             raise SettingsError(f"a broker already runs at {self.endpoint}; stop it first or "
                                 f"pick another --path")
         self.starter = self._autostarter() if settings.autostart else None
+        if not settings.autostart:
+            UnknownNames(self.broker, BUILTIN_MODELS, self.workers)
         self.broker.call_soon(self._announce)  # in the loop, once bound
 
     def run(self) -> str:
         """Serve until Ctrl-C or SIGTERM; why it stopped."""
+        if self.settings.metrics is not None:
+            self._serve_metrics(self.settings.metrics)
         try:
             self.broker.run()
         except (OSError, CurveError) as error:
@@ -129,6 +143,16 @@ class ModelBroker:
         return self.broker.stop_reason or "asked to stop"
 
     # ------------------------------------------------------------ assembly
+
+    def _serve_metrics(self, address: str) -> None:
+        extra = [model_families] + ([self.starter.worker_events.families]
+                                    if self.starter is not None else [])
+        try:
+            host, port = metrics_address(address)
+            serve_metrics(self.broker, address, extra)
+        except (OSError, ValueError) as error:
+            raise SettingsError(f"--metrics {address}: {error}") from None
+        self.say(f"Prometheus metrics at http://{host}:{port}/metrics")
 
     def _cluster_side(self) -> ClusterSide:
         directory = Path(self.settings.cluster_dir).absolute() \
@@ -172,13 +196,22 @@ class ModelBroker:
             "", heartbeat=settings.heartbeat,
             models_files=tuple(str(Path(path).absolute()) for path in settings.models_files))
         config = AutostartConfig(worker, settings.serving.over(SERVING_DEFAULTS),
-                                 settings.start_timeout, tuple(settings.gpus))
+                                 settings.start_timeout, tuple(settings.gpus),
+                                 self._worker_limit())
         try:
             registry = load_registry([str(path) for path in settings.models_files] or None)
         except MlipxServeError as error:
             raise SettingsError(str(error)) from None
         return Autostarter(self.broker, registry, config, self._launcher(),
                            lambda: settings.definitions_refused(self.endpoint))
+
+    def _worker_limit(self) -> int | None:
+        """The broker's limit of worker processes: as given (0: none), else two a GPU or
+        one a core here, and none for SLURM jobs, which the cluster places."""
+        limit = self.settings.max_workers
+        if limit is not None:
+            return limit or None
+        return None if self.cluster is not None else default_limit(self.settings.gpus)
 
     def _launcher(self) -> LocalLauncher | SlurmLauncher:
         settings = self.settings

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from mdp.broker import Broker
 from mdp.core import Event, EventKind
 from mdp.errors import ServiceStartFailed, ServiceUnknown
+from mlipx_serve.broker.capacity import Capacity
 from mlipx_serve.broker.launch import Launch, Launcher
 from mlipx_serve.broker.local_launcher import thread_share
+from mlipx_serve.broker.metrics import EXITED, RETIRED, START_FAILED, STARTED, WorkerEvents
 from mlipx_serve.client.broker_status import closest_names
 from mlipx_serve.errors import DefinitionError
 from mlipx_serve.models.definitions import definition_of, model_from, serving_settings
@@ -59,6 +61,7 @@ class AutostartConfig:
     serving: ServingSettings = SERVING_DEFAULTS  # for models that do not say (all set)
     start_timeout: float = 60.0
     gpus: tuple[str, ...] = ()  # the GPUs of this machine that workers may use ("all")
+    max_workers: int | None = None  # worker processes at once, over all models (capacity)
 
 
 class Autostarter:
@@ -82,6 +85,9 @@ class Autostarter:
         self.settings = {name: self._settings_of(model) for name, model in registry.items()}
         self.by_clients: dict[str, Definition] = {}  # services clients defined, LRU first
         self.starting: dict[str, Launch] = {}
+        self.worker_events = WorkerEvents()  # starts, failed starts, exits (metrics)
+        self.capacity = Capacity(config.max_workers)
+        self._live: dict[str, int] = {}  # each model's worker processes, as last seen
         self._processes: dict[str, int] = {}  # a starting model's worker processes before
         self._checking = False
         broker.add_hook(self.on_event)
@@ -94,6 +100,10 @@ class Autostarter:
         name = event.service
         if name in self.by_clients:  # used: the last to be forgotten
             self.by_clients[name] = self.by_clients.pop(name)
+        if event.kind in (EventKind.WORKER_READY, EventKind.WORKER_LOST):
+            for _ in range(self._live.get(name, 0) - event.processes):
+                self.worker_events.count(name, EXITED)
+            self._live[name] = event.processes
         if event.kind == EventKind.WORKER_READY:
             self._came_up(name, event.processes)
         if name not in self.registry:
@@ -101,11 +111,51 @@ class Autostarter:
                 # nothing serves it, nothing will: say so at once
                 self.broker.fail_queued(name, self._unknown(name))
             return
+        if event.kind in (EventKind.DEMAND, EventKind.SERVED):
+            self.capacity.used(name, time.monotonic())
         # Requests that still queue after a worker came up or answered (all sent at once,
         # say) want more workers as much as one that has just come.
         if event.queued and event.kind in SCALING_EVENTS and wants_worker(
                 event, name in self.starting, self.workers_limit(self.serving(name))):
-            self.start(name, event.processes)
+            self._start_if_room(name, event.processes)
+        elif self.capacity.waiting and event.kind in (EventKind.SERVED, EventKind.WORKER_LOST):
+            self._retry_waiting()  # a worker may have gone idle, or left: room now?
+
+    # ------------------------------------------------------------ capacity
+
+    def _start_if_room(self, name: str, processes: int) -> None:
+        """Start a worker for ``name`` if the broker runs fewer than its limit, or can
+        retire an idle one of another model for it; else its requests wait for room."""
+        if self.capacity.full(self.launcher.running()):
+            retire = self.capacity.to_retire(self._idle_workers(), name)
+            if retire is None or not self.launcher.retire(retire[1]):
+                if name not in self.capacity.waiting:
+                    log.info("'%s' waits for room: the broker runs its %d workers, none of "
+                             "them idle", name, self.capacity.limit)
+                self.capacity.waiting[name] = None
+                return
+            model, _ = retire
+            log.info("retired an idle worker of '%s' (used least lately) to make room for "
+                     "'%s'", model, name)
+            self.capacity.retired[model] += 1
+            self.worker_events.count(model, RETIRED)
+        self.capacity.waiting.pop(name, None)
+        self.start(name, processes)
+
+    def _retry_waiting(self) -> None:
+        for name in list(self.capacity.waiting):
+            if name in self.starting or not self.broker.queued(name):
+                self.capacity.waiting.pop(name, None)
+                continue
+            self._start_if_room(name, self._live.get(name, 0))
+            if name in self.capacity.waiting:
+                return  # still no room: the others wait too
+
+    def _idle_workers(self) -> dict[str, list[dict]]:
+        """Model -> the READY metadata of its idle worker processes that this broker
+        started (a worker started by hand is not the broker's to end)."""
+        return {name: [worker for worker in self.broker.idle_processes(name)
+                       if self.launcher.started_it(worker)] for name in self.registry}
 
     def _came_up(self, name: str, processes: int) -> None:
         """A worker of ``name`` registered: the one being started, if it is a process
@@ -127,6 +177,7 @@ class Autostarter:
         except (OSError, ValueError) as error:  # a command line too long, a NUL, a log name
             self._cannot_start(name, f"{type(error).__name__}: {error}")
             return
+        self.worker_events.count(name, STARTED)
         self._schedule_check()
 
     # ------------------------------------------------------------ serving settings
@@ -240,6 +291,7 @@ class Autostarter:
     def _cannot_start(self, name: str, why: str) -> None:
         """A worker for ``name`` did not start: the requests waiting for it are answered
         at once, unless other workers serve it."""
+        self.worker_events.count(name, START_FAILED)
         if self.broker.service_workers(name):
             log.warning("an extra worker for '%s' failed to start: %s", name, why)
             return
@@ -261,6 +313,8 @@ class Autostarter:
             progress={name: s.progress() for name, s in self.starting.items()},
             start_timeout=self.config.start_timeout,
             worker=self.launcher.options(self.config.worker),
+            worker_limit=self.capacity.limit, running_workers=self.launcher.running(),
+            retired=dict(self.capacity.retired), waiting_for_room=list(self.capacity.waiting),
             **self.launcher.status())
 
     def _offer(self, name: str, model: object) -> ModelOffer:

@@ -44,6 +44,15 @@ class Launcher(Protocol):
     def stop(self, launch: Launch) -> None:
         """End it without waiting for it."""
 
+    def running(self) -> int:
+        """Worker processes (or jobs) it started that have not ended, starting ones too."""
+
+    def started_it(self, metadata: dict) -> bool:
+        """Whether the worker whose READY said ``metadata`` is one it started."""
+
+    def retire(self, metadata: dict) -> bool:
+        """Ask the idle worker whose READY said ``metadata`` to leave; False if it cannot."""
+
     def busy(self) -> bool:
         """Does it still have workers or jobs to look after?"""
 

@@ -100,6 +100,25 @@ class LocalLauncher:
     def stop(self, launch: Launch) -> None:
         launch.process.kill()
 
+    def running(self) -> int:
+        return int(self.busy()) and len(self.started)
+
+    def started_it(self, metadata: dict) -> bool:
+        return self._launch_of(metadata) is not None
+
+    def retire(self, metadata: dict) -> bool:
+        """SIGTERM: an idle worker leaves at once, as it does when its idle time is up."""
+        launch = self._launch_of(metadata)
+        if launch is None:
+            return False
+        launch.process.terminate()
+        return True
+
+    def _launch_of(self, metadata: dict) -> LocalLaunch | None:
+        pid = metadata.get("pid")
+        return next((s for s in self.started if s.process.pid == pid and
+                     s.process.poll() is None), None)
+
     def busy(self) -> bool:
         self.started = [s for s in self.started if s.process.poll() is None]
         return bool(self.started)

@@ -129,6 +129,25 @@ class SlurmLauncher:
     def busy(self) -> bool:
         return bool(self.submitting or self._active())
 
+    def running(self) -> int:
+        return len(self.submitting) + len(self._active())
+
+    def started_it(self, metadata: dict) -> bool:
+        return self._job_of(metadata) is not None
+
+    def retire(self, metadata: dict) -> bool:
+        """Cancel the job of the idle worker (``scancel``, in the launcher's thread)."""
+        job = self._job_of(metadata)
+        if job is None:
+            return False
+        self.stop(job)
+        return True
+
+    def _job_of(self, metadata: dict) -> SlurmJob | None:
+        job_id = metadata.get("slurm_job")
+        return next((job for job in self._active() if job.id is not None and
+                     job.id == job_id), None)
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {"launcher": "slurm", "broker_id": self.broker_id,

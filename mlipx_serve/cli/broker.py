@@ -83,6 +83,15 @@ def serve_broker(
         "definitions clients send on a plain tcp --path too. Anyone who reaches that port "
         "can then run code of their choice here; without it, definitions are taken only on "
         "an ipc path (private to you) and from CURVE-admitted clients."),
+    max_workers: int | None = typer.Option(
+        None, "--max-workers", min=0, show_default=False, help="Worker processes the broker "
+        "runs at once, over all models: at the limit, an idle worker of the model used least "
+        "lately leaves to make room, or requests wait (0: no limit). Default: two a GPU of "
+        "--gpus, else one a core; none with --launcher slurm."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", metavar="[HOST:]PORT", help="Serve Prometheus metrics over HTTP "
+        "at HOST:PORT (a port alone: 127.0.0.1, this machine only); off by default. What "
+        "each metric says: README, Operating a shared broker."),
     verbose: bool = options.VERBOSE,
 ) -> None:
     """Run the model broker until Ctrl-C or SIGTERM."""
@@ -103,7 +112,8 @@ def serve_broker(
         slurm=SlurmOptions(slurm_partition, slurm_gpus_per_worker or 0, slurm_time,
                            slurm_account, tuple(slurm_option)),
         workers_bind=workers_bind, cluster_dir=cluster_dir, orphan_timeout=orphan_timeout,
-        slurm_poll=slurm_poll, slurm_command_timeout=slurm_command_timeout)
+        slurm_poll=slurm_poll, slurm_command_timeout=slurm_command_timeout, metrics=metrics,
+        max_workers=max_workers)
     try:
         broker = ModelBroker(settings, say)
         why = broker.run()

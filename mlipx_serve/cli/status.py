@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from mlipx_serve.cli import options
 from mlipx_serve.cli.console import console
+
+WIDE = 400  # columns a table may take off a terminal
 
 
 def serve_status(
@@ -36,8 +39,10 @@ def serve_status(
         return
     if as_json:
         print(json.dumps(status, indent=2))
-    else:
+    elif console.is_terminal:
         console.print(render(status))
+    else:  # piped, or into a log: every cell whole, not squeezed into 80 columns
+        Console(width=WIDE).print(render(status))
     if not status["running"]:
         raise typer.Exit(1)
 

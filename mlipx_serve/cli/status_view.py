@@ -14,6 +14,7 @@ from mlipx_serve.client.broker_status import (
 )
 from mlipx_serve.client.routing import fingerprints
 from mlipx_serve.wire.definition import short_text
+from mlipx_serve.wire.endpoints import start_broker
 from mlipx_serve.wire.serving import ServingSettings
 from mlipx_serve.wire.status import ModelOffer, ServingStatus
 
@@ -24,7 +25,7 @@ def render(status: dict) -> Group:
     if not status["running"]:
         return Group(
             Text(f"No model broker answers at {status['broker']}.", style="bold red"),
-            Text("Start one with:  mlipx serve-broker --autostart\n"
+            Text(f"Start one with:  {start_broker(status['broker'])}\n"
                  "or serve a model by hand beside it:  mlipx serve emt\n"
                  "A broker that uses CURVE stays silent to missing or wrong keys: give "
                  "--curve-server-key (and --curve-secret-key) or set "
@@ -73,16 +74,33 @@ def broker_table(status: dict) -> Table:
     processes, connections = len(worker_processes(data["workers"])), len(data["workers"])
     table.add_row("workers", str(processes) if processes == connections else
                   f"{processes} ({connections} connections)")
+    if autostart.autostart:
+        table.add_row("worker limit", _capacity(autostart))
     return table
+
+
+def _capacity(autostart: ServingStatus) -> str:
+    """``3 running of at most 4; retired 2 idle (lj@3f9a2c1e 2); waiting for room: emt``"""
+    limit = "no limit" if autostart.worker_limit is None else \
+        f"at most {autostart.worker_limit}"
+    text = f"{autostart.running_workers} running of {limit}"
+    if autostart.retired:
+        counts = " ".join(f"{model} {count}" for model, count in autostart.retired.items())
+        text += f"; retired {sum(autostart.retired.values())} idle ({counts})"
+    if autostart.waiting_for_room:
+        text += f"; waiting for room: {', '.join(autostart.waiting_for_room)}"
+    return text
 
 
 def models_table(status: dict) -> Table:
     """One row per model, with its definition in short and who defined it: the broker
     (built in, or its models files), a client (served as it defined it), or a worker
-    started by hand (protocol/model-definition.md)."""
-    table = Table(title="Models")
-    columns = ("model", "idle", "busy", "queued", "served", "failed", "autostart", "serving",
-               "by", "definition")
+    started by hand (protocol/model-definition.md). Counts are structures (a chunk counts
+    its structures; requests beside them where they differ), and the last minute's rate
+    and median and p95 of the time a request waited and took."""
+    table = Table(title="Models (structures; requests in brackets)")
+    columns = ("model", "idle", "busy", "queued", "served", "failed", "per s", "wait",
+               "compute", "autostart", "serving", "by", "definition")
     for column in columns:
         table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
     starting = serving(status).starting
@@ -93,15 +111,42 @@ def models_table(status: dict) -> Table:
         services = status["status"]["services"].get(name, {})
         note = f"starting ({starting[name]:.0f} s)" if name in starting else \
             ("yes" if info["autostart"] else "no")
-        table.add_row(Text(name), str(info["idle"]), str(info["busy"]), str(info["queued"]),
-                      str(services.get("served", 0)), str(services.get("failed", 0)), note,
+        table.add_row(Text(name), str(info["idle"]), str(info["busy"]),
+                      *_counts(services), *_recent(services.get("recent")), note,
                       _settings(serving(status).models.get(name)), *_defined(status, name))
-    for name, queued in stuck_models(status).items():
+    for name in stuck_models(status):
         services = status["status"]["services"][name]
-        table.add_row(Text(name), "0", "0", str(queued), str(services["served"]),
-                      str(services["failed"]), Text("no: start a worker", style="bold red"),
-                      "", "", "")
+        table.add_row(Text(name), "0", "0", *_counts(services), *_recent(services.get("recent")),
+                      Text("no: start a worker", style="bold red"), "", "", "")
     return table
+
+
+def _counts(service: dict) -> list[str]:
+    """Queued, served and failed, in structures, with requests where they differ."""
+    units = service.get("units", {})
+    return [_count(units.get(kind, service.get(kind, 0)), service.get(kind, 0))
+            for kind in ("queued", "served", "failed")]
+
+
+def _count(structures: int, requests: int) -> str:
+    return f"{structures:,}" if structures == requests else f"{structures:,} ({requests:,})"
+
+
+def _recent(recent: dict | None) -> list[str]:
+    """The last minute's structures per second, and median / p95 of waits and compute."""
+    if not recent:
+        return ["", "", ""]
+    return [f"{recent['units_per_second']:.1f}",
+            _pair(recent["wait_median"], recent["wait_p95"]),
+            _pair(recent["work_median"], recent["work_p95"])]
+
+
+def _pair(median: float | None, p95: float | None) -> str:
+    return "-" if median is None else f"{_seconds(median)} / {_seconds(p95)}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
 def _settings(offer: ModelOffer | None) -> str:

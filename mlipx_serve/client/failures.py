@@ -22,6 +22,7 @@ from mlipx_serve.errors import (
     ServiceStartFailedError,
     ServingError,
 )
+from mlipx_serve.wire.endpoints import start_broker
 from mlipx_serve.wire.payload import RemoteFailure
 
 # Failures after which a calculator built with a fallback computes locally instead: its
@@ -50,7 +51,7 @@ def serving_error(error: MDPError, model: str, broker: str) -> ServingError:
                             f"admitted key pair) with ${environment.CURVE_SERVER_KEY} (and "
                             f"${environment.CURVE_SECRET_KEY})")
     if isinstance(error, RequestTimeout):  # (a BrokerUnavailable is one too)
-        fix = "start one with `mlipx serve-broker --autostart`" if \
+        fix = f"start one with `{start_broker(broker)}`" if \
             isinstance(error, BrokerUnavailable) else \
             f"`mlipx serve-status --broker {broker}` shows what its workers do"
         return ServingError(f"model '{model}': {error.cause}; {fix}")

@@ -25,6 +25,7 @@ from mlipx_serve.client.broker_status import (
 from mlipx_serve.client.keys import curve_options
 from mlipx_serve.errors import DefinitionError, NotServed
 from mlipx_serve.wire.definition import Definition
+from mlipx_serve.wire.endpoints import start_broker
 from mlipx_serve.wire.status import DEFINE_SERVICE
 
 DEFINE_TIMEOUT = 10.0
@@ -45,7 +46,7 @@ def route(model: Any, broker: str, call_kwargs: Mapping[str, Any] | None = None
     status = recent_status(broker)
     if not status["running"]:
         raise NotServed(f"no model broker answers at {broker}; start one with "
-                        f"`mlipx serve-broker --autostart`")
+                        f"`{start_broker(broker)}`")
     if definition is not None:
         return service_for(definition, status, curve), definition
     if model not in available_models(status):
@@ -62,7 +63,7 @@ def service_for(definition: Definition, status: dict, curve: dict) -> str:
     if not serving(status).autostart:
         raise NotServed(f"the broker at {status['broker']} has no worker for this definition "
                         f"and starts none (it runs without --autostart); restart it with "
-                        f"`mlipx serve-broker --autostart`")
+                        f"`{start_broker(status['broker'])}`")
     return define(definition, status["broker"], curve)
 
 

@@ -9,12 +9,12 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from mlipx_serve.client.broker_status import available_models, recent_status
+from mlipx_serve.client.broker_status import available_models, closest_names, recent_status
 from mlipx_serve.client.calculator import RemoteCalculator
 from mlipx_serve.client.mapping import DEFAULT_PROPERTIES, map_structures
 from mlipx_serve.client.routing import route
 from mlipx_serve.errors import EndpointError, NotServed
-from mlipx_serve.wire.endpoints import chosen_broker
+from mlipx_serve.wire.endpoints import chosen_broker, start_broker
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def offered_models(broker: str, ask: bool = False) -> dict[str, dict]:
     if broker not in _said_silent:
         _said_silent.add(broker)
         log.warning("no model broker answers at %s, so it offers no models; start one with "
-                    "`mlipx serve-broker --autostart`", broker)
+                    "`%s`", broker, start_broker(broker))
     return {}
 
 
@@ -110,11 +110,9 @@ class Models(Mapping):
         if name not in self._models:
             if self.broker in _said_silent:
                 raise KeyError(f"no model broker answers at {self.broker}, so it offers no "
-                               f"model '{name}'; start one with `mlipx serve-broker "
-                               f"--autostart`")
-            known = ", ".join(self._models) or "none"
-            raise KeyError(f"the broker at {self.broker} offers no model '{name}' "
-                           f"(offered: {known})")
+                               f"model '{name}'; start one with `{start_broker(self.broker)}`")
+            raise KeyError(f"the broker at {self.broker} offers no model '{name}'; it offers "
+                           f"{closest_names(list(self._models), name) or 'none'}")
         return ServedModel(name, self.broker, self._models[name])
 
     def __iter__(self) -> Iterator[str]:

@@ -8,6 +8,9 @@ in every process of the environment, so this module imports nothing but ``os``,
   ``name``, ``extra`` and ``get_calculator(use_serve=...)`` (``mlipx_glue.plugin``).
 - ``mlipx.cli.main``: once it has loaded, mlipx's command line gains the serve commands.
 - ``mlipx.serve``: where mlipx has no such module, it is ``mlipx_serve.mlipx_serve_api``.
+- ``mlipx`` itself, in the ``mlipx`` command of mlipx's own script (mlipx installed after
+  mlipx-serve) asked for a serve command: the serve command runs there and then, and the
+  process ends, so it never pays for mlipx's imports (seconds, and warnings).
 
 ``MLIPX_SERVE_HOOK=0`` (or false/no/off) turns all of it off. A failure in here is
 reported as a warning and never breaks the import of mlipx.
@@ -24,6 +27,7 @@ EXTEND_AFTER_IMPORT = {
     "mlipx.cli.main": "add_serve_commands",
 }
 SERVE_MODULE = "mlipx.serve"
+SERVE_COMMANDS = ("serve-broker", "serve", "serve-status", "serve-submit")  # (cli.main's)
 
 
 def enabled():
@@ -40,7 +44,15 @@ def install():
 class MlipxFinder:
     """Finds nothing itself: it wraps the loaders of mlipx's modules that it extends."""
 
+    dispatched = False  # a serve command of mlipx's own script runs
+
     def find_spec(self, name, path=None, target=None):
+        if name == "mlipx" and not self.dispatched and _serve_command_of_mlipx():
+            self.dispatched = True  # (the command may import mlipx itself: a models file)
+            from mlipx_serve.cli.main import main
+
+            main()  # (it ends the process: SystemExit through the import)
+            sys.exit(0)
         if name in EXTEND_AFTER_IMPORT:
             spec = self._spec_from_others(name, path, target)
             if spec is not None and spec.loader is not None:
@@ -85,6 +97,12 @@ class ExtendAfterLoad:
 
     def __getattr__(self, name):  # get_resource_reader, is_package, get_source, ...
         return getattr(self._loader, name)
+
+
+def _serve_command_of_mlipx():
+    """Whether this process is the ``mlipx`` command asked for one of the serve commands."""
+    argv = getattr(sys, "argv", None) or [""]
+    return os.path.basename(argv[0]) == "mlipx" and argv[1:2] and argv[1] in SERVE_COMMANDS
 
 
 def _serve_module_spec():

@@ -67,6 +67,13 @@ def worker_endpoint(client_endpoint: str) -> str:
     return f"ipc://{stem}-workers.{suffix}"
 
 
+def start_broker(endpoint: str) -> str:
+    """The command that starts an autostarting broker at the clients' ``endpoint``: the
+    path given where it is not the default one, so that the advice works as it is."""
+    path = "" if endpoint == local_broker() else f" --path {endpoint}"
+    return f"mlipx serve-broker --autostart{path}"
+
+
 def broker_command(worker_endpoint: str) -> str | None:
     """The command that starts the broker a worker at this ipc endpoint looks for (for
     tcp, a broker on another machine maybe, there is no one command to give)."""

@@ -379,6 +379,20 @@ class RemoteFailure(NamedTuple):
     traceback: str
 
 
+def structures_in(frames: Sequence[Frame]) -> int:
+    """How many structures a request asks for: a chunk's count, else one (a request that
+    is no payload at all counts as one). Cheap, as a broker weighs every request: only a
+    header that names ``counts`` is parsed."""
+    header = bytes(frames[0]) if frames else b""
+    if b'"counts"' not in header:
+        return 1
+    try:
+        counts = json.loads(header).get("counts")
+    except (ValueError, AttributeError, RecursionError):
+        return 1
+    return len(counts) if isinstance(counts, list) and counts else 1
+
+
 def read_request(frames: Sequence[Frame]) -> Request:
     """A request's structures (which own copies of the data), property names and model.
     In a chunk, a structure that breaks the format is a ``PayloadError`` in its place."""

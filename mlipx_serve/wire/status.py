@@ -63,6 +63,10 @@ class ServingStatus:
     log_dir: str | None = None
     slurm: dict[str, Any] | None = None  # the sbatch options (SlurmOptions.as_dict)
     jobs: list[JobRecord] = field(default_factory=list)
+    worker_limit: int | None = None  # worker processes at once, over all models (None: no limit)
+    running_workers: int = 0  # those it runs now, starting ones included
+    retired: dict[str, int] = field(default_factory=dict)  # model -> idle workers retired
+    waiting_for_room: list[str] = field(default_factory=list)  # models whose requests wait
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

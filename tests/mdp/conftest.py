@@ -194,3 +194,17 @@ def mdp_system() -> Iterator[System]:
         print(system.logs(lines=40))  # pytest shows it when the test failed
         shutil.rmtree(directory, ignore_errors=True)
 
+
+
+@pytest.fixture
+def broker():
+    """A broker in this process, on an ipc path of its own, with a short heartbeat."""
+    from mdp.broker import Broker
+    from mdp.core import BrokerConfig
+
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="mdp-b-") as directory:
+        broker = Broker(f"ipc://{directory}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
+        broker.start()
+        yield broker
+        broker.stop()
+        broker.join(10)

@@ -8,7 +8,6 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,18 +17,7 @@ import zmq
 from mdp import Broker, Client, EventKind, Worker
 from mdp import protocol as p
 from mdp.broker import Connections
-from mdp.core import BrokerConfig
 from mdp.errors import ServiceStartFailed
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    with tempfile.TemporaryDirectory(dir="/tmp", prefix="mdp-b-") as directory:
-        broker = Broker(f"ipc://{directory}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
-        broker.start()
-        yield broker
-        broker.stop()
-        broker.join(10)
 
 
 def in_loop(broker: Broker, fn):

@@ -390,7 +390,9 @@ def test_a_request_nobody_takes_expires_with_504(d):
     assert "no worker offers it" in error.message
     assert status(bus)["services"]["echo"] == {
         "workers": 0, "idle": 0, "busy": 0, "queued": 0, "served": 0, "failed": 0,
-        "expired": 1, "rejected": 0, "abandoned": 0, "clients_active": 0, "clients": []}
+        "expired": 1, "rejected": 0, "abandoned": 0, "lost": 0, "not_served": 0,
+        "units": {"queued": 0, "in_flight": 0, "served": 0, "failed": 0},
+        "clients_active": 0, "clients": []}
     assert bus.ready(b"w") == []  # nothing left to hand out
     assert bus.tick(50.0) == []
 
@@ -961,6 +963,38 @@ def mmi(bus: Bus, service: bytes, *body: bytes, d: p.Dialect = V02) -> bytes:
     return bytes(reply.body[0])
 
 
+def test_requests_weigh_what_a_layer_above_says_and_failures_are_told_apart():
+    bus = Bus(max_attempts=1)
+    bus.core.weigh = lambda service, body: len(body)  # (a request's units: its frames)
+    bus.ready(b"w")
+    bus.request(b"a", b"echo", b"1", b"2", b"3")  # 3 units, to w
+    bus.request(b"b", b"echo", b"1", b"2")  # 2 units, queued
+    shown = status(bus)["services"]["echo"]
+    assert shown["units"] == {"queued": 2, "in_flight": 3, "served": 0, "failed": 0}
+    bus.reply(b"w", ID1, b"ok")  # served: 3 units; b's goes to w
+    bus.gone(b"w")  # w died holding b's request, which has no attempt left: lost
+    bus.request(b"c", b"other", b"1")
+    bus.core.fail_queued(b"other", ServiceStartFailed("could not start", "other"))
+    echo, other = (status(bus)["services"][name] for name in ("echo", "other"))
+    assert echo["units"] == {"queued": 0, "in_flight": 0, "served": 3, "failed": 2}
+    assert (echo["failed"], echo["lost"], echo["not_served"]) == (1, 1, 0)
+    assert (other["failed"], other["lost"], other["not_served"]) == (1, 0, 1)
+
+
+def test_with_timings_each_service_tells_its_last_minute():
+    bus = Bus(heartbeat_interval=10.0)
+    bus.core.enable_timings()
+    bus.ready(b"w")
+    for n in range(6):
+        bus.at(10.0 * n).request(b"c", b"echo", b"x")  # waits 0, taken at once
+        bus.at(10.0 * n + 0.02).reply(b"w", (n + 1).to_bytes(8, "big"), b"y")
+        bus.tick(10.0 * n + 0.03)
+    recent = status(bus)["services"]["echo"]["recent"]
+    assert recent["units_per_second"] == pytest.approx(5 / 50.03, rel=0.01)
+    assert 0.01 < recent["work_median"] <= 0.025 and recent["wait_p95"] <= 0.001
+    assert "recent" not in Bus().core.status(0.0)["services"].get("echo", {})
+
+
 def others_using(bus: Bus, asker: bytes, service: bytes = b"echo") -> dict:
     peer, reply = only(bus.request(asker, b"mmi.clients", service))
     return json.loads(bytes(reply.body[0]))
@@ -1039,10 +1073,14 @@ def test_mmi_status_and_workers():
 
     assert doc["services"] == {
         "calc": {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "served": 0,
-                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0,
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0, "lost": 0,
+                 "not_served": 0,
+                 "units": {"queued": 0, "in_flight": 0, "served": 0, "failed": 0},
                  "clients_active": 0, "clients": []},
         "echo": {"workers": 2, "idle": 0, "busy": 2, "queued": 1, "served": 1,
-                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0,
+                 "failed": 0, "expired": 0, "rejected": 0, "abandoned": 0, "lost": 0,
+                 "not_served": 0,
+                 "units": {"queued": 1, "in_flight": 2, "served": 1, "failed": 0},
                  "clients_active": 3,
                  "clients": [client("d", 1, 0), client("b", 0, 1), client("c", 0, 1)]}}
     assert doc["workers"] == [

@@ -10,7 +10,7 @@ from mlipx_serve.client.broker_status import describe_wait
 
 samples = load_module(HELPERS / "status_samples.py", "status_samples")
 SERVICE = samples.SERVICE
-running, connection = samples.running, samples.connection
+running, connection, BUSY_TWO = samples.running, samples.connection, samples.BUSY_TWO
 
 
 def rendered(status: dict) -> str:
@@ -33,7 +33,7 @@ def test_status_tables_show_broker_models_and_workers():
                             workers=[worker, by_hand]))
     assert "ipc:///x/broker.ipc" in text and "1h 02m 05s" in text
     rows = table_rows(text)
-    assert ["emt", "1", "1", "3", "7", "1", "no", "", "worker", "-"] in rows
+    assert ["emt", "1", "1", "3", "7", "1", "", "", "", "no", "", "worker", "-"] in rows
     assert ["gpu7:42:1", "emt", "busy", "7", "0", "1m 05s", "gpu7", "GPU 1", "981"] in rows
     assert ["node:43:1", "emt", "idle", "7", "0", "1m 05s", "", "", ""] in rows  # an old worker
 
@@ -49,7 +49,8 @@ def test_a_worker_with_several_connections_is_one_row():
         in rows
     assert ["node:43:1", "emt", "idle", "1", "0", "0m 05s", "", "", ""] in rows
     assert ["workers", "2 (18 connections)"] in rows
-    assert ["chgnet", "0", "1", "3", "7", "1", "no", "", "worker", "-"] in rows  # processes
+    assert ["chgnet", "0", "1", "3", "7", "1", "", "", "", "no", "", "worker",
+            "-"] in rows  # processes, not connections
     idle = [dict(c, state="idle") for c in batching]
     assert "idle (17)" in [row[2] for row in table_rows(rendered(running({}, workers=idle)))
                            if len(row) > 2]
@@ -97,8 +98,8 @@ def test_a_request_that_waits_for_a_model_nobody_serves_is_shown_with_what_to_do
     stuck = dict(SERVICE, workers=0, idle=0, busy=0, queued=1, served=0, failed=0)
     text = rendered(running({"emt": stuck, "nope": dict(stuck, queued=2)}))
     rows = table_rows(text)
-    assert ["emt", "0", "0", "1", "0", "0", "no: start a worker", "", "", ""] in rows
-    assert ["nope", "0", "0", "2", "0", "0", "no: start a worker", "", "", ""] in rows
+    assert ["emt", "0", "0", "1", "0", "0", "", "", "", "no: start a worker", "", "", ""] in rows
+    assert ["nope", "0", "0", "2", "0", "0", "", "", "", "no: start a worker", "", "", ""] in rows
     said = " ".join(text.split())
     assert "1 request(s) for 'emt' wait, and no worker serves it: start a worker with `mlipx " \
         "serve emt --broker ipc:///x/broker.ipc`; or restart the broker with --autostart" in said
@@ -130,13 +131,14 @@ def test_each_model_shows_its_definition_and_who_defined_it():
     text = rendered(running({"emt": SERVICE, "mine": SERVICE},
                             {"autostart": True, "models": models}, workers))
     rows = table_rows(text)
-    assert ["LennardJones@dc0de043", "0", "0", "0", "0", "0", "yes", "1 worker", "client",
+    assert ["LennardJones@dc0de043", "0", "0", "0", "0", "0", "", "", "", "yes", "1 worker",
+            "client",
             "ase.calculators.lj:LennardJones sigma=2.3"] in rows
-    assert ["mine", "1", "0", "3", "7", "1", "no", "", "worker",
+    assert ["mine", "1", "0", "3", "7", "1", "", "", "", "no", "", "worker",
             "ase.calculators.lj:LennardJones sigma=2.3"] in rows
     [emt_row] = [row for row in rows if row[0] == "emt"]
-    assert emt_row[6:9] == ["yes", "batch 16 (0.05 s), 4 workers, GPU 0,1", "broker"]
-    assert emt_row[9].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")
+    assert emt_row[9:12] == ["yes", "batch 16 (0.05 s), 4 workers, GPU 0,1", "broker"]
+    assert emt_row[12].startswith("ase.calculators.emt:EMT  (mixed: workers of 2")
 
 
 
@@ -155,3 +157,14 @@ def test_status_shows_who_waits_for_each_model():
     assert ["emt", "6c3d2a", "", "1", "0", "0", "0m 03s", "1m 15s"] in rows
     assert ["emt", "... 1 more", "", "", "", "", "", ""] in rows
     assert "Clients" not in rendered(running({"emt": SERVICE}))  # nobody waits: no table
+
+
+def test_models_count_structures_with_requests_beside_them_and_the_last_minute():
+    emt = dict(SERVICE, queued=2, served=32, failed=1,
+               units={"queued": 120, "in_flight": 64, "served": 2000, "failed": 1},
+               recent={"seconds": 61.0, "units_per_second": 33.25, "wait_median": 0.0124,
+                       "wait_p95": 0.031, "work_median": 0.0102, "work_p95": 1.5})
+    rows = table_rows(rendered(running({"emt": emt}, workers=BUSY_TWO)))
+    assert ["emt", "0", "2", "120 (2)", "2,000 (32)", "1", "33.2", "12 ms / 31 ms",
+            "10 ms / 1.5 s", "no", "", "worker", "-"] in rows
+

@@ -225,3 +225,11 @@ def test_the_hook_line_installs_the_finder_and_reports_a_broken_hook(tmp_path):
     (broken / "mlipx_serve" / "mlipx_hook.py").write_text("import no_such_module_here\n")
     done = process_pth(broken)
     assert "no_such_module_here" in done.stderr
+
+
+def test_the_hook_knows_the_serve_commands_that_the_command_line_has():
+    """(The hook, which every Python start-up imports, cannot import the command line.)"""
+    from mlipx_serve.cli.main import SERVE_COMMANDS
+    from mlipx_serve.mlipx_glue.hook import SERVE_COMMANDS as KNOWN
+
+    assert set(KNOWN) == set(SERVE_COMMANDS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
-from support import HELPERS
+from support import HELPERS, free_port
 
 from mlipx_serve import GenericASECalculator, RemoteCalculator, ServingError, evaluate
 from mlipx_serve.errors import DefinitionMismatch, ServiceStartFailedError
@@ -257,12 +256,6 @@ def test_a_request_for_another_model_sent_by_hand_is_refused_and_the_worker_goes
     with RemoteCalculator("emt", bus) as plain:
         assert energy(plain) == expected
     assert shared_system.started_pids(bus) == pids  # the same worker, still serving
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def autostart_broker_at(system: ServeSystem, endpoint: str, monkeypatch, *options: str):

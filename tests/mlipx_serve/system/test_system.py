@@ -55,6 +55,7 @@ from mlipx_serve import (
 from mlipx_serve.client import broker_status
 from mlipx_serve.client.failures import remote_error
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
+from mlipx_serve.wire.endpoints import worker_endpoint
 
 if TYPE_CHECKING:
     from conftest import ServeSystem
@@ -423,8 +424,8 @@ def test_unknown_model_is_a_clear_error(bus: str, shared_system: ServeSystem):
     run = shared_system.run(*MLIPX, "serve", "nosuchmodel", "--broker", bus, "--no-uv")
     assert run.returncode != 0
     assert "unknown model 'nosuchmodel'" in run.stderr and "emt" in run.stderr
-    with pytest.raises(KeyError, match="offers no model 'nosuch'.*emt"):
-        Models(bus)["nosuch"]
+    with pytest.raises(KeyError, match="offers no model 'emtt'; it offers emt, "):
+        Models(bus)["emtt"]  # the closest first
     assert served_calculator_or_none("nosuch", broker=bus) is None
 
 
@@ -437,12 +438,25 @@ def test_a_broker_that_is_not_running_is_a_clear_error_within_seconds(
         results_with(rattled_cu(0), calc)
     assert time.monotonic() - started < 30  # not the 600 s a reply may take
     assert isinstance(caught.value.__cause__, BrokerUnavailable)
-    assert "mlipx serve-broker --autostart" in str(caught.value)
+    start = f"mlipx serve-broker --autostart --path {nowhere}"  # the path it was given
+    assert start in str(caught.value)
     assert "mdp broker" not in str(caught.value)  # the bus's own advice serves no models
     run = serve_system.run(*MLIPX, "serve-status", "--broker", nowhere)
     assert run.returncode == 1
     assert f"No model broker answers at {nowhere}" in run.stdout
-    assert "mlipx serve-broker --autostart" in run.stdout
+    assert start in " ".join(run.stdout.split())
+
+
+def test_a_name_no_model_has_is_answered_within_seconds_by_a_broker_without_autostart(
+        serve_system: ServeSystem):
+    bus = serve_system.broker()
+    serve_system.worker("emt", bus)
+    serve_system.wait_workers(bus, "emt", 1)
+    with pytest.raises(ServingError) as caught:
+        results_with(rattled_cu(0), RemoteCalculator("emtt", bus))  # a typo
+    said = str(caught.value)
+    assert "knows no model of that name" in said and "it serves emt" in said
+    assert f"mlipx serve emtt --models FILE --broker {worker_endpoint(bus)}" in said
 
 
 def test_a_rejected_structure_is_a_clear_error_and_the_worker_goes_on(
@@ -496,15 +510,19 @@ def test_serve_status_tables(bus: str, shared_system: ServeSystem):
     assert "Broker" in run.stdout and "Models" in run.stdout
     assert table_row(run.stdout, "path")[1] == bus
     assert table_row(run.stdout, "autostart")[1] == "on"
-    columns = ["model", "idle", "busy", "queued", "served", "failed", "autostart", "serving",
-               "by", "definition"]
+    columns = ["model", "idle", "busy", "queued", "served", "failed", "per s", "wait",
+               "compute", "autostart", "serving", "by", "definition"]
     assert table_row(run.stdout, "model") == columns
-    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", served, failed, "yes",
-                                            "1 worker", "broker", "ase.calculators.emt:EMT"]
+    emt = table_row(run.stdout, "emt")
+    assert emt[:6] + emt[9:] == ["emt", "1", "0", "0", served, failed, "yes", "1 worker",
+                                 "broker", "ase.calculators.emt:EMT"]
+    assert float(emt[6]) >= 0 and emt[7].endswith(" ms") and emt[8].endswith(" ms")
     assert table_row(run.stdout, "mace-mpa-0") == [
-        "mace-mpa-0", *"00000", "yes", "1 worker", "broker",
+        "mace-mpa-0", *"00000", "", "", "", "yes", "1 worker", "broker",
         "mace.calculators:mace_mp model=medium-mpa-0"]
-    assert table_row(run.stdout, "chgnet")[7] == "batch 16 (0.01 s), 1 worker"
+    assert table_row(run.stdout, "chgnet")[10] == "batch 16 (0.01 s), 1 worker"
+    # piped, not on a terminal: every cell whole, not squeezed into 80 columns
+    assert "…" not in run.stdout and max(map(len, run.stdout.splitlines())) > 80
 
 
 def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
@@ -516,8 +534,8 @@ def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
         system.wait_until(lambda: system.service(bus, "emt")["queued"] == 1,
                           "the request to queue")
         run = system.run(*MLIPX, "serve-status", "--broker", bus)
-        assert table_row(run.stdout, "emt") == ["emt", "0", "0", "1", "0", "0",
-                                                "no: start a worker", "", "", ""]
+        assert table_row(run.stdout, "emt") == ["emt", "0", "0", "1", "0", "0", "0.0", "-",
+                                                "-", "no: start a worker", "", "", ""]
         assert f"start a worker with `mlipx serve emt --broker {bus}`" in \
             " ".join(run.stdout.split())
         system.worker("emt", bus)
@@ -525,8 +543,9 @@ def test_serve_status_shows_a_stuck_request_and_counts_each_one_way(
     with pytest.raises(RemoteCalculationError):
         results_with(Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]]), remote(bus))
     run = system.run(*MLIPX, "serve-status", "--broker", bus)
-    assert table_row(run.stdout, "emt") == ["emt", "1", "0", "0", "1", "1", "no", "",
-                                            "worker", "ase.calculators.emt:EMT"]
+    emt = table_row(run.stdout, "emt")
+    assert emt[:6] + emt[9:] == ["emt", "1", "0", "0", "1", "1", "no", "", "worker",
+                                 "ase.calculators.emt:EMT"]
     [worker] = system.workers_of(bus, "emt")
     row = table_row(run.stdout, worker["metadata"]["process"])
     assert row[3:5] == ["1", "1"] and row[7] == "cpu"  # served, failed; the device

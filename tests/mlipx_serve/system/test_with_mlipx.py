@@ -247,10 +247,17 @@ def test_one_mlipx_command_whichever_package_installed_it_last(env, shared_syste
         for command in ("serve-broker", "serve-status", "serve ", "info", "recipes",
                         "benchmark"):
             assert command in helped.stdout
-        status = shared_system.run(str(mlipx), "serve-status", "--broker", emt_bus, "--json",
-                                   **QUIET)
+        status = shared_system.run(str(mlipx_env.python_of(env)), "-X", "importtime",
+                                   str(mlipx), "serve-status", "--broker", emt_bus, "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["running"] is True
+        # fast and quiet: a serve command never loads mlipx's command line, whichever
+        # script runs it (and so neither its seconds of imports nor their warnings)
+        imported = [line.rpartition("|")[2].strip() for line in status.stderr.splitlines()
+                    if line.startswith("import time:")]
+        assert "mlipx_serve.cli.status" in imported
+        assert not {"zntrack", "mlipx.nodes", "mlipx.abc"} & set(imported)
+        assert "Warning" not in status.stderr
     finally:
         mlipx_env.install_project(env)
 
