@@ -11,11 +11,12 @@ map asks the broker), since each request costs the map, the broker and the worke
 time of their own. A cheap CPU model then takes a few structures a request, a GPU model
 whose call costs the same for one structure as for many takes a full chunk.
 
-Before any reply a chunk is one structure; then the budget doubles with each size
+Before any reply a chunk is one structure; then the budget grows eightfold with each size
 answered until two sizes give a line to fit (the map sends its first two requests one at
 a time, so that a line is there before the rest go out), and from there it follows the
-fit through the sizes answered lately, so that it follows a model that gets slower or
-faster; whenever those are of one size only, it doubles once more to have a line again.
+fit through the sizes answered lately, never more than eight times the largest size seen,
+so that it follows a model that gets slower or faster; whenever those are of one size
+only, it grows once more to have a line again.
 Without times (a worker that does not say them) chunks stay one structure. Pure
 arithmetic: the map feeds it replies and asks it for the next chunk's budget.
 """
@@ -31,6 +32,7 @@ MAX_CHUNK = 64  # structures in one request, at most
 MIN_CHUNKS = 8  # requests a known number of structures is split into, at least
 WEIGHT = 0.2  # of a new time in the running mean of its size class
 WINDOW = 512  # chunks answered, the most recent, whose size classes the fit goes by
+GROWTH = 8  # times the largest size answered that the next chunk may hold, at most
 
 
 class ChunkSizer:
@@ -56,7 +58,7 @@ class ChunkSizer:
         recent = self._recent()
         if not recent:
             return 1
-        ceiling = min(self.most_atoms, 2 * int(max(atoms for atoms, _ in recent)))
+        ceiling = min(self.most_atoms, GROWTH * int(max(atoms for atoms, _ in recent)))
         per_atom = self.per_atom()
         if per_atom is None or per_atom <= 0:  # (no line, or no cost per atom: grow)
             return ceiling
