@@ -353,7 +353,7 @@ class BrokerCore:
         if service.startswith(p.MMI_PREFIX):
             self._answer_mmi(peer, dialect, service, body, now)
             return
-        state = self._service(service)
+        state = self._service(service, now)
         limit = self.config.queue_limit
         if limit is not None and len(state.queue) >= limit:
             state.rejected += 1
@@ -385,7 +385,7 @@ class BrokerCore:
             self._send(peer, p.to_worker_disconnect(dialect))
             return
         metadata = self._ready_metadata(body) if body else {}
-        state = self._service(service)
+        state = self._service(service, now)
         key = _process_key(peer, metadata)
         process = state.processes.setdefault(key, Process(key))
         process.connections += 1
@@ -600,7 +600,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------ services
 
-    def _service(self, name: bytes) -> Service:
+    def _service(self, name: bytes, now: float) -> Service:
         """The service in use by that name; one forgotten lately comes back with its
         counters."""
         state = self.services.get(name)
@@ -608,6 +608,7 @@ class BrokerCore:
             state = self.retired.pop(name, None) or Service(name)
             if self._timed and state.timings is None:
                 state.timings = ServiceTimings()
+                state.timings.remember(now)  # (its recent figures count from here)
             self.services[name] = state
         return state
 
