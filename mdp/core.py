@@ -209,8 +209,10 @@ class BrokerCore:
         self.workers: dict[Peer, Worker] = {}
         self.emit_events = emit_events
         self.events: list[Event] = []
-        # the units of work in a request, where a layer above knows them (structures, say)
+        # the units of work in a request, where a layer above knows them (structures, say),
+        # and how many of them a successful reply says failed alone
         self.weigh: Callable[[bytes, list], int] | None = None
+        self.failures_in: Callable[[bytes, list], int] | None = None
         self._timed = False  # queue waits and work times kept (``enable_timings``)
         self.mmi_handlers: dict[bytes, MMIHandler] = {}
         self.counters = {"requests": 0, "replies": 0, "dropped_messages": 0}
@@ -438,24 +440,33 @@ class BrokerCore:
         worker.release()
         state = self.services[worker.service]
         failed = marker is not None
+        units_failed = request.weight if failed else self._units_failed(request, body)
         share = request.share
         share.last_seen = now
         if failed:
             state.failed += 1
-            state.failed_units += request.weight
             worker.failed += 1
             share.failed += 1
         else:
             state.served += 1
-            state.served_units += request.weight
             worker.served += 1
             share.served += 1
+        state.failed_units += units_failed
+        state.served_units += request.weight - units_failed
         if state.timings is not None:
             state.timings.work.observe(now - request.dispatched_at)
-            state.timings.units += 0 if failed else request.weight
+            state.timings.units += request.weight - units_failed
         state.idle[peer] = worker
         self._emit_service_event(SERVED, state, worker, "failed" if failed else "ok")
         self._dispatch(state, now)
+
+    def _units_failed(self, request: Request, body: list) -> int:
+        """Of a served request's units, those its reply says failed alone (as a layer
+        above reads it: a chunk's structures that failed, say). A request of one unit
+        fails or not as a whole."""
+        if self.failures_in is None or request.weight == 1:
+            return 0
+        return max(0, min(request.weight, self.failures_in(request.service, body)))
 
     def _forged_broker_error(self, worker: Worker) -> list:
         """Only the broker may say "broker error"; a worker that tries is reported instead."""

@@ -10,7 +10,7 @@ every Python process of the environment (``mlipx_hook``), which must cost nothin
 TYPE_CHECKING = False  # not typing's: importing typing would cost every Python start-up
 # public name -> the module of this package that defines it
 _EXPORTS = {
-    "GenericASECalculator": "models.definitions",
+    "GenericASECalculator": "client.servable",
     "RemoteCalculator": "client.calculator",
     "Models": "client.served",
     "ServedModel": "client.served",
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from mlipx_serve.client.calculator import RemoteCalculator  # noqa: F401
     from mlipx_serve.client.mapping import StructureFailed, evaluate  # noqa: F401
     from mlipx_serve.client.notebook import ModelProcess, serve_model  # noqa: F401
+    from mlipx_serve.client.servable import GenericASECalculator  # noqa: F401
     from mlipx_serve.client.served import Models, ServedModel, served_calculator_or_none  # noqa: F401
     from mlipx_serve.errors import (  # noqa: F401
         MlipxServeError,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
         RemotePropertyNotImplementedError,
         ServingError,
     )
-    from mlipx_serve.models.definitions import GenericASECalculator  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -13,7 +13,8 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
-from mlipx_serve.models.definitions import Servable, serving_settings
+from mlipx_serve.client.servable import Servable
+from mlipx_serve.models.definitions import serving_settings
 from mlipx_serve.models.extras import model_extras
 from mlipx_serve.wire.definition import Definition, check_name
 

@@ -1,10 +1,11 @@
-"""Model definitions that build ASE calculators, locally or through the bus.
+"""Model definitions: what a model is, and how its ASE calculator is built in this process.
 
 `GenericASECalculator` keeps the fields mlipx users already write in their
 ``models.py`` files, so those files work unchanged. On top of that it knows the
-model's service name and the extras that provide it, which lets
-``get_calculator()`` hand back a calculator that talks to a served worker
-(``MLIPX_USE_SERVE=1``) and lets a missing dependency say how to install it.
+model's service name, the extras that provide it (so that a missing dependency says how
+to install it) and how it asks to be served. The public ``mlipx_serve.GenericASECalculator``
+(``client/servable.py``) is this class with a ``get_calculator()`` that prefers the served
+model; the catalogue, models files and workers need only this one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
-from mlipx_serve import environment
 from mlipx_serve.errors import DefinitionError, ModelUnavailableError
 from mlipx_serve.models.extras import EXTRAS, model_extras
 from mlipx_serve.wire.definition import Definition, check_name
@@ -64,33 +64,6 @@ def resolve_device(device: str | None) -> str | None:
     return Device.CUDA if torch.cuda.is_available() else Device.CPU
 
 
-def use_serve_from_env(environ: Mapping[str, str] | None = None) -> bool:
-    """Read MLIPX_USE_SERVE; an unrecognised value is reported, not guessed at."""
-    use_serve = environment.flag(environment.USE_SERVE, environ)
-    if use_serve is None:
-        logger.warning(
-            "%s=%r is not understood (use 1/true/yes/on or 0/false/no/off); not serving",
-            environment.USE_SERVE,
-            environment.text(environment.USE_SERVE, environ),
-        )
-    return bool(use_serve)
-
-
-def _served_calculator(model: Servable, call_kwargs: dict[str, Any]) -> Calculator | None:
-    """The bus client's calculator for ``model``, or None. Imported here, lazily and only
-    when serving is asked for: the one import of a higher layer from a lower one, declared
-    in pyproject.toml's import contracts (mlipx's nodes call ``get_calculator``)."""
-    try:
-        from mlipx_serve.client.served import served_calculator_or_none
-    except ImportError as exc:
-        logger.warning("model %r is computed locally: the bus client failed to import (%s)",
-                       model.label(), exc)
-        return None
-    return served_calculator_or_none(
-        model, call_kwargs=call_kwargs,
-        fallback=lambda: model.build_local_calculator(**call_kwargs))
-
-
 def _split_target(target: str) -> tuple[str, str]:
     """Split "package.module:Attribute", the one-string form used for wrappers."""
     module, sep, attr = target.partition(":")
@@ -99,32 +72,24 @@ def _split_target(target: str) -> tuple[str, str]:
     return module, attr
 
 
-class Servable:
-    """The serving half of a model definition: ``get_calculator()`` prefers the served model.
+class Definable:
+    """A model definition: what the model is (``definition()``, for the fingerprint a
+    worker checks) and how it is built in this process (``build_local_calculator``).
 
-    For classes with a ``name``, ``definition()`` (what the model is, for the fingerprint
-    that a worker checks: ``mlipx_serve.definition``) and ``build_local_calculator``: ours
-    below, and mlipx's own ``GenericASECalculator`` once ``mlipx_glue.plugin`` extends it.
+    ``get_calculator`` builds it here, as mlipx's does; serving it is the client's
+    business (``client/servable.py`` adds a ``get_calculator`` that prefers the served
+    model, and ``mlipx_glue`` adds it to mlipx's own class).
     """
 
     name: str | None
 
     def get_calculator(self, use_serve: bool | None = None, **kwargs: Any) -> Calculator:
-        """Served calculator when asked for and reachable, else a local one.
-
-        ``use_serve=None`` follows ``MLIPX_USE_SERVE``. The served model is exactly this
-        definition (with ``kwargs``), whatever its name: one served under the same name
-        but defined otherwise is never used. Falling back rather than failing keeps
-        scripts running when no broker is up; one warning says why, because the run is
-        then slower or uses local memory. A served model whose worker then fails to start
-        falls back too, at its first calculation.
-        """
-        if use_serve is None:
-            use_serve = use_serve_from_env()
+        """The calculator built here (``use_serve`` is refused: see the class)."""
         if use_serve:
-            served = _served_calculator(self, kwargs)
-            if served is not None:
-                return served
+            raise DefinitionError(
+                f"model {self.label()!r}: this definition ({type(self).__module__}) is built "
+                "where it runs; for the served model, define it with "
+                "mlipx_serve.GenericASECalculator, or ask by name with mlipx_serve.Models()")
         return self.build_local_calculator(**kwargs)
 
     def build_local_calculator(self, **kwargs: Any) -> Calculator:
@@ -140,9 +105,14 @@ class Servable:
 
     def _builds_like(self, defined: type) -> None:
         """A subclass that builds its calculator its own way is not what its fields
-        define: a worker rebuilding it from them would compute another model."""
+        define: a worker rebuilding it from them would compute another model. ``defined``
+        or a class of ours derived from it (``BUILDS_FROM_FIELDS`` in its own body) sets
+        the methods to have."""
+        ours = next(cls for cls in type(self).__mro__
+                    if cls is defined or (issubclass(cls, defined)
+                                          and cls.__dict__.get("BUILDS_FROM_FIELDS")))
         for method in ("get_calculator", "build_local_calculator", "_construct"):
-            if getattr(type(self), method, None) is not getattr(defined, method, None):
+            if getattr(type(self), method, None) is not getattr(ours, method, None):
                 raise DefinitionError(
                     f"{type(self).__name__} builds its calculator its own way (it has a "
                     f"{method} of its own), so its fields do not say what model it is; "
@@ -150,7 +120,7 @@ class Servable:
 
 
 @dataclasses.dataclass
-class GenericASECalculator(Servable):
+class GenericASECalculator(Definable):
     """Any ASE calculator given by module and class (or factory function) name.
 
     Field names and meanings follow ``mlipx.GenericASECalculator``. Added: ``name``

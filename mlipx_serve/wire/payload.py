@@ -393,6 +393,22 @@ def structures_in(frames: Sequence[Frame]) -> int:
     return len(counts) if isinstance(counts, list) and counts else 1
 
 
+def failed_structures_in(frames: Sequence[Frame]) -> int:
+    """How many structures of a chunk failed alone, as its (successful) reply says. Cheap,
+    as a broker reads every reply: only a chunk reply's header that names an error is
+    parsed."""
+    header = bytes(frames[0]) if frames else b""
+    if b'"error"' not in header or b'"results"' not in header:
+        return 0
+    try:
+        results = json.loads(header).get("results")
+    except (ValueError, AttributeError, RecursionError):
+        return 0
+    if not isinstance(results, list):
+        return 0
+    return sum(1 for entry in results if isinstance(entry, dict) and "error" in entry)
+
+
 def read_request(frames: Sequence[Frame]) -> Request:
     """A request's structures (which own copies of the data), property names and model.
     In a chunk, a structure that breaks the format is a ``PayloadError`` in its place."""

@@ -31,6 +31,11 @@ MDP = [sys.executable, "-m", "mdp.cli"]
 WAIT = 20.0  # seconds any condition may take on a busy machine before a test fails
 HEARTBEAT = 0.2
 LIVENESS = 5  # a little slack for a loaded machine; tests that care pass their own
+# A broker and workers in the test's own process share its interpreter: on a loaded
+# machine they stall together for longer than a few heartbeats, and a peer declared dead
+# then is a failure of the test, not of the code. (A bare socket that plays a worker sends
+# no heartbeats at all.) 10 s at HEARTBEAT.
+IN_PROCESS_LIVENESS = 50
 
 T = TypeVar("T")
 
@@ -198,13 +203,37 @@ def mdp_system() -> Iterator[System]:
 
 @pytest.fixture
 def broker():
-    """A broker in this process, on an ipc path of its own, with a short heartbeat."""
+    """A broker in this process, on an ipc path of its own, with a short heartbeat and a
+    long liveness (``IN_PROCESS_LIVENESS``)."""
     from mdp.broker import Broker
     from mdp.core import BrokerConfig
 
+    config = BrokerConfig(heartbeat_interval=HEARTBEAT, heartbeat_liveness=IN_PROCESS_LIVENESS)
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="mdp-b-") as directory:
-        broker = Broker(f"ipc://{directory}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
+        broker = Broker(f"ipc://{directory}/b.ipc", config=config)
         broker.start()
         yield broker
         broker.stop()
         broker.join(10)
+
+
+@pytest.fixture
+def in_process_worker(broker):
+    """Starts workers (``mdp.Worker`` threads) on ``broker``, with its heartbeat and
+    liveness; stops them when the test is over."""
+    from mdp.worker import Worker
+
+    started = []
+
+    def start(service: str, handler: Callable[[list], list]) -> Worker:
+        worker = Worker(broker.endpoints[0], service, handler, heartbeat_interval=HEARTBEAT,
+                        heartbeat_liveness=IN_PROCESS_LIVENESS)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        worker.join(10)
+

@@ -981,6 +981,24 @@ def test_requests_weigh_what_a_layer_above_says_and_failures_are_told_apart():
     assert (other["failed"], other["lost"], other["not_served"]) == (1, 0, 1)
 
 
+def test_units_that_a_served_reply_says_failed_count_as_failed():
+    bus = Bus()
+    bus.core.enable_timings()
+    bus.core.weigh = lambda service, body: len(body)
+    bus.core.failures_in = lambda service, body: body.count(b"bad")  # (a reply's failed units)
+    bus.ready(b"w")
+    bus.request(b"a", b"echo", b"1", b"2", b"3")
+    bus.reply(b"w", ID1, b"ok", b"bad", b"ok")  # served, one of its 3 units failed
+    bus.request(b"b", b"echo", b"1")
+    bus.reply(b"w", (2).to_bytes(8, "big"), b"bad")  # one unit: served whole
+    bus.request(b"c", b"echo", b"1", b"2")
+    bus.reply(b"w", (3).to_bytes(8, "big"), b"bad", b"bad", b"bad")  # no more than it had
+    echo = status(bus)["services"]["echo"]
+    assert echo["units"] == {"queued": 0, "in_flight": 0, "served": 3, "failed": 3}
+    assert (echo["served"], echo["failed"]) == (3, 0)  # requests: all three answered
+    assert bus.core.services[b"echo"].timings.units == 3
+
+
 def test_with_timings_each_service_tells_its_last_minute():
     bus = Bus(heartbeat_interval=10.0)
     bus.core.enable_timings()

@@ -9,18 +9,15 @@ from support import free_port, scraped
 from mdp.client import Client
 from mdp.errors import WorkerError
 from mdp.metrics import metrics_address, serve_metrics
-from mdp.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_a_scrape_tells_requests_by_outcome_queue_waits_and_work_times(broker):
+def test_a_scrape_tells_requests_by_outcome_queue_waits_and_work_times(broker,
+                                                                      in_process_worker):
     port = free_port()
     server, _ = serve_metrics(broker, str(port))
-    worker = Worker(broker.endpoints[0], "echo",
-                    lambda frames: frames if frames != [b"fail"] else 1 / 0,
-                    heartbeat_interval=0.2)
-    worker.start()
+    in_process_worker("echo", lambda frames: frames if frames != [b"fail"] else 1 / 0)
     try:
         with Client(broker.endpoints[0], timeout=10, retries=0) as client:
             for n in range(5):
@@ -29,8 +26,6 @@ def test_a_scrape_tells_requests_by_outcome_queue_waits_and_work_times(broker):
                 client.request("echo", "fail")
         sample = scraped(port)
     finally:
-        worker.stop()
-        worker.join(10)
         server.shutdown()
 
 

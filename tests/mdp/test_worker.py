@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 import support
@@ -17,47 +15,44 @@ from mdp.worker import Worker
 
 
 @pytest.fixture
-def endpoint() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/tmp", prefix="mdp-w-") as directory:
-        broker = Broker(f"ipc://{directory}/b.ipc", config=BrokerConfig(heartbeat_interval=0.2))
-        broker.start()
-        yield broker.endpoints[0]
-        broker.stop()
-        broker.join(10)
+def endpoint(broker) -> str:
+    return broker.endpoints[0]
 
-def serve(endpoint: str, handler) -> Worker:
-    worker = Worker(endpoint, "svc", handler, heartbeat_interval=0.2)
-    worker.start()
-    assert worker.connected.wait(10)
-    return worker
+
+@pytest.fixture
+def serve(in_process_worker):
+    def start(handler) -> Worker:
+        worker = in_process_worker("svc", handler)
+        assert worker.connected.wait(10)
+        return worker
+
+    return start
+
 
 @pytest.mark.parametrize("first", [BROKER_ERROR_MARKER, WORKER_ERROR_MARKER])
-def test_a_reply_that_looks_like_an_error_is_refused_and_the_worker_goes_on(endpoint, first):
-    worker = serve(endpoint, lambda frames: [first, *frames] if frames[0] == b"fake" else frames)
+def test_a_reply_that_looks_like_an_error_is_refused_and_the_worker_goes_on(endpoint, serve,
+                                                                          first):
+    serve(lambda frames: [first, *frames] if frames[0] == b"fake" else frames)
     with Client(endpoint, timeout=10, retries=0) as client:
         with pytest.raises(WorkerError) as caught:
             client.request("svc", b"fake")
         assert caught.value.error_type == "ValueError" and "reserved" in caught.value.message
         assert client.request("svc", b"real") == [b"real"]
-    worker.stop()
-    worker.join(10)
 
-def test_worker_names_itself_after_its_process(endpoint):
-    worker = serve(endpoint, lambda frames: frames)
+def test_worker_names_itself_after_its_process(endpoint, serve):
+    worker = serve(lambda frames: frames)
     with Client(endpoint, timeout=10, retries=0) as client:
         status = json.loads(client.request("mmi.status")[0])
     assert [w["id"] for w in status["workers"]] == [worker.identity]
     host, pid, _ = worker.identity.split(":")
     assert int(pid) > 0 and host
-    worker.stop()
-    worker.join(10)
 
 
-def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint):
+def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint, serve):
     def handler(frames):
         return {}["missing key"]
 
-    worker = serve(endpoint, handler)
+    worker = serve(handler)
     with Client(endpoint, timeout=10, retries=0) as client:
         with pytest.raises(WorkerError) as caught:
             client.request("svc", b"x")
@@ -65,8 +60,6 @@ def test_a_handler_error_carries_its_traceback_and_the_worker(endpoint):
     assert error.error_type == "KeyError" and error.worker == worker.identity
     assert error.traceback.startswith("Traceback (most recent call last)")
     assert "in handler" in error.traceback and "KeyError: 'missing key'" in error.traceback
-    worker.stop()
-    worker.join(10)
 
 
 @pytest.mark.parametrize("name", [b"", b"n" * 256])

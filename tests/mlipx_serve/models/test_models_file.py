@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 import textwrap
@@ -17,7 +16,6 @@ from ase.calculators.lj import LennardJones
 
 from mlipx_serve import environment
 from mlipx_serve.errors import RegistryError
-from mlipx_serve.models import definitions as generic
 from mlipx_serve.models import mlipx_shim
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.definitions import (
@@ -25,7 +23,6 @@ from mlipx_serve.models.definitions import (
     ModelUnavailableError,
     PretrainedASECalculator,
     resolve_device,
-    use_serve_from_env,
 )
 from mlipx_serve.models.extras import EXTRAS, model_extras
 from mlipx_serve.models.models_file import load_models_file, load_registry
@@ -379,88 +376,6 @@ def test_pretrained_wraps_loaded_model(fake_mlip: types.ModuleType) -> None:
     calc = model.build_local_calculator()
     assert calc.model == ("model", {"weights": "w", "device": "cpu"})
     assert calc.kwargs == {"x": 1, "device": "cpu"}
-
-
-# -- serving switch -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [("1", True), ("true", True), ("YES", True), (" on ", True),
-     ("0", False), ("false", False), ("no", False), ("off", False), ("", False)],
-)  # fmt: skip
-def test_use_serve_env_parsing(value: str, expected: bool) -> None:
-    assert use_serve_from_env({"MLIPX_USE_SERVE": value}) is expected
-
-
-def test_use_serve_env_default_and_junk(caplog: pytest.LogCaptureFixture) -> None:
-    assert use_serve_from_env({}) is False
-    with caplog.at_level(logging.WARNING):
-        assert use_serve_from_env({"MLIPX_USE_SERVE": "maybe"}) is False
-    assert "maybe" in caplog.text
-
-
-@pytest.fixture
-def serve_hook(monkeypatch: pytest.MonkeyPatch):
-    calls = []
-
-    def install(result: object):
-        def fake(model, call_kwargs):
-            calls.append((model, call_kwargs))
-            return result
-
-        monkeypatch.setattr(generic, "_served_calculator", fake)
-        return calls
-
-    return install
-
-
-def test_env_selects_served_calculator(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
-    sentinel = object()
-    calls = serve_hook(sentinel)
-    monkeypatch.setenv("MLIPX_USE_SERVE", "yes")
-    assert BUILTIN_MODELS["emt"].get_calculator(foo=1) is sentinel
-    assert calls == [(BUILTIN_MODELS["emt"], {"foo": 1})]
-
-
-def test_not_served_means_local(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
-    serve_hook(None)
-    monkeypatch.setenv("MLIPX_USE_SERVE", "1")
-    assert isinstance(BUILTIN_MODELS["emt"].get_calculator(), EMT)
-
-
-def test_explicit_argument_beats_env(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
-    calls = serve_hook(object())
-    monkeypatch.setenv("MLIPX_USE_SERVE", "1")
-    assert isinstance(BUILTIN_MODELS["emt"].get_calculator(use_serve=False), EMT)
-    monkeypatch.setenv("MLIPX_USE_SERVE", "0")
-    assert not isinstance(BUILTIN_MODELS["emt"].get_calculator(use_serve=True), EMT)
-    assert len(calls) == 1
-
-
-def test_env_unset_means_local(monkeypatch: pytest.MonkeyPatch, serve_hook) -> None:
-    calls = serve_hook(object())
-    monkeypatch.delenv("MLIPX_USE_SERVE", raising=False)
-    assert isinstance(BUILTIN_MODELS["emt"].get_calculator(), EMT)
-    assert calls == []
-
-
-def test_an_unnamed_model_goes_to_the_bus_too(serve_hook) -> None:
-    sentinel = object()
-    calls = serve_hook(sentinel)
-    model = GenericASECalculator(module="ase.calculators.lj", class_name="LennardJones",
-                                 kwargs={"sigma": 2.3})
-    assert model.get_calculator(use_serve=True) is sentinel
-    assert calls == [(model, {})]
-
-
-def test_hook_import_failure_falls_back(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setitem(sys.modules, "mlipx_serve.client.served", None)
-    with caplog.at_level(logging.WARNING):
-        assert isinstance(BUILTIN_MODELS["emt"].get_calculator(use_serve=True), EMT)
-    assert "failed to import" in caplog.text
 
 
 # -- missing packages -----------------------------------------------------------------

@@ -17,6 +17,8 @@ difference a wrong model or a lost digit makes. All three tests passed there so.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -24,7 +26,7 @@ from ase.build import bulk
 
 pytest.importorskip("chgnet")
 
-from mlipx_serve import RemoteCalculator  # noqa: E402
+from mlipx_serve import GenericASECalculator, RemoteCalculator  # noqa: E402
 from mlipx_serve.models.models_file import BUILTIN_MODELS  # noqa: E402
 from mlipx_serve.wire.endpoints import worker_endpoint  # noqa: E402
 
@@ -102,9 +104,11 @@ def test_served_chgnet_matches_local(chgnet_bus, local_chgnet):
         served.close()
 
 
-def test_registry_entry_served_matches_local(chgnet_bus, local_chgnet, monkeypatch):
+def test_a_definition_as_the_catalogue_s_served_matches_local(chgnet_bus, local_chgnet,
+                                                              monkeypatch):
     monkeypatch.setenv("MLIPX_SERVE_BROKER", chgnet_bus)
-    calc = BUILTIN_MODELS["chgnet"].get_calculator(use_serve=True)
+    model = GenericASECalculator(**dataclasses.asdict(BUILTIN_MODELS["chgnet"]))
+    calc = model.get_calculator(use_serve=True)
     assert isinstance(calc, RemoteCalculator), "fell back to a local calculator"
     atoms = strained_rocksalt()
     try:

@@ -45,6 +45,7 @@ from mdp.errors import (
     WorkerError,
 )
 from mlipx_serve import (
+    GenericASECalculator,
     Models,
     PayloadError,
     RemoteCalculationError,
@@ -322,7 +323,8 @@ def test_use_serve_without_a_broker_asks_it_once_not_for_every_model(
     monkeypatch.setenv("MLIPX_SERVE_BROKER", endpoint)
     try:
         with caplog.at_level(logging.WARNING, logger="mlipx_serve"):
-            calcs = [BUILTIN_MODELS["emt"].get_calculator(use_serve=True) for _ in range(3)]
+            emt = GenericASECalculator(module="ase.calculators.emt", class_name="EMT", name="emt")
+            calcs = [emt.get_calculator(use_serve=True) for _ in range(3)]
         assert all(isinstance(calc, EMT) for calc in calcs)
         asked = 0
         while silent.poll(0):

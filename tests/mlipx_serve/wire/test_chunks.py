@@ -22,9 +22,11 @@ from mlipx_serve.wire.payload import (
     encode_chunk_results,
     encode_request,
     encode_results,
+    failed_structures_in,
     read_chunk_reply,
     read_reply,
     read_request,
+    structures_in,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -145,3 +147,16 @@ def test_a_reply_says_how_long_the_worker_took_and_a_strange_time_is_no_time(chu
         header = json.loads(untimed[0]) | {"seconds": strange}
         computed = read([json.dumps(header).encode(), *untimed[1:]])
         assert computed.seconds is None and computed.results == results
+
+
+def test_a_broker_weighs_a_chunk_in_structures_and_counts_those_that_failed_alone():
+    assert structures_in(as_bytes(encode_chunk(structures(), ["energy"]))) == len(structures())
+    assert structures_in(as_bytes(encode_request(bulk("Cu"), ["energy"]))) == 1
+    assert structures_in([b"not a payload"]) == 1
+    reply = encode_chunk_results([{"energy": 1.0, "error": 0.5}, ValueError("singular"),
+                                  {"energy": 2.0}, RuntimeError("no")])
+    assert failed_structures_in(as_bytes(reply)) == 2
+    assert failed_structures_in(as_bytes(encode_chunk_results([{"error": 1.0}]))) == 0
+    assert failed_structures_in(as_bytes(encode_results({"energy": 1.0}))) == 0
+    assert failed_structures_in([b'{"results": "error"']) == 0  # no JSON: nothing counted
+
