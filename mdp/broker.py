@@ -270,16 +270,22 @@ class Broker:
     # libzmq reports a closed connection after the messages that came on it, and before
     # its descriptor can be reused. So: read the reports before noting a new peer's
     # descriptor (it may be a reused one), and tell the core only once the sockets have
-    # been emptied after the reports were read (the peer's last messages come first).
+    # been emptied after the reports were read (the peer's last messages come first, and
+    # may still be read after its report: they came on the descriptor it closed).
 
     def _learn(self, peer: bytes, frame: zmq.Frame, now: float) -> Outgoing:
-        """Note the connection of a peer heard from for the first time.
+        """Note the connection of a peer heard from for the first time, or since the
+        report that its connection closed.
 
-        A peer that chose its identity may be back on a new connection before its old
-        one was told the core: that is told now, or it would undo the new one. (Its old
-        messages are all read: libzmq takes no second connection with an identity in use.)
+        A message that came on that closed connection is the peer's last word, for the
+        core before the close. A peer that chose its identity may be back on a new
+        connection before its old one was told the core: that is told now, or it would
+        undo the new one. (Its old messages are all read: libzmq takes no second
+        connection with an identity in use.)
         """
         self._note_disconnects()
+        if self._connections.came_before_close(peer, frame):
+            return []
         displaced = self._connections.learn(peer, frame)
         if displaced is not None:  # its closing report was lost (a monitor's queue is finite)
             self._gone.append(displaced)
@@ -312,6 +318,7 @@ class Broker:
         gone, self._gone = self._gone, []
         now = time.monotonic()
         for peer in gone:
+            self._connections.forget(peer)
             self.send(self.core.peer_disconnected(peer, now))
 
     def _next_deadline(self) -> float:
@@ -404,6 +411,7 @@ class Connections:
     def __init__(self) -> None:
         self._fd_of: dict[bytes, int | None] = {}
         self._peer_on: dict[int, bytes] = {}
+        self._closing: dict[bytes, int] = {}  # reported closed, not yet told: its descriptor
 
     def knows(self, peer: bytes) -> bool:
         return peer in self._fd_of
@@ -411,11 +419,9 @@ class Connections:
     def learn(self, peer: bytes, frame: zmq.Frame) -> bytes | None:
         """Note the connection ``frame`` came on; returns the peer that was noted on the
         same descriptor before, if any: its connection must have closed."""
-        try:
-            fd = frame.get(zmq.SRCFD)
-        except zmq.ZMQError:
-            fd = None
+        fd = _descriptor(frame)
         self._fd_of[peer] = fd
+        self._closing.pop(peer, None)
         if fd is None:
             return None
         displaced = self._peer_on.get(fd)
@@ -429,7 +435,25 @@ class Connections:
         peer = self._peer_on.pop(fd, None)
         if peer is not None:
             del self._fd_of[peer]
+            self._closing[peer] = fd
         return peer
+
+    def came_before_close(self, peer: bytes, frame: zmq.Frame) -> bool:
+        """Whether ``frame`` came on the connection of ``peer`` reported closed (read
+        after the report, sent before the close)."""
+        fd = self._closing.get(peer)
+        return fd is not None and fd == _descriptor(frame)
+
+    def forget(self, peer: bytes) -> None:
+        """The core has been told that the connection of ``peer`` closed."""
+        self._closing.pop(peer, None)
+
+
+def _descriptor(frame: zmq.Frame) -> int | None:
+    try:
+        return frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return None
 
 
 def ipc_path(endpoint: str) -> Path | None:

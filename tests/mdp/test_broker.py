@@ -134,3 +134,18 @@ def test_connections_turn_closed_descriptors_into_peers():
     assert not connections.knows(b"b") and connections.closed(6) == b"c"
     assert connections.learn(b"inproc", FrameFrom(None)) is None
     assert connections.knows(b"inproc")
+
+
+def test_a_peer_s_last_messages_after_its_close_is_reported_are_its_old_connection_s():
+    connections = Connections()
+    connections.learn(b"a", FrameFrom(5))
+    assert connections.closed(5) == b"a"
+    assert connections.came_before_close(b"a", FrameFrom(5))  # read late, sent before
+    assert not connections.came_before_close(b"a", FrameFrom(7))  # back, on a new one
+    assert not connections.came_before_close(b"b", FrameFrom(5))
+    connections.forget(b"a")  # told the core
+    assert not connections.came_before_close(b"a", FrameFrom(5))
+    connections.learn(b"b", FrameFrom(6))
+    connections.closed(6)
+    connections.learn(b"b", FrameFrom(8))  # back on a new connection before it was told
+    assert not connections.came_before_close(b"b", FrameFrom(6)) and connections.knows(b"b")
