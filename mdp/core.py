@@ -185,6 +185,17 @@ DEMAND, WORKER_READY, WORKER_LOST = EventKind.DEMAND, EventKind.WORKER_READY, Ev
 SERVED, DROPPED = EventKind.SERVED, EventKind.DROPPED
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyFacts:
+    """What a layer above reads in a successful reply (``BrokerCore.read_reply``)."""
+
+    failed_units: int = 0  # of the request's units, those that failed alone
+    work_seconds: float | None = None  # the worker's own time for it, where it says
+
+
+NO_FACTS = ReplyFacts()
+
+
 @dataclass(frozen=True)
 class Event:
     """Something a layer above the broker may act on, such as starting a worker."""
@@ -209,10 +220,10 @@ class BrokerCore:
         self.workers: dict[Peer, Worker] = {}
         self.emit_events = emit_events
         self.events: list[Event] = []
-        # the units of work in a request, where a layer above knows them (structures, say),
-        # and how many of them a successful reply says failed alone
+        # the units of work in a request, and what a successful reply says of them, where
+        # a layer above knows (structures, those that failed, the worker's time)
         self.weigh: Callable[[bytes, list], int] | None = None
-        self.failures_in: Callable[[bytes, list], int] | None = None
+        self.read_reply: Callable[[bytes, list], ReplyFacts] | None = None
         self._timed = False  # queue waits and work times kept (``enable_timings``)
         self.mmi_handlers: dict[bytes, MMIHandler] = {}
         self.counters = {"requests": 0, "replies": 0, "dropped_messages": 0}
@@ -440,7 +451,10 @@ class BrokerCore:
         worker.release()
         state = self.services[worker.service]
         failed = marker is not None
-        units_failed = request.weight if failed else self._units_failed(request, body)
+        facts = self.read_reply(request.service, body) if self.read_reply and not failed \
+            else NO_FACTS
+        units_failed = request.weight if failed else \
+            max(0, min(request.weight, facts.failed_units))
         share = request.share
         share.last_seen = now
         if failed:
@@ -454,19 +468,12 @@ class BrokerCore:
         state.failed_units += units_failed
         state.served_units += request.weight - units_failed
         if state.timings is not None:
-            state.timings.work.observe(now - request.dispatched_at)
+            work = facts.work_seconds
+            state.timings.work.observe(now - request.dispatched_at if work is None else work)
             state.timings.units += request.weight - units_failed
         state.idle[peer] = worker
         self._emit_service_event(SERVED, state, worker, "failed" if failed else "ok")
         self._dispatch(state, now)
-
-    def _units_failed(self, request: Request, body: list) -> int:
-        """Of a served request's units, those its reply says failed alone (as a layer
-        above reads it: a chunk's structures that failed, say). A request of one unit
-        fails or not as a whole."""
-        if self.failures_in is None or request.weight == 1:
-            return 0
-        return max(0, min(request.weight, self.failures_in(request.service, body)))
 
     def _forged_broker_error(self, worker: Worker) -> list:
         """Only the broker may say "broker error"; a worker that tries is reported instead."""

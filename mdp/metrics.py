@@ -150,8 +150,10 @@ def _histograms(timings: dict[str, tuple[Histogram, Histogram]]) -> Iterator[Any
     waits = HistogramMetricFamily("mdp_queue_wait_seconds", "Seconds a request waited in "
                                   "its service's queue before a worker took it",
                                   labels=["service"])
-    works = HistogramMetricFamily("mdp_work_seconds", "Seconds from handing a request to a "
-                                  "worker to its last reply", labels=["service"])
+    works = HistogramMetricFamily("mdp_work_seconds", "Seconds a worker took for a request: "
+                                  "its own time where its reply says (as the layer above "
+                                  "reads it), else from handing it out to its last reply",
+                                  labels=["service"])
     for name, (wait, work) in timings.items():
         waits.add_metric([name], _buckets(wait), sum_value=wait.total)
         works.add_metric([name], _buckets(work), sum_value=work.total)

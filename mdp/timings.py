@@ -65,8 +65,9 @@ class Snapshot:
 
 @dataclass
 class ServiceTimings:
-    """One service's queue waits and work times (request handed to a worker until its last
-    reply), and the units of work (``Request.weight``) served, with their history."""
+    """One service's queue waits and work times (the worker's own, where its reply says,
+    else from the request handed to a worker to its last reply), and the units of work
+    (``Request.weight``) served, with their history."""
 
     wait: Histogram = field(default_factory=Histogram)
     work: Histogram = field(default_factory=Histogram)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mdp.broker import Broker, ipc_path
 from mdp.client import ask
-from mdp.core import BrokerConfig
+from mdp.core import BrokerConfig, ReplyFacts
 from mdp.errors import MDPError
 from mdp.metrics import metrics_address, serve_metrics
 from mdp.security import CurveError, load_key_file
@@ -28,7 +28,7 @@ from mlipx_serve.errors import MlipxServeError, SettingsError
 from mlipx_serve.models.catalogue import BUILTIN_MODELS
 from mlipx_serve.models.models_file import load_registry
 from mlipx_serve.wire.endpoints import local_broker, worker_endpoint
-from mlipx_serve.wire.payload import failed_structures_in, structures_in
+from mlipx_serve.wire.payload import structures_in, worker_report
 from mlipx_serve.wire.private import open_to_others, private_dir
 from mlipx_serve.wire.serving import DEFAULTS as SERVING_DEFAULTS
 from mlipx_serve.wire.serving import ServingSettings
@@ -118,7 +118,7 @@ class ModelBroker:
         self.cluster = self._cluster_side() if settings.launcher == "slurm" else None
         self.broker = self._broker()
         self.broker.core.weigh = lambda service, body: structures_in(body)  # in structures
-        self.broker.core.failures_in = lambda service, body: failed_structures_in(body)
+        self.broker.core.read_reply = lambda service, body: ReplyFacts(*worker_report(body))
         self.broker.core.enable_timings()  # (serve-status shows the last minute's)
         if self._already_there():
             raise SettingsError(f"a broker already runs at {self.endpoint}; stop it first or "

@@ -393,11 +393,16 @@ def structures_in(frames: Sequence[Frame]) -> int:
     return len(counts) if isinstance(counts, list) and counts else 1
 
 
-def failed_structures_in(frames: Sequence[Frame]) -> int:
-    """How many structures of a chunk failed alone, as its (successful) reply says. Cheap,
-    as a broker reads every reply: only a chunk reply's header that names an error is
-    parsed."""
+def worker_report(frames: Sequence[Frame]) -> tuple[int, float | None]:
+    """(structures of a chunk that failed alone, the worker's seconds) as a successful
+    reply says. Cheap, as a broker reads every reply: a chunk reply's header is parsed
+    only where it names an error, and the seconds are read where the reference encoder
+    puts them, last in the header (elsewhere: None, and the broker times the request)."""
     header = bytes(frames[0]) if frames else b""
+    return _failed_in(header), _seconds_at_end(header)
+
+
+def _failed_in(header: bytes) -> int:
     if b'"error"' not in header or b'"results"' not in header:
         return 0
     try:
@@ -407,6 +412,20 @@ def failed_structures_in(frames: Sequence[Frame]) -> int:
     if not isinstance(results, list):
         return 0
     return sum(1 for entry in results if isinstance(entry, dict) and "error" in entry)
+
+
+_SECONDS_AT_END = re.compile(rb'"seconds":([0-9.eE+-]{1,32})}\s*\Z')
+
+
+def _seconds_at_end(header: bytes) -> float | None:
+    found = _SECONDS_AT_END.search(header, max(0, len(header) - 64))
+    if found is None:
+        return None
+    try:
+        seconds = float(found.group(1))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < math.inf else None  # (NaN compares false)
 
 
 def read_request(frames: Sequence[Frame]) -> Request:

@@ -29,6 +29,7 @@ from mdp.core import (
     BrokerCore,
     Event,
     EventKind,
+    ReplyFacts,
     StateError,
     WorkerState,
     peer_name,
@@ -51,6 +52,7 @@ from mdp.errors import (
     worker_error_body,
 )
 from mdp.identities import client_of
+from mdp.timings import BOUNDS
 
 V02, V01, MT = p.Dialect.V02, p.Dialect.V01, p.Dialect.MAJORTOMO
 DIALECTS = list(p.Dialect)
@@ -981,22 +983,29 @@ def test_requests_weigh_what_a_layer_above_says_and_failures_are_told_apart():
     assert (other["failed"], other["lost"], other["not_served"]) == (1, 0, 1)
 
 
-def test_units_that_a_served_reply_says_failed_count_as_failed():
+def test_what_a_served_reply_says_of_its_units_and_its_time_counts():
     bus = Bus()
     bus.core.enable_timings()
     bus.core.weigh = lambda service, body: len(body)
-    bus.core.failures_in = lambda service, body: body.count(b"bad")  # (a reply's failed units)
+
+    def read_reply(service, body):  # (a reply's failed units, and a time where it names one)
+        seconds = [float(frame[2:]) for frame in body if frame.startswith(b"s=")]
+        return ReplyFacts(body.count(b"bad"), seconds[0] if seconds else None)
+
+    bus.core.read_reply = read_reply
     bus.ready(b"w")
-    bus.request(b"a", b"echo", b"1", b"2", b"3")
-    bus.reply(b"w", ID1, b"ok", b"bad", b"ok")  # served, one of its 3 units failed
-    bus.request(b"b", b"echo", b"1")
-    bus.reply(b"w", (2).to_bytes(8, "big"), b"bad")  # one unit: served whole
-    bus.request(b"c", b"echo", b"1", b"2")
-    bus.reply(b"w", (3).to_bytes(8, "big"), b"bad", b"bad", b"bad")  # no more than it had
+    bus.at(0.0).request(b"a", b"echo", b"1", b"2", b"3")
+    bus.at(0.5).reply(b"w", ID1, b"ok", b"bad", b"s=0.125")  # one of 3 failed; 0.125 s
+    bus.at(1.0).request(b"c", b"echo", b"1", b"2")
+    bus.at(1.25).reply(b"w", (2).to_bytes(8, "big"), b"bad", b"bad", b"bad")  # no time said
+    bus.at(2.0).request(b"d", b"echo", b"1")
+    bus.at(2.75).reply(b"w", (3).to_bytes(8, "big"), b"!")
     echo = status(bus)["services"]["echo"]
     assert echo["units"] == {"queued": 0, "in_flight": 0, "served": 3, "failed": 3}
     assert (echo["served"], echo["failed"]) == (3, 0)  # requests: all three answered
-    assert bus.core.services[b"echo"].timings.units == 3
+    work = bus.core.services[b"echo"].timings.work  # the worker's time, else the broker's:
+    assert work.total == pytest.approx(0.125 + 0.25 + 0.75)
+    assert work.counts[BOUNDS.index(0.25)] == 2 and work.counts[BOUNDS.index(1.0)] == 1
 
 
 def test_with_timings_each_service_tells_its_last_minute():

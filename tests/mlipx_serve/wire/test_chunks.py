@@ -22,11 +22,11 @@ from mlipx_serve.wire.payload import (
     encode_chunk_results,
     encode_request,
     encode_results,
-    failed_structures_in,
     read_chunk_reply,
     read_reply,
     read_request,
     structures_in,
+    worker_report,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -149,14 +149,18 @@ def test_a_reply_says_how_long_the_worker_took_and_a_strange_time_is_no_time(chu
         assert computed.seconds is None and computed.results == results
 
 
-def test_a_broker_weighs_a_chunk_in_structures_and_counts_those_that_failed_alone():
+def test_a_broker_weighs_a_chunk_in_structures_and_reads_what_the_worker_reports():
     assert structures_in(as_bytes(encode_chunk(structures(), ["energy"]))) == len(structures())
     assert structures_in(as_bytes(encode_request(bulk("Cu"), ["energy"]))) == 1
     assert structures_in([b"not a payload"]) == 1
     reply = encode_chunk_results([{"energy": 1.0, "error": 0.5}, ValueError("singular"),
-                                  {"energy": 2.0}, RuntimeError("no")])
-    assert failed_structures_in(as_bytes(reply)) == 2
-    assert failed_structures_in(as_bytes(encode_chunk_results([{"error": 1.0}]))) == 0
-    assert failed_structures_in(as_bytes(encode_results({"energy": 1.0}))) == 0
-    assert failed_structures_in([b'{"results": "error"']) == 0  # no JSON: nothing counted
-
+                                  {"energy": 2.0}, RuntimeError("no")], seconds=0.25)
+    assert worker_report(as_bytes(reply)) == (2, 0.25)
+    assert worker_report(as_bytes(encode_chunk_results([{"error": 1.0}]))) == (0, None)
+    assert worker_report(as_bytes(encode_results({"energy": 1.0}, seconds=1.5e-5))) == \
+        (0, 1.5e-5)
+    # a result that happens to be called "seconds" is not the worker's time
+    assert worker_report(as_bytes(encode_results({"seconds": 3.0}))) == (0, None)
+    for header in (b'{"results": "error"', b'{"v":1,"seconds":-1}', b'{"v":1,"seconds":nan}',
+                   b'{"v":1,"seconds":1e999}', b""):
+        assert worker_report([header]) == (0, None)
