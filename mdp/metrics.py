@@ -132,7 +132,7 @@ def _service_families(services: dict) -> Iterator[Any]:
     workers = GaugeMetricFamily("mdp_workers", "Worker connections registered, by state",
                                 labels=["service", "state"])
     for name, service in services.items():
-        counts = dict(service, served=service["served"],
+        counts = dict(service,
                       worker_error=service["failed"] - service["lost"] - service["not_served"])
         for outcome in OUTCOMES:
             requests.add_metric([name, outcome], counts[outcome])

@@ -19,6 +19,18 @@ PROJECT = Path(__file__).resolve().parents[1]  # the checkout
 HELPERS = PROJECT / "tests" / "mlipx_serve" / "helpers"  # models files, client scripts
 
 
+def copper_cells(count: int, rattle: float) -> list:
+    """``count`` cubic Cu cells of 4 atoms, each moved ``rattle`` Å at random, seed by seed."""
+    from ase.build import bulk
+
+    found = []
+    for seed in range(count):
+        atoms = bulk("Cu", cubic=True)
+        atoms.rattle(rattle, seed=seed)
+        found.append(atoms)
+    return found
+
+
 def wait_until(condition: Callable[[], T], what: str, timeout: float,
                interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy, and return that."""

@@ -92,7 +92,7 @@ class LocalLauncher:
         """Of ``gpus``, the one with the fewest workers of this model, then of any."""
         if not gpus:
             return None
-        alive = [s for s in self.started if s.process.poll() is None]
+        alive = self._alive()
         return min(gpus, key=lambda gpu: (
             sum(s.gpu == gpu and s.model == model for s in alive),
             sum(s.gpu == gpu for s in alive)))
@@ -101,7 +101,7 @@ class LocalLauncher:
         launch.process.kill()
 
     def running(self) -> int:
-        return int(self.busy()) and len(self.started)
+        return len(self._alive())
 
     def started_it(self, metadata: dict) -> bool:
         return self._launch_of(metadata) is not None
@@ -116,17 +116,18 @@ class LocalLauncher:
 
     def _launch_of(self, metadata: dict) -> LocalLaunch | None:
         pid = metadata.get("pid")
-        return next((s for s in self.started if s.process.pid == pid and
-                     s.process.poll() is None), None)
+        return next((s for s in self._alive() if s.process.pid == pid), None)
 
     def busy(self) -> bool:
+        return bool(self._alive())
+
+    def _alive(self) -> list[LocalLaunch]:
+        """The processes it started that have not ended (those that have are dropped)."""
         self.started = [s for s in self.started if s.process.poll() is None]
-        return bool(self.started)
+        return self.started
 
     def status(self) -> dict[str, Any]:
-        return {"launcher": "local",
-                "started_pids": [s.process.pid for s in self.started
-                                 if s.process.poll() is None]}
+        return {"launcher": "local", "started_pids": [s.process.pid for s in self._alive()]}
 
     def stop_all(self, grace: float) -> None:
         end_processes([s.process for s in self.started], grace)

@@ -326,11 +326,11 @@ class _Run:
             # Workers died computing the chunk: one of its structures may kill them, and
             # only that one must fail. Each alone tells which, one after another (together,
             # a batching worker would batch them again, the healthy beside the deadly).
-            return [(await self._computed([item]))[0] for item in chunk]
+            return await self._one_at_a_time(chunk)
         except WorkerError as error:
             if len(chunk) > 1 and _reads_no_chunks(error):
                 self._one_by_one = True  # a worker of an older kind: one structure a request
-                return [(await self._computed([item]))[0] for item in chunk]
+                return await self._one_at_a_time(chunk)
             return [served_error(error, self.model, self._broker)] * len(chunk)
         except MDPError as error:
             return [served_error(error, self.model, self._broker)] * len(chunk)
@@ -340,6 +340,9 @@ class _Run:
             return [PayloadError(f"the reply to a chunk of {len(chunk)} structures held "
                                  f"{len(results)} results")] * len(chunk)
         return results
+
+    async def _one_at_a_time(self, chunk: list[tuple[int, Atoms]]) -> list[Any]:
+        return [(await self._computed([item]))[0] for item in chunk]
 
     def _observe(self, structures: list[Atoms], computed: Computed) -> None:
         if self._sizer is not None and computed.seconds is not None:

@@ -383,13 +383,7 @@ def structures_in(frames: Sequence[Frame]) -> int:
     """How many structures a request asks for: a chunk's count, else one (a request that
     is no payload at all counts as one). Cheap, as a broker weighs every request: only a
     header that names ``counts`` is parsed."""
-    header = bytes(frames[0]) if frames else b""
-    if b'"counts"' not in header:
-        return 1
-    try:
-        counts = json.loads(header).get("counts")
-    except (ValueError, AttributeError, RecursionError):
-        return 1
+    counts = _named_field(_header_bytes(frames), b'"counts"')
     return len(counts) if isinstance(counts, list) and counts else 1
 
 
@@ -398,17 +392,30 @@ def worker_report(frames: Sequence[Frame]) -> tuple[int, float | None]:
     reply says. Cheap, as a broker reads every reply: a chunk reply's header is parsed
     only where it names an error, and the seconds are read where the reference encoder
     puts them, last in the header (elsewhere: None, and the broker times the request)."""
-    header = bytes(frames[0]) if frames else b""
+    header = _header_bytes(frames)
     return _failed_in(header), _seconds_at_end(header)
 
 
-def _failed_in(header: bytes) -> int:
-    if b'"error"' not in header or b'"results"' not in header:
-        return 0
+def _header_bytes(frames: Sequence[Frame]) -> bytes:
+    return bytes(frames[0]) if frames else b""
+
+
+def _named_field(header: bytes, quoted_key: bytes) -> Any:
+    """The top-level key of a JSON header (given as its JSON text, ``b'"counts"'``), parsed
+    only if the header's text names it; None where it is not there or the header is no
+    JSON object."""
+    if quoted_key not in header:
+        return None
     try:
-        results = json.loads(header).get("results")
+        return json.loads(header).get(quoted_key[1:-1].decode())
     except (ValueError, AttributeError, RecursionError):
+        return None
+
+
+def _failed_in(header: bytes) -> int:
+    if b'"error"' not in header:
         return 0
+    results = _named_field(header, b'"results"')
     if not isinstance(results, list):
         return 0
     return sum(1 for entry in results if isinstance(entry, dict) and "error" in entry)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 from ase import Atoms
-from ase.build import bulk
-from support import HELPERS, free_port, scraped
+from support import HELPERS, copper_cells, free_port, scraped
 
 from mlipx_serve import evaluate
 
@@ -16,12 +15,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def cells(count: int) -> list[Atoms]:
-    found = []
-    for seed in range(count):
-        atoms = bulk("Cu", cubic=True)
-        atoms.rattle(0.02, seed=seed)
-        found.append(atoms)
-    return found
+    return copper_cells(count, rattle=0.02)
 
 
 def uranium() -> Atoms:

@@ -10,9 +10,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
-from ase.build import bulk
 from ase.calculators.emt import EMT
-from support import HELPERS
+from support import HELPERS, copper_cells
 
 from mlipx_serve import RemoteCalculator, evaluate
 
@@ -27,12 +26,7 @@ EXACT = 1e-12
 
 
 def cells(count: int) -> list:
-    found = []
-    for seed in range(count):
-        atoms = bulk("Cu", cubic=True)
-        atoms.rattle(0.03, seed=seed)
-        found.append(atoms)
-    return found
+    return copper_cells(count, rattle=0.03)
 
 
 def broker(system: ServeSystem, *options: str) -> str:
